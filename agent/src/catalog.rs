@@ -1,0 +1,419 @@
+//! The resource catalog (政务信息资源目录): which resources exist, who provides
+//! each one, how it is shared, how often it must be updated and which items
+//! (data elements) it carries.
+//!
+//! The same catalog file is read by the agent and by the hub, and both check
+//! records with [`Resource::check`], so that a record the agent accepts is a
+//! record the hub accepts. This module owns the item value rules of the
+//! pipeline; the full national data-element dictionary is not here yet.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+use proto::v1::{Operation, Record, RejectCode};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+#[cfg(test)]
+mod tests;
+
+/// Why a catalog file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file is not valid TOML or does not have the catalog's shape.
+    #[error("{0}")]
+    Parse(String),
+    /// The file parses but breaks a catalog rule.
+    #[error("resource {resource}: {reason}")]
+    Invalid { resource: String, reason: String },
+}
+
+/// 共享类型 (国发〔2016〕51号).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Sharing {
+    #[serde(rename = "无条件共享")]
+    Unconditional,
+    #[serde(rename = "有条件共享")]
+    Conditional,
+    #[serde(rename = "不予共享")]
+    NotShared,
+}
+
+/// 更新周期: how often the provider must update the resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum UpdateCycle {
+    #[serde(rename = "实时")]
+    RealTime,
+    #[serde(rename = "每日")]
+    Daily,
+    #[serde(rename = "每周")]
+    Weekly,
+    #[serde(rename = "每月")]
+    Monthly,
+    #[serde(rename = "每季度")]
+    Quarterly,
+    #[serde(rename = "每半年")]
+    HalfYearly,
+    #[serde(rename = "每年")]
+    Yearly,
+}
+
+/// The value type of an item. Canonical forms: integers without sign `+` or
+/// leading zeros, decimals with `.`, dates as GB/T 7408 basic `YYYYMMDD`,
+/// date-times as `YYYYMMDDhhmmss`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemType {
+    #[default]
+    String,
+    Integer,
+    Decimal,
+    Date,
+    Datetime,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    #[serde(default, rename = "resource")]
+    resources: Vec<RawResource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResource {
+    code: String,
+    name: String,
+    provider: String,
+    sharing: Sharing,
+    cycle: UpdateCycle,
+    #[serde(rename = "item")]
+    items: Vec<Item>,
+}
+
+/// One item (信息项) of a resource, bound to a data element.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Item {
+    /// Data-element identifier, e.g. `DE00001`.
+    pub id: String,
+    /// Chinese name, e.g. 公民身份号码.
+    pub name: String,
+    #[serde(default, rename = "type")]
+    pub kind: ItemType,
+    /// Maximum length in characters, if the catalog limits it.
+    #[serde(default)]
+    pub max_len: Option<usize>,
+    #[serde(default)]
+    pub required: bool,
+    /// Key items identify a record of the resource; they are always required.
+    #[serde(default)]
+    pub key: bool,
+}
+
+/// A resource of the catalog.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub code: String,
+    pub name: String,
+    /// The agency code of the only agency allowed to publish it (article 14).
+    pub provider: String,
+    pub sharing: Sharing,
+    pub cycle: UpdateCycle,
+    pub items: Vec<Item>,
+}
+
+/// A parsed and checked catalog.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    resources: BTreeMap<String, Resource>,
+    digest: String,
+}
+
+impl Catalog {
+    /// Parses a catalog from its TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Catalog, Error> {
+        let raw: RawCatalog = toml::from_str(text).map_err(|e| Error::Parse(e.to_string()))?;
+        let mut resources = BTreeMap::new();
+        for r in raw.resources {
+            let invalid = |reason: String| Error::Invalid {
+                resource: r.code.clone(),
+                reason,
+            };
+            if r.code.trim().is_empty() || r.code.trim() != r.code {
+                return Err(invalid("code must be non-empty without surrounding spaces".into()));
+            }
+            let mut seen = HashSet::new();
+            for item in &r.items {
+                if !seen.insert(item.id.as_str()) {
+                    return Err(invalid(format!("item {} is listed twice", item.id)));
+                }
+                if item.key && !item.required {
+                    return Err(invalid(format!(
+                        "key item {} must also be required",
+                        item.id
+                    )));
+                }
+            }
+            if !r.items.iter().any(|i| i.key) {
+                return Err(invalid("at least one item must be a key".into()));
+            }
+            let code = r.code.clone();
+            let resource = Resource {
+                code: r.code,
+                name: r.name,
+                provider: r.provider,
+                sharing: r.sharing,
+                cycle: r.cycle,
+                items: r.items,
+            };
+            if resources.insert(code.clone(), resource).is_some() {
+                return Err(Error::Invalid {
+                    resource: code,
+                    reason: "listed twice".into(),
+                });
+            }
+        }
+        let digest = hex(&Sha256::digest(text.as_bytes()));
+        Ok(Catalog { resources, digest })
+    }
+
+    pub fn resource(&self, code: &str) -> Option<&Resource> {
+        self.resources.get(code)
+    }
+
+    pub fn resources(&self) -> impl Iterator<Item = &Resource> {
+        self.resources.values()
+    }
+
+    /// SHA-256 of the catalog text, hex: lets the hub see that both sides
+    /// validate against the same catalog.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+/// Why a record does not conform to the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub code: RejectCode,
+    pub reason: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.as_str_name(), self.reason)
+    }
+}
+
+impl Resource {
+    pub fn item(&self, id: &str) -> Option<&Item> {
+        self.items.iter().find(|i| i.id == id)
+    }
+
+    pub fn key_items(&self) -> impl Iterator<Item = &Item> {
+        self.items.iter().filter(|i| i.key)
+    }
+
+    /// Checks a record against this resource, for a record published by
+    /// `agency`. The hub calls this for every record it receives; the agent
+    /// builds its records so that they pass.
+    pub fn check(&self, agency: &str, record: &Record) -> Result<(), Violation> {
+        let invalid = |reason: String| Violation {
+            code: RejectCode::InvalidRecord,
+            reason,
+        };
+        if self.provider != agency {
+            return Err(Violation {
+                code: RejectCode::NotProvider,
+                reason: format!(
+                    "resource {} is provided by agency {}, not {agency}",
+                    self.code, self.provider
+                ),
+            });
+        }
+        let op = Operation::try_from(record.op).unwrap_or(Operation::Unspecified);
+        if op == Operation::Unspecified {
+            return Err(invalid(format!("unknown operation {}", record.op)));
+        }
+        let keys: Vec<&Item> = self.key_items().collect();
+        if record.key.len() != keys.len() {
+            return Err(invalid(format!(
+                "key has {} values, resource {} has {} key items",
+                record.key.len(),
+                self.code,
+                keys.len()
+            )));
+        }
+        for (item, value) in keys.iter().zip(&record.key) {
+            if value.is_empty() {
+                return Err(invalid(format!("key item {} ({}) is empty", item.id, item.name)));
+            }
+            if let Some(v) = record.items.get(&item.id)
+                && v != value
+            {
+                return Err(invalid(format!(
+                    "key item {} is {v:?} in items but {value:?} in the key",
+                    item.id
+                )));
+            }
+        }
+        for (id, value) in &record.items {
+            let Some(item) = self.item(id) else {
+                return Err(invalid(format!("item {id} is not in resource {}", self.code)));
+            };
+            if let Err(reason) = check_value(item, value) {
+                return Err(invalid(format!("item {id} ({}): {reason}", item.name)));
+            }
+        }
+        if op == Operation::Upsert {
+            for item in self.items.iter().filter(|i| i.required) {
+                if !record.items.contains_key(&item.id) {
+                    return Err(invalid(format!(
+                        "required item {} ({}) is missing",
+                        item.id, item.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `value` is already in the canonical form of the item's type.
+pub fn check_value(item: &Item, value: &str) -> Result<(), String> {
+    if let Some(max) = item.max_len {
+        let len = value.chars().count();
+        if len > max {
+            return Err(format!("{len} characters, at most {max} allowed"));
+        }
+    }
+    match item.kind {
+        ItemType::String => Ok(()),
+        ItemType::Integer => canonical_integer(value)
+            .filter(|c| c == value)
+            .map(drop)
+            .ok_or_else(|| format!("{value:?} is not a canonical integer")),
+        ItemType::Decimal => canonical_decimal(value)
+            .filter(|c| c == value)
+            .map(drop)
+            .ok_or_else(|| format!("{value:?} is not a canonical decimal")),
+        ItemType::Date => canonical_date(value)
+            .filter(|c| c == value)
+            .map(drop)
+            .ok_or_else(|| format!("{value:?} is not a date in the form YYYYMMDD")),
+        ItemType::Datetime => canonical_datetime(value)
+            .filter(|c| c == value)
+            .map(drop)
+            .ok_or_else(|| format!("{value:?} is not a date-time in the form YYYYMMDDhhmmss")),
+    }
+}
+
+/// Brings a trimmed raw value to the canonical form of `kind`, or says why it
+/// cannot.
+pub fn canonical(kind: ItemType, raw: &str) -> Result<String, String> {
+    match kind {
+        ItemType::String => Ok(raw.to_owned()),
+        ItemType::Integer => canonical_integer(raw).ok_or_else(|| "not an integer".to_owned()),
+        ItemType::Decimal => canonical_decimal(raw).ok_or_else(|| "not a decimal number".to_owned()),
+        ItemType::Date => canonical_date(raw)
+            .ok_or_else(|| "not a date (expected YYYYMMDD or YYYY-MM-DD)".to_owned()),
+        ItemType::Datetime => canonical_datetime(raw).ok_or_else(|| {
+            "not a date-time (expected YYYYMMDDhhmmss or YYYY-MM-DD hh:mm:ss)".to_owned()
+        }),
+    }
+}
+
+fn canonical_integer(raw: &str) -> Option<String> {
+    let (neg, digits) = match raw.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, raw.strip_prefix('+').unwrap_or(raw)),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let trimmed = digits.trim_start_matches('0');
+    let body = if trimmed.is_empty() { "0" } else { trimmed };
+    Some(if neg && body != "0" { format!("-{body}") } else { body.to_owned() })
+}
+
+fn canonical_decimal(raw: &str) -> Option<String> {
+    let (int, frac) = match raw.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (raw, None),
+    };
+    let int = canonical_integer(if int.is_empty() || int == "-" || int == "+" {
+        // ".5" and "-.5" have an implied zero.
+        return canonical_decimal(&format!("{}0.{}", int, frac.unwrap_or_default()));
+    } else {
+        int
+    })?;
+    match frac {
+        None => Some(int),
+        Some(f) if !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()) => {
+            let f = f.trim_end_matches('0');
+            if f.is_empty() {
+                Some(int)
+            } else {
+                Some(format!("{int}.{f}"))
+            }
+        }
+        Some(_) => None,
+    }
+}
+
+fn valid_ymd(y: u32, m: u32, d: u32) -> bool {
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1..=9999).contains(&y) && (1..=days).contains(&d)
+}
+
+fn canonical_date(raw: &str) -> Option<String> {
+    let parts: Vec<&str> = if raw.len() == 8 && raw.bytes().all(|b| b.is_ascii_digit()) {
+        vec![&raw[0..4], &raw[4..6], &raw[6..8]]
+    } else {
+        raw.split('-').collect()
+    };
+    let [y, m, d] = parts.as_slice() else {
+        return None;
+    };
+    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        return None;
+    }
+    let (y, m, d) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
+    valid_ymd(y, m, d).then(|| format!("{y:04}{m:02}{d:02}"))
+}
+
+fn canonical_datetime(raw: &str) -> Option<String> {
+    let (date, time) = if raw.len() == 14 && raw.bytes().all(|b| b.is_ascii_digit()) {
+        (&raw[..8], raw[8..].to_owned())
+    } else {
+        let (date, time) = raw.split_once([' ', 'T'])?;
+        let fields: Vec<&str> = time.split(':').collect();
+        if fields.len() != 3 || fields.iter().any(|f| f.len() != 2) {
+            return None;
+        }
+        (date, fields.concat())
+    };
+    let date = canonical_date(date)?;
+    if !time.bytes().all(|b| b.is_ascii_digit()) || time.len() != 6 {
+        return None;
+    }
+    let (h, mi, s): (u32, u32, u32) = (
+        time[0..2].parse().ok()?,
+        time[2..4].parse().ok()?,
+        time[4..6].parse().ok()?,
+    );
+    (h < 24 && mi < 60 && s < 60).then(|| format!("{date}{time}"))
+}
+
+/// Lower-case hex of a byte string.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,87 @@
+use super::*;
+
+const CATALOG: &str = r#"
+[[resource]]
+code = "320282001/00001"
+name = "人口基本信息"
+provider = "AG1"
+sharing = "无条件共享"
+cycle = "实时"
+[[resource.item]]
+id = "DE00001"
+name = "公民身份号码"
+key = true
+required = true
+[[resource.item]]
+id = "DE00002"
+name = "姓名"
+required = true
+[[resource.item]]
+id = "DE00003"
+name = "出生日期"
+type = "date"
+"#;
+
+fn record(items: &[(&str, &str)], key: &str) -> Record {
+    Record {
+        resource: "320282001/00001".into(),
+        key: vec![key.into()],
+        op: Operation::Upsert as i32,
+        items: items.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn parses_and_checks_records() {
+    let catalog = Catalog::from_toml_str(CATALOG).unwrap();
+    let r = catalog.resource("320282001/00001").unwrap();
+    assert_eq!(r.provider, "AG1");
+    assert_eq!(catalog.digest().len(), 64);
+    let ok = record(&[("DE00001", "1"), ("DE00002", "张三"), ("DE00003", "19900101")], "1");
+    assert_eq!(r.check("AG1", &ok), Ok(()));
+    assert_eq!(r.check("AG2", &ok).unwrap_err().code, RejectCode::NotProvider);
+    let missing = record(&[("DE00001", "1")], "1");
+    assert!(r.check("AG1", &missing).unwrap_err().reason.contains("DE00002"));
+    let bad_date = record(&[("DE00001", "1"), ("DE00002", "x"), ("DE00003", "1990-01-01")], "1");
+    assert!(r.check("AG1", &bad_date).unwrap_err().reason.contains("DE00003"));
+    let unknown = record(&[("DE00001", "1"), ("DE00002", "x"), ("DE09999", "1")], "1");
+    assert!(r.check("AG1", &unknown).unwrap_err().reason.contains("DE09999"));
+    let key_mismatch = record(&[("DE00001", "1"), ("DE00002", "x")], "2");
+    assert!(r.check("AG1", &key_mismatch).is_err());
+    let mut delete = record(&[], "1");
+    delete.op = Operation::Delete as i32;
+    assert_eq!(r.check("AG1", &delete), Ok(()));
+}
+
+#[test]
+fn refuses_bad_catalogs() {
+    let no_key = CATALOG.replace("key = true\n", "");
+    assert!(Catalog::from_toml_str(&no_key).unwrap_err().to_string().contains("key"));
+    let bad_sharing = CATALOG.replace("无条件共享", "随便");
+    assert!(Catalog::from_toml_str(&bad_sharing).unwrap_err().to_string().contains("line"));
+    let twice = format!("{CATALOG}{}", &CATALOG[CATALOG.find("[[resource]]").unwrap()..]);
+    assert!(Catalog::from_toml_str(&twice).unwrap_err().to_string().contains("twice"));
+}
+
+#[test]
+fn canonical_forms() {
+    let cases = [
+        (ItemType::Integer, "007", Some("7")),
+        (ItemType::Integer, "-0", Some("0")),
+        (ItemType::Integer, "+12", Some("12")),
+        (ItemType::Integer, "1e5", None),
+        (ItemType::Decimal, "12.50", Some("12.5")),
+        (ItemType::Decimal, ".5", Some("0.5")),
+        (ItemType::Decimal, "3.", None),
+        (ItemType::Date, "2016-06-23", Some("20160623")),
+        (ItemType::Date, "20000229", Some("20000229")),
+        (ItemType::Date, "19000229", None),
+        (ItemType::Date, "2016-6-23", None),
+        (ItemType::Datetime, "2016-06-23 14:05:00", Some("20160623140500")),
+        (ItemType::Datetime, "20160623250000", None),
+    ];
+    for (kind, raw, want) in cases {
+        assert_eq!(canonical(kind, raw).ok().as_deref(), want, "{kind:?} {raw:?}");
+    }
+}

@@ -1,0 +1,494 @@
+//! The agent's one configuration file: TOML → [`RawConfig`] (serde, unknown
+//! keys refused) → [`Config`] (validated, defaults applied, paths resolved
+//! against the file's folder, checked against the catalog).
+//!
+//! Everything is validated here, before any socket, folder or database is
+//! opened. Only this module parses TOML for the agent (the catalog module
+//! parses the catalog's own file).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::catalog::{self, Catalog, Sharing};
+
+#[cfg(test)]
+mod tests;
+
+/// The default config path of a packaged install.
+pub const DEFAULT_PATH: &str = "/etc/qianzhi/agent.toml";
+
+/// Why a config was refused. Every variant names the file, and where it can,
+/// the key and its line.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, or a value of the wrong type or form; the
+    /// message carries the line and the key.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value that parses but breaks a rule.
+    #[error("{path}:{line}: key `{key}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        reason: String,
+    },
+    #[error("catalog {path}: {source}")]
+    Catalog {
+        path: PathBuf,
+        source: catalog::Error,
+    },
+}
+
+/// A duration written as `"10s"`, `"500ms"`, `"2m"`.
+#[derive(Debug, Clone, Copy)]
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration: {e}")))
+    }
+}
+
+/// A size in bytes: an integer, or a string such as `"512MiB"`, `"2GB"`.
+#[derive(Debug, Clone, Copy)]
+struct ByteSize(u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            N(u64),
+            S(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::N(n) => Ok(ByteSize(n)),
+            Repr::S(s) => parse_size(&s).map(ByteSize).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{s:?} is not a size (examples: 1048576, \"512MiB\", \"2GB\")"
+                ))
+            }),
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        "TB" => 1_000_000_000_000,
+        "TiB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    agency: Spanned<String>,
+    data_dir: PathBuf,
+    catalog: Spanned<PathBuf>,
+    shutdown_grace: Option<HumanDuration>,
+    #[serde(default)]
+    outbox: RawOutbox,
+    hub: RawHub,
+    #[serde(default)]
+    health: RawHealth,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default, rename = "source")]
+    sources: Vec<RawSource>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbox {
+    max_bytes: Option<Spanned<ByteSize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHub {
+    url: Spanned<String>,
+    server_name: Option<String>,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    compression: Option<Compression>,
+    batch_records: Option<Spanned<usize>>,
+    batch_bytes: Option<ByteSize>,
+    linger: Option<HumanDuration>,
+    max_in_flight: Option<Spanned<usize>>,
+    keepalive: Option<HumanDuration>,
+    backoff_max: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<LogFormat>,
+    level: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    name: Spanned<String>,
+    #[serde(rename = "type")]
+    kind: SourceKind,
+    resource: Spanned<String>,
+    path: PathBuf,
+    format: Option<FileFormat>,
+    encoding: Option<Encoding>,
+    complete: Option<Completion>,
+    settle: Option<HumanDuration>,
+    rescan: Option<HumanDuration>,
+    after: Option<AfterDone>,
+    op_column: Option<String>,
+    columns: Spanned<BTreeMap<String, Spanned<String>>>,
+}
+
+/// Compression of the gRPC stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Folder,
+}
+
+/// The format of files in a drop folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    /// By extension: `.csv` → CSV, `.jsonl`/`.ndjson` → JSON Lines.
+    Auto,
+    Csv,
+    Jsonl,
+}
+
+/// The character encoding of CSV files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Encoding {
+    /// UTF-8 if the whole file is valid UTF-8, otherwise GB18030.
+    #[serde(rename = "auto")]
+    Auto,
+    #[serde(rename = "utf-8")]
+    Utf8,
+    /// GB18030, which also decodes GBK and GB2312.
+    #[serde(rename = "gb18030", alias = "gbk")]
+    Gb18030,
+}
+
+/// When a file in the drop folder counts as complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Completion {
+    /// Writers write under a hidden or `.tmp`/`.part` name and rename the file
+    /// into place: every other file is complete.
+    Rename,
+    /// A file is complete once `NAME.ok` exists beside it.
+    Marker,
+    /// A file is complete once its size and mtime have not changed for
+    /// `settle`.
+    Settle,
+}
+
+/// What happens to a file once all its records are committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterDone {
+    Move,
+    Delete,
+}
+
+/// A validated agent config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, for messages.
+    pub origin: PathBuf,
+    pub agency: String,
+    pub data_dir: PathBuf,
+    pub catalog_path: PathBuf,
+    pub catalog: Catalog,
+    pub shutdown_grace: Duration,
+    pub outbox: OutboxConfig,
+    pub hub: HubConfig,
+    pub health_listen: SocketAddr,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub sources: Vec<SourceConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    /// Sources pause while the queue holds more than this many bytes.
+    pub max_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub url: String,
+    /// The name the hub's certificate must carry; defaults to the URL's host.
+    pub server_name: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub compression: Compression,
+    pub batch_records: usize,
+    pub batch_bytes: usize,
+    pub linger: Duration,
+    pub max_in_flight: usize,
+    pub keepalive: Duration,
+    pub backoff_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub name: String,
+    pub kind: SourceKind,
+    pub resource: String,
+    pub path: PathBuf,
+    pub format: FileFormat,
+    pub encoding: Encoding,
+    pub complete: Completion,
+    pub settle: Duration,
+    pub rescan: Duration,
+    pub after: AfterDone,
+    pub op_column: Option<String>,
+    /// Column or JSON field → data-element identifier, in file-column order
+    /// of the config (BTreeMap order).
+    pub columns: Vec<(String, String)>,
+}
+
+impl Config {
+    /// Reads and validates the config at `path` and the catalog it names.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| Error::Read {
+                path: p.to_owned(),
+                source,
+            })
+        };
+        let text = read(path)?;
+        Config::from_toml_str(&text, path, |p| read(p))
+    }
+
+    /// Parses and validates config text. `origin` names the file in messages
+    /// and anchors relative paths; `read_catalog` reads the catalog file the
+    /// config names (tests pass the text directly).
+    pub fn from_toml_str(
+        text: &str,
+        origin: &Path,
+        read_catalog: impl FnOnce(&Path) -> Result<String, Error>,
+    ) -> Result<Config, Error> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| Error::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let base = origin.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| -> PathBuf {
+            if p.is_absolute() { p.to_owned() } else { base.join(p) }
+        };
+        let invalid = |span: std::ops::Range<usize>, key: &str, reason: String| Error::Invalid {
+            path: origin.to_owned(),
+            line: line_of(text, span.start),
+            key: key.to_owned(),
+            reason,
+        };
+
+        let agency = raw.agency.get_ref().trim().to_owned();
+        if agency.is_empty() {
+            return Err(invalid(raw.agency.span(), "agency", "must not be empty".into()));
+        }
+
+        let catalog_path = resolve(raw.catalog.get_ref());
+        let catalog_text = read_catalog(&catalog_path)?;
+        let catalog = Catalog::from_toml_str(&catalog_text).map_err(|source| Error::Catalog {
+            path: catalog_path.clone(),
+            source,
+        })?;
+
+        let max_bytes = match raw.outbox.max_bytes {
+            Some(s) if s.get_ref().0 < 1 << 20 => {
+                return Err(invalid(s.span(), "outbox.max_bytes", "must be at least 1MiB".into()));
+            }
+            Some(s) => s.get_ref().0,
+            None => 2 << 30,
+        };
+
+        let url = raw.hub.url.get_ref().clone();
+        let host = url
+            .strip_prefix("https://")
+            .map(|rest| rest.split(['/', ':']).next().unwrap_or_default().trim_matches(['[', ']']))
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| {
+                invalid(raw.hub.url.span(), "hub.url", format!("{url:?} is not an https:// URL with a host"))
+            })?
+            .to_owned();
+        let positive = |v: Option<Spanned<usize>>, key: &str, default: usize| match v {
+            Some(v) if *v.get_ref() == 0 => Err(invalid(v.span(), key, "must be at least 1".into())),
+            Some(v) => Ok(*v.get_ref()),
+            None => Ok(default),
+        };
+        let hub = HubConfig {
+            url,
+            server_name: raw.hub.server_name.unwrap_or(host),
+            ca: resolve(&raw.hub.ca),
+            cert: resolve(&raw.hub.cert),
+            key: resolve(&raw.hub.key),
+            compression: raw.hub.compression.unwrap_or(Compression::Zstd),
+            batch_records: positive(raw.hub.batch_records, "hub.batch_records", 4096)?,
+            batch_bytes: raw.hub.batch_bytes.map_or(1 << 20, |b| b.0 as usize).max(1),
+            linger: raw.hub.linger.map_or(Duration::from_millis(2), |d| d.0),
+            max_in_flight: positive(raw.hub.max_in_flight, "hub.max_in_flight", 8)?,
+            keepalive: raw.hub.keepalive.map_or(Duration::from_secs(5), |d| d.0),
+            backoff_max: raw.hub.backoff_max.map_or(Duration::from_secs(30), |d| d.0),
+        };
+
+        let mut sources = Vec::new();
+        for s in raw.sources {
+            let name = s.name.get_ref().clone();
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(invalid(
+                    s.name.span(),
+                    "source.name",
+                    format!("{name:?}: use letters, digits, '-' and '_'"),
+                ));
+            }
+            if sources.iter().any(|o: &SourceConfig| o.name == name) {
+                return Err(invalid(s.name.span(), "source.name", format!("{name:?} is used twice")));
+            }
+            let key = |k: &str| format!("source.{name}.{k}");
+            let code = s.resource.get_ref();
+            let Some(resource) = catalog.resource(code) else {
+                return Err(invalid(
+                    s.resource.span(),
+                    &key("resource"),
+                    format!("{code:?} is not in the catalog {}", catalog_path.display()),
+                ));
+            };
+            if resource.provider != agency {
+                return Err(invalid(
+                    s.resource.span(),
+                    &key("resource"),
+                    format!(
+                        "{code:?} is provided by agency {}, not by this agency {agency} (one data, one source)",
+                        resource.provider
+                    ),
+                ));
+            }
+            if resource.sharing == Sharing::NotShared {
+                return Err(invalid(
+                    s.resource.span(),
+                    &key("resource"),
+                    format!("{code:?} is 不予共享 and cannot be published to the hub"),
+                ));
+            }
+            let mut columns = Vec::new();
+            for (column, element) in s.columns.get_ref() {
+                if resource.item(element.get_ref()).is_none() {
+                    return Err(invalid(
+                        element.span(),
+                        &key(&format!("columns.{column}")),
+                        format!("data element {:?} is not an item of resource {code}", element.get_ref()),
+                    ));
+                }
+                if columns.iter().any(|(_, e)| e == element.get_ref()) {
+                    return Err(invalid(
+                        element.span(),
+                        &key(&format!("columns.{column}")),
+                        format!("data element {:?} is mapped from two columns", element.get_ref()),
+                    ));
+                }
+                columns.push((column.clone(), element.get_ref().clone()));
+            }
+            for item in resource.key_items() {
+                if !columns.iter().any(|(_, e)| *e == item.id) {
+                    return Err(invalid(
+                        s.columns.span(),
+                        &key("columns"),
+                        format!("key item {} ({}) of resource {code} is not mapped", item.id, item.name),
+                    ));
+                }
+            }
+            sources.push(SourceConfig {
+                name,
+                kind: s.kind,
+                resource: code.clone(),
+                path: resolve(&s.path),
+                format: s.format.unwrap_or(FileFormat::Auto),
+                encoding: s.encoding.unwrap_or(Encoding::Auto),
+                complete: s.complete.unwrap_or(Completion::Rename),
+                settle: s.settle.map_or(Duration::from_secs(5), |d| d.0),
+                rescan: s.rescan.map_or(Duration::from_secs(10), |d| d.0),
+                after: s.after.unwrap_or(AfterDone::Move),
+                op_column: s.op_column,
+                columns,
+            });
+        }
+
+        Ok(Config {
+            origin: origin.to_owned(),
+            agency,
+            data_dir: resolve(&raw.data_dir),
+            catalog_path,
+            catalog,
+            shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(10), |d| d.0),
+            outbox: OutboxConfig { max_bytes },
+            hub,
+            health_listen: raw.health.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9720))),
+            log_format: raw.log.format.unwrap_or(LogFormat::Text),
+            log_level: raw.log.level.unwrap_or_else(|| "info".into()),
+            sources,
+        })
+    }
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}

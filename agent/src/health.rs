@@ -1,0 +1,405 @@
+//! Health, status and metrics: the agent's state as the operator sees it,
+//! and the local HTTP port that serves it (`/healthz`, `/readyz`, `/status`,
+//! `/metrics`).
+//!
+//! Sources and the link write counters and states here; nothing here feeds
+//! back into the pipeline.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::outbox::Outbox;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+}
+
+/// Counters and state of one source.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    pub rows: Counter,
+    pub records: Counter,
+    pub quarantined: Counter,
+    pub files_done: Counter,
+    pub files_rejected: Counter,
+    error: Mutex<Option<String>>,
+}
+
+impl SourceStats {
+    pub fn set_error(&self, e: Option<String>) {
+        *self.error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The link's state as shown in /status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    Connecting,
+    Up,
+    Down,
+}
+
+#[derive(Debug)]
+struct Link {
+    state: LinkState,
+    since: SystemTime,
+    last_ack: Option<SystemTime>,
+    error: Option<String>,
+}
+
+/// Shared state of the running agent.
+pub struct Health {
+    agency: String,
+    hub: String,
+    outbox: Outbox,
+    sources: Mutex<Vec<(String, Arc<SourceStats>)>>,
+    link: Mutex<Link>,
+    registry: Registry,
+    families: Families,
+    pub records_sent: Counter,
+    pub records_acked: Counter,
+    pub records_rejected: Counter,
+    link_up: Gauge,
+    outbox_records: Gauge,
+    outbox_bytes: Gauge,
+    oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    quarantine_records: Gauge,
+}
+
+struct Families {
+    rows: Family<SourceLabel, Counter>,
+    records: Family<SourceLabel, Counter>,
+    quarantined: Family<SourceLabel, Counter>,
+    files_done: Family<SourceLabel, Counter>,
+    files_rejected: Family<SourceLabel, Counter>,
+}
+
+impl Health {
+    pub fn new(agency: &str, hub: &str, outbox: Outbox) -> Arc<Health> {
+        let mut registry = Registry::with_prefix("qianzhi");
+        let families = Families {
+            rows: Family::default(),
+            records: Family::default(),
+            quarantined: Family::default(),
+            files_done: Family::default(),
+            files_rejected: Family::default(),
+        };
+        registry.register("source_rows", "Rows read by a source", families.rows.clone());
+        registry.register("source_records", "Records a source committed to the outbox", families.records.clone());
+        registry.register("source_quarantined", "Rows a source quarantined", families.quarantined.clone());
+        registry.register("source_files_done", "Files a source finished", families.files_done.clone());
+        registry.register("source_files_rejected", "Files a source moved to rejected/", families.files_rejected.clone());
+        let h = Health {
+            agency: agency.to_owned(),
+            hub: hub.to_owned(),
+            outbox,
+            sources: Mutex::default(),
+            link: Mutex::new(Link {
+                state: LinkState::Connecting,
+                since: SystemTime::now(),
+                last_ack: None,
+                error: None,
+            }),
+            records_sent: Counter::default(),
+            records_acked: Counter::default(),
+            records_rejected: Counter::default(),
+            link_up: Gauge::default(),
+            outbox_records: Gauge::default(),
+            outbox_bytes: Gauge::default(),
+            oldest_age: Gauge::default(),
+            quarantine_records: Gauge::default(),
+            registry,
+            families,
+        };
+        let mut h = h;
+        let r = &mut h.registry;
+        r.register("records_sent", "Records sent to the hub", h.records_sent.clone());
+        r.register("records_acked", "Records the hub acknowledged as durably stored", h.records_acked.clone());
+        r.register("records_rejected", "Records the hub rejected (moved to quarantine)", h.records_rejected.clone());
+        r.register("link_up", "1 while the stream to the hub is up", h.link_up.clone());
+        r.register("outbox_records", "Records waiting in the outbox for the hub's ack", h.outbox_records.clone());
+        r.register("outbox_bytes", "Bytes waiting in the outbox", h.outbox_bytes.clone());
+        r.register(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest unacknowledged record",
+            h.oldest_age.clone(),
+        );
+        r.register("quarantine_records", "Records held in the local quarantine", h.quarantine_records.clone());
+        Arc::new(h)
+    }
+
+    /// The stats of a source, created on first use.
+    pub fn source(&self, name: &str) -> Arc<SourceStats> {
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, s)) = sources.iter().find(|(n, _)| n == name) {
+            return s.clone();
+        }
+        let l = SourceLabel { source: name.to_owned() };
+        let f = &self.families;
+        let s = Arc::new(SourceStats {
+            rows: f.rows.get_or_create(&l).clone(),
+            records: f.records.get_or_create(&l).clone(),
+            quarantined: f.quarantined.get_or_create(&l).clone(),
+            files_done: f.files_done.get_or_create(&l).clone(),
+            files_rejected: f.files_rejected.get_or_create(&l).clone(),
+            error: Mutex::default(),
+        });
+        sources.push((name.to_owned(), s.clone()));
+        s
+    }
+
+    pub fn set_link(&self, state: LinkState, error: Option<String>) {
+        let mut link = self.link.lock().unwrap_or_else(|p| p.into_inner());
+        if link.state != state {
+            link.state = state;
+            link.since = SystemTime::now();
+        }
+        if error.is_some() || state == LinkState::Up {
+            link.error = error;
+        }
+        self.link_up.set(i64::from(state == LinkState::Up));
+    }
+
+    pub fn acked(&self, records: u64) {
+        self.records_acked.inc_by(records);
+        self.link.lock().unwrap_or_else(|p| p.into_inner()).last_ack = Some(SystemTime::now());
+    }
+
+    /// Ready when the outbox is writable and no source is failing.
+    pub fn ready(&self) -> Result<(), String> {
+        if let Some(e) = self.outbox.stats().error {
+            return Err(format!("outbox not writable: {e}"));
+        }
+        let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, s) in sources.iter() {
+            if let Some(e) = s.error() {
+                return Err(format!("source {name} failing: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn status(&self) -> Status {
+        let q = self.outbox.stats();
+        let now = SystemTime::now();
+        let link = self.link.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest_age = q.oldest_us.map(|us| {
+            let now_us = crate::outbox::now_us();
+            ((now_us - us).max(0) as f64) / 1e6
+        });
+        let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        Status {
+            agency: self.agency.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            outbox_id: self.outbox.id().to_owned(),
+            ready: self.ready().err().map_or_else(|| "ok".into(), |e| e),
+            link: LinkStatus {
+                hub: self.hub.clone(),
+                state: link.state,
+                since_seconds: now.duration_since(link.since).map_or(0.0, |d| d.as_secs_f64()),
+                last_ack_seconds_ago: link
+                    .last_ack
+                    .map(|t| now.duration_since(t).map_or(0.0, |d| d.as_secs_f64())),
+                error: link.error.clone(),
+                sent: self.records_sent.get(),
+                acked: self.records_acked.get(),
+                rejected: self.records_rejected.get(),
+            },
+            queue: QueueStatus {
+                records: q.records,
+                bytes: q.bytes,
+                max_bytes: self.outbox.max_bytes(),
+                full: q.bytes >= self.outbox.max_bytes(),
+                oldest_age_seconds: oldest_age,
+                last_seq: q.last_seq,
+                error: q.error,
+            },
+            quarantine: q.quarantined,
+            sources: sources
+                .iter()
+                .map(|(name, s)| SourceStatus {
+                    name: name.clone(),
+                    rows: s.rows.get(),
+                    records: s.records.get(),
+                    quarantined: s.quarantined.get(),
+                    files_done: s.files_done.get(),
+                    files_rejected: s.files_rejected.get(),
+                    error: s.error(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        let q = self.outbox.stats();
+        self.outbox_records.set(q.records as i64);
+        self.outbox_bytes.set(q.bytes as i64);
+        self.quarantine_records.set(q.quarantined as i64);
+        self.oldest_age.set(
+            q.oldest_us
+                .map_or(0.0, |us| ((crate::outbox::now_us() - us).max(0) as f64) / 1e6),
+        );
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The JSON document of `/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub agency: String,
+    pub version: String,
+    pub outbox_id: String,
+    /// "ok", or why the agent is not ready.
+    pub ready: String,
+    pub link: LinkStatus,
+    pub queue: QueueStatus,
+    pub quarantine: u64,
+    pub sources: Vec<SourceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkStatus {
+    pub hub: String,
+    pub state: LinkState,
+    pub since_seconds: f64,
+    pub last_ack_seconds_ago: Option<f64>,
+    pub error: Option<String>,
+    pub sent: u64,
+    pub acked: u64,
+    pub rejected: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueStatus {
+    pub records: u64,
+    pub bytes: u64,
+    pub max_bytes: u64,
+    /// True while sources are paused because the queue is full.
+    pub full: bool,
+    pub oldest_age_seconds: Option<f64>,
+    pub last_seq: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub name: String,
+    pub rows: u64,
+    pub records: u64,
+    pub quarantined: u64,
+    pub files_done: u64,
+    pub files_rejected: u64,
+    pub error: Option<String>,
+}
+
+/// Binds the health port. Done before anything is spawned so a taken port
+/// is an init failure, not a silent gap.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+/// Serves the health port until the token is cancelled.
+pub async fn serve(listener: tokio::net::TcpListener, health: Arc<Health>, token: CancellationToken) {
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(h): State<Arc<Health>>| async move {
+                match h.ready() {
+                    Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+                    Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
+                }
+            }),
+        )
+        .route("/status", get(|State(h): State<Arc<Health>>| async move { axum::Json(h.status()) }))
+        .route(
+            "/metrics",
+            get(|State(h): State<Arc<Health>>| async move {
+                (
+                    [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    h.metrics(),
+                )
+                    .into_response()
+            }),
+        )
+        .with_state(health);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
+    {
+        tracing::error!(error = %e, "health port failed");
+    }
+}
+
+/// A human summary of a status document, for `qianzhi status`.
+pub fn render(s: &Status) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let age = |x: Option<f64>| x.map_or_else(|| "never".to_owned(), |s| format!("{s:.1}s ago"));
+    let _ = writeln!(o, "agency   {}  (qianzhi {}, outbox {})", s.agency, s.version, s.outbox_id);
+    let _ = writeln!(o, "ready    {}", s.ready);
+    let state = match s.link.state {
+        LinkState::Up => "up",
+        LinkState::Connecting => "connecting",
+        LinkState::Down => "DOWN",
+    };
+    let _ = writeln!(
+        o,
+        "link     {state} for {:.0}s to {}; last ack {}; sent {}, acked {}, rejected {}",
+        s.link.since_seconds,
+        s.link.hub,
+        age(s.link.last_ack_seconds_ago),
+        s.link.sent,
+        s.link.acked,
+        s.link.rejected
+    );
+    if let Some(e) = &s.link.error {
+        let _ = writeln!(o, "         error: {e}");
+    }
+    let _ = writeln!(
+        o,
+        "queue    {} records, {} of {} bytes{}; oldest {}",
+        s.queue.records,
+        s.queue.bytes,
+        s.queue.max_bytes,
+        if s.queue.full { " (FULL: sources paused)" } else { "" },
+        s.queue.oldest_age_seconds.map_or_else(|| "-".to_owned(), |a| format!("{a:.1}s old"))
+    );
+    let _ = writeln!(o, "quarantine {} records", s.quarantine);
+    for src in &s.sources {
+        let _ = writeln!(
+            o,
+            "source   {}: {} rows, {} records, {} quarantined, {} files done, {} rejected{}",
+            src.name,
+            src.rows,
+            src.records,
+            src.quarantined,
+            src.files_done,
+            src.files_rejected,
+            src.error.as_ref().map_or_else(String::new, |e| format!("; ERROR: {e}"))
+        );
+    }
+    o
+}

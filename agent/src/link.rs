@@ -1,0 +1,432 @@
+//! The link: one mutual-TLS gRPC stream to the hub that drains the outbox.
+//!
+//! A session says Hello, takes the hub's Welcome (the highest sequence it
+//! holds for this outbox), acks that locally, and then streams batches of
+//! queued records from the next sequence on, with up to `max_in_flight`
+//! batches unacknowledged. The hub's Ack deletes records from the outbox;
+//! its Rejected moves one record to the quarantine. Nothing is deleted
+//! before the hub's ack. On any failure the session ends and a new one
+//! starts after an exponential backoff with jitter (backon); the hub's
+//! Welcome makes the resend exact.
+//!
+//! Architecture invariant: only this module (and `tls`) knows tonic and
+//! rustls; the link never reads a source.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder;
+use hyper_util::rt::TokioIo;
+use prost::Message;
+use proto::v1::exchange_client::ExchangeClient;
+use proto::v1::{AgentMessage, Batch, Entry, Hello, HubMessage, Record, Rejected, RejectCode, agent_message, hub_message};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::{Endpoint, Uri};
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::config::{Compression, HubConfig};
+use crate::health::{Health, LinkState};
+use crate::outbox::{self, Outbox, Quarantined};
+
+pub mod tls;
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Certificates or keys cannot be used: an operator must fix a file.
+    #[error("tls material: {0}")]
+    Tls(#[from] tls::Error),
+    /// The TLS handshake failed (wrong CA, expired or revoked certificate,
+    /// wrong name): an operator must act.
+    #[error("tls handshake with the hub failed: {0}")]
+    Handshake(String),
+    /// TCP connect, a reset, a dead link noticed by keepalive.
+    #[error("connection to the hub failed: {0}")]
+    Connect(String),
+    /// The hub answered with a gRPC status.
+    #[error("hub refused: {}: {}", .0.code(), .0.message())]
+    Status(tonic::Status),
+    /// The hub broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The hub holds more of this outbox than the outbox ever wrote: the data
+    /// directory was restored from an old backup.
+    #[error(
+        "the hub holds sequence {hub} of outbox {outbox_id} but this outbox only reached {local}: \
+         the data directory looks restored from an old backup; move it aside to start a new outbox"
+    )]
+    HubAhead { outbox_id: String, hub: u64, local: u64 },
+    #[error(transparent)]
+    Outbox(#[from] outbox::Error),
+}
+
+impl Error {
+    /// Whether trying again soon can help. Fatal errors are retried too (an
+    /// operator may fix the cause), but at the slowest backoff.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Tls(_) | Error::Handshake(_) | Error::HubAhead { .. } => false,
+            Error::Status(s) => !matches!(
+                s.code(),
+                tonic::Code::PermissionDenied
+                    | tonic::Code::Unauthenticated
+                    | tonic::Code::InvalidArgument
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::Unimplemented
+            ),
+            Error::Connect(_) | Error::Protocol(_) | Error::Outbox(_) => true,
+        }
+    }
+}
+
+/// A handshake failure, told apart from other connect errors by downcast.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct HandshakeError(String);
+
+fn from_transport(e: tonic::transport::Error) -> Error {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    let mut text = e.to_string();
+    while let Some(c) = cause {
+        if let Some(h) = c.downcast_ref::<HandshakeError>() {
+            return Error::Handshake(h.0.clone());
+        }
+        text = c.to_string();
+        cause = c.source();
+    }
+    Error::Connect(text)
+}
+
+fn from_status(s: tonic::Status) -> Error {
+    // A handshake refused by the hub shows up as a broken stream.
+    Error::Status(s)
+}
+
+/// TCP connect plus a TLS 1.3 handshake. Handshake failures come back as
+/// `HandshakeError` so the caller can tell them apart.
+async fn tls_connect(
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+    host: &str,
+    port: u16,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Box<dyn std::error::Error + Send + Sync>> {
+    let host = host.trim_matches(['[', ']']);
+    let tcp = TcpStream::connect((host, port)).await?;
+    tcp.set_nodelay(true)?;
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| HandshakeError(e.to_string()))?;
+    Ok(stream)
+}
+
+/// Makes one TLS handshake with the hub, for `qianzhi check`: proves the
+/// certificates, the CA and the address without opening a stream.
+pub async fn handshake(hub: &HubConfig) -> Result<(), Error> {
+    let config = tls::client_config(&hub.ca, &hub.cert, &hub.key)?;
+    let name = ServerName::try_from(hub.server_name.clone())
+        .map_err(|e| Error::Handshake(format!("invalid server name {:?}: {e}", hub.server_name)))?;
+    let uri: Uri = hub.url.parse().map_err(|e| Error::Connect(format!("{}: {e}", hub.url)))?;
+    let host = uri.host().unwrap_or_default().to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let connect = tls_connect(config, name, &host, port);
+    match tokio::time::timeout(Duration::from_secs(10), connect).await {
+        Err(_) => Err(Error::Connect(format!("no answer from {host}:{port} within 10s"))),
+        Ok(Err(e)) => match e.downcast::<HandshakeError>() {
+            Ok(h) => Err(Error::Handshake(h.0)),
+            Err(e) => Err(Error::Connect(e.to_string())),
+        },
+        Ok(Ok(mut stream)) => {
+            // Send close_notify so the hub logs a clean close.
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+            Ok(())
+        }
+    }
+}
+
+/// Everything a link needs.
+pub struct Link {
+    pub hub: HubConfig,
+    pub agency: String,
+    pub catalog_digest: String,
+    pub outbox: Outbox,
+    pub health: Arc<Health>,
+}
+
+/// Batches sent and not yet acknowledged: (last seq, records, window slot).
+type InFlight = Arc<Mutex<VecDeque<(u64, u64, OwnedSemaphorePermit)>>>;
+
+impl Link {
+    /// Runs sessions until the token is cancelled.
+    pub async fn run(self, token: CancellationToken) {
+        let mut backoff = self.backoff();
+        let mut session_no = 0u64;
+        loop {
+            session_no += 1;
+            self.health.set_link(LinkState::Connecting, None);
+            let started = Instant::now();
+            let span = info_span!("link", hub = %self.hub.url, session = session_no);
+            let result = self.session(&token).instrument(span).await;
+            let e = match result {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            if token.is_cancelled() {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = self.backoff();
+            }
+            let delay = if e.is_retryable() {
+                warn!(error = %e, "link down; will retry");
+                backoff.next().unwrap_or(self.hub.backoff_max)
+            } else {
+                error!(error = %e, "link refused; retrying slowly until fixed");
+                self.hub.backoff_max
+            };
+            self.health.set_link(LinkState::Down, Some(e.to_string()));
+            tokio::select! {
+                () = token.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        self.health.set_link(LinkState::Down, None);
+        info!("link stopped");
+    }
+
+    fn backoff(&self) -> backon::ExponentialBackoff {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(self.hub.backoff_max)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    /// Connects the channel: our own connector does TCP + rustls so that the
+    /// TLS config (TLS 1.3, ring, files re-read) is entirely ours.
+    async fn connect(&self) -> Result<tonic::transport::Channel, Error> {
+        let config = tls::client_config(&self.hub.ca, &self.hub.cert, &self.hub.key)?;
+        let server_name = ServerName::try_from(self.hub.server_name.clone())
+            .map_err(|e| Error::Handshake(format!("invalid server name {:?}: {e}", self.hub.server_name)))?;
+        // tonic must not try TLS itself: give it the plain scheme.
+        let plain = self.hub.url.replacen("https://", "http://", 1);
+        let endpoint = Endpoint::from_shared(plain)
+            .map_err(|e| Error::Connect(e.to_string()))?
+            .connect_timeout(Duration::from_secs(10))
+            .http2_keep_alive_interval(self.hub.keepalive)
+            .keep_alive_timeout(self.hub.keepalive)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some(16 << 20));
+        let connector = tower::service_fn(move |uri: Uri| {
+            let config = config.clone();
+            let name = server_name.clone();
+            async move {
+                let host = uri.host().unwrap_or_default().to_owned();
+                let port = uri.port_u16().unwrap_or(443);
+                let stream = tls_connect(config, name, &host, port).await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(TokioIo::new(stream))
+            }
+        });
+        endpoint.connect_with_connector(connector).await.map_err(from_transport)
+    }
+
+    async fn session(&self, token: &CancellationToken) -> Result<(), Error> {
+        let channel = tokio::select! {
+            c = self.connect() => c?,
+            () = token.cancelled() => return Ok(()),
+        };
+        let mut client = ExchangeClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd);
+        client = match self.hub.compression {
+            Compression::None => client,
+            Compression::Gzip => client.send_compressed(CompressionEncoding::Gzip),
+            Compression::Zstd => client.send_compressed(CompressionEncoding::Zstd),
+        };
+        let stats = self.outbox.stats();
+        let first_unacked = self
+            .outbox
+            .read(|r| r.first_seq())
+            .await?
+            .unwrap_or(stats.last_seq + 1);
+        let (tx, rx) = mpsc::channel::<AgentMessage>(self.hub.max_in_flight + 2);
+        let hello = Hello {
+            agency_id: self.agency.clone(),
+            outbox_id: self.outbox.id().to_owned(),
+            software_version: env!("CARGO_PKG_VERSION").to_owned(),
+            catalog_digest: self.catalog_digest.clone(),
+            first_unacked_seq: first_unacked,
+        };
+        // The channel has room: nothing else was sent yet.
+        let _ = tx
+            .send(AgentMessage {
+                body: Some(agent_message::Body::Hello(hello)),
+            })
+            .await;
+        let mut inbound = client
+            .sync(ReceiverStream::new(rx))
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        let welcome = match inbound.message().await.map_err(from_status)? {
+            Some(HubMessage {
+                body: Some(hub_message::Body::Welcome(w)),
+            }) => w,
+            other => return Err(Error::Protocol(format!("expected Welcome, got {other:?}"))),
+        };
+        let local = self.outbox.stats().last_seq;
+        if welcome.last_seq > local {
+            return Err(Error::HubAhead {
+                outbox_id: self.outbox.id().to_owned(),
+                hub: welcome.last_seq,
+                local,
+            });
+        }
+        if welcome.catalog_digest != self.catalog_digest {
+            warn!(hub = %welcome.catalog_digest, agent = %self.catalog_digest, "hub and agent catalogs differ");
+        }
+        for r in &welcome.rejections {
+            self.quarantine(r).await?;
+        }
+        if welcome.last_seq > 0 {
+            self.outbox.ack(welcome.last_seq).await?;
+        }
+        info!(resume_after = welcome.last_seq, hub_version = %welcome.hub_version, "link up");
+        self.health.set_link(LinkState::Up, None);
+
+        let window = Arc::new(Semaphore::new(self.hub.max_in_flight));
+        let in_flight: InFlight = Arc::default();
+        let sender = self.send_loop(welcome.last_seq + 1, tx.clone(), window.clone(), in_flight.clone());
+        tokio::pin!(sender);
+        loop {
+            tokio::select! {
+                r = &mut sender => return r,
+                msg = inbound.message() => {
+                    let msg = msg.map_err(from_status)?;
+                    self.handle(msg, &in_flight).await?;
+                }
+                () = token.cancelled() => break,
+            }
+        }
+        // Shutdown: stop sending, and collect the acks of what is in flight
+        // (the caller bounds this by the grace period).
+        while !in_flight.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            let msg = inbound.message().await.map_err(from_status)?;
+            self.handle(msg, &in_flight).await?;
+        }
+        drop(tx);
+        Ok(())
+    }
+
+    async fn handle(&self, msg: Option<HubMessage>, in_flight: &InFlight) -> Result<(), Error> {
+        match msg.and_then(|m| m.body) {
+            None => Err(Error::Connect("the hub closed the stream".into())),
+            Some(hub_message::Body::Ack(ack)) => {
+                self.outbox.ack(ack.upto_seq).await?;
+                let mut acked = 0;
+                let mut q = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                while q.front().is_some_and(|(end, _, _)| *end <= ack.upto_seq) {
+                    if let Some((_, n, permit)) = q.pop_front() {
+                        acked += n;
+                        drop(permit);
+                    }
+                }
+                self.health.acked(acked);
+                debug!(upto = ack.upto_seq, "ack");
+                Ok(())
+            }
+            Some(hub_message::Body::Rejected(r)) => self.quarantine(&r).await,
+            Some(hub_message::Body::Welcome(_)) => Err(Error::Protocol("a second Welcome".into())),
+        }
+    }
+
+    /// Moves a record the hub rejected to the local quarantine.
+    async fn quarantine(&self, r: &Rejected) -> Result<(), Error> {
+        let seq = r.seq;
+        let Some(bytes) = self.outbox.read(move |rd| rd.record(seq)).await? else {
+            return Ok(()); // Already quarantined by an earlier session.
+        };
+        let code = RejectCode::try_from(r.code).unwrap_or(RejectCode::Unspecified);
+        warn!(seq, code = code.as_str_name(), reason = %r.reason, "hub rejected a record");
+        let entry = match Record::decode(bytes.as_slice()) {
+            Ok(rec) => {
+                let pos = rec.source.clone().unwrap_or_default();
+                Quarantined {
+                    source: pos.source,
+                    object: pos.object,
+                    line: pos.line,
+                    resource: rec.resource.clone(),
+                    reasons: vec![format!("HUB_{}: {}", code.as_str_name(), r.reason)],
+                    raw: serde_json::to_string(&rec.items).unwrap_or_default(),
+                }
+            }
+            Err(e) => Quarantined {
+                reasons: vec![format!("HUB_{}: {} (undecodable: {e})", code.as_str_name(), r.reason)],
+                ..Default::default()
+            },
+        };
+        self.outbox.reject(seq, entry).await?;
+        self.health.records_rejected.inc();
+        Ok(())
+    }
+
+    /// Streams batches from `cursor` on, keeping at most `max_in_flight`
+    /// unacknowledged. Returns only on error.
+    async fn send_loop(
+        &self,
+        mut cursor: u64,
+        tx: mpsc::Sender<AgentMessage>,
+        window: Arc<Semaphore>,
+        in_flight: InFlight,
+    ) -> Result<(), Error> {
+        let mut stats = self.outbox.subscribe();
+        loop {
+            let permit = window
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::Protocol("window closed".into()))?;
+            // Wait for a record at or past the cursor.
+            stats
+                .wait_for(|s| s.last_seq >= cursor)
+                .await
+                .map_err(|_| outbox::Error::Closed)?;
+            let mut batch = self.read_batch(cursor).await?;
+            if batch.len() < self.hub.batch_records && !self.hub.linger.is_zero() {
+                // A short linger lets a burst fill the batch; a trickle
+                // still leaves within milliseconds.
+                tokio::time::sleep(self.hub.linger).await;
+                batch = self.read_batch(cursor).await?;
+            }
+            let Some(&(last, _)) = batch.last() else { continue };
+            let n = batch.len() as u64;
+            cursor = last + 1;
+            in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back((last, n, permit));
+            let entries = batch.into_iter().map(|(seq, record)| Entry { seq, record }).collect();
+            tx.send(AgentMessage {
+                body: Some(agent_message::Body::Batch(Batch { entries })),
+            })
+            .await
+            .map_err(|_| Error::Connect("request stream closed".into()))?;
+            self.health.records_sent.inc_by(n);
+        }
+    }
+
+    async fn read_batch(&self, cursor: u64) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+        let (max, bytes) = (self.hub.batch_records, self.hub.batch_bytes);
+        Ok(self.outbox.read(move |r| r.records_from(cursor, max, bytes)).await?)
+    }
+}

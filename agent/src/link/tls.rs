@@ -1,0 +1,71 @@
+//! rustls configuration from PEM files, ring provider only, TLS 1.3 only.
+//!
+//! Files are read again for every connection, so certificates renewed on
+//! disk are used from the next handshake without a restart.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore};
+
+/// The one crypto provider of the project.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Why TLS material could not be used. Always fatal for a session: it needs
+/// an operator to fix a file.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct Error {
+    pub path: String,
+    pub reason: String,
+}
+
+fn err(path: &Path, reason: impl ToString) -> Error {
+    Error {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Reads every certificate of a PEM file.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(path, format!("cannot read certificates: {e}")))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(path, format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(err(path, "no certificate in file"));
+    }
+    Ok(certs)
+}
+
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| err(path, format!("cannot read private key: {e}")))
+}
+
+pub fn read_roots(path: &Path) -> Result<RootCertStore, Error> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(path)? {
+        roots.add(cert).map_err(|e| err(path, format!("not a usable CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+/// The agent's client config: trusts only `ca`, presents `cert` and `key`.
+pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientConfig>, Error> {
+    let roots = read_roots(ca)?;
+    let chain = read_certs(cert)?;
+    let key_der = read_key(key)?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| err(ca, e))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key_der)
+        .map_err(|e| err(key, format!("key does not fit the certificate: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}

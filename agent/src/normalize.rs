@@ -1,0 +1,219 @@
+//! Normalization: one captured row → an encoded [`Record`] for the outbox, or
+//! a [`Quarantined`] entry that says why not.
+//!
+//! Pure: no I/O, and it cannot fail the pipeline. Every row comes out as
+//! exactly one of the two, so the counts always add up to the input. The
+//! value rules are those of [`crate::catalog`]; the national data-element
+//! dictionary (ID numbers, USCC, code sets) is not applied here yet.
+
+use prost::Message;
+use proto::v1::{Operation, Record, SourcePosition};
+
+use crate::catalog::{self, Resource};
+use crate::config::SourceConfig;
+use crate::outbox::Quarantined;
+
+#[cfg(test)]
+mod tests;
+
+/// How one source's columns map onto one resource.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    agency: String,
+    source: String,
+    resource: Resource,
+    /// (column, index of the item in `resource.items`).
+    columns: Vec<(String, usize)>,
+    op_column: Option<String>,
+}
+
+/// A row's value for one mapped column.
+pub type Field<'a> = Option<Result<std::borrow::Cow<'a, str>, String>>;
+
+/// Where a row came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub object: &'a str,
+    pub line: u64,
+}
+
+/// The result of normalizing one row.
+#[derive(Debug)]
+pub enum Outcome {
+    Record(Vec<u8>),
+    Quarantine(Quarantined),
+}
+
+impl Mapping {
+    /// Builds the mapping of a validated source. Config validation has
+    /// already checked that the resource and every element exist.
+    pub fn new(agency: &str, source: &SourceConfig, resource: &Resource) -> Mapping {
+        let columns = source
+            .columns
+            .iter()
+            .filter_map(|(col, element)| {
+                let idx = resource.items.iter().position(|i| i.id == *element)?;
+                Some((col.clone(), idx))
+            })
+            .collect();
+        Mapping {
+            agency: agency.to_owned(),
+            source: source.name.clone(),
+            resource: resource.clone(),
+            columns,
+            op_column: source.op_column.clone(),
+        }
+    }
+
+    /// The columns a row is read by, in the order `normalize` expects its
+    /// fields: the mapped columns, then the operation column if any.
+    pub fn columns(&self) -> impl Iterator<Item = &str> {
+        self.columns
+            .iter()
+            .map(|(c, _)| c.as_str())
+            .chain(self.op_column.as_deref())
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn resource(&self) -> &Resource {
+        &self.resource
+    }
+
+    /// Normalizes one row. `fields` is aligned with [`Mapping::columns`]:
+    /// `None` when the row lacks the column, `Some(Err)` when its bytes could
+    /// not be decoded.
+    pub fn normalize(&self, fields: &[Field<'_>], origin: Origin<'_>, captured_at_us: i64) -> Outcome {
+        let mut problems = Vec::new();
+        let mut items = std::collections::HashMap::with_capacity(self.columns.len());
+        for ((column, idx), field) in self.columns.iter().zip(fields) {
+            let item = &self.resource.items[*idx];
+            match field {
+                None => {}
+                Some(Err(e)) => problems.push(format!(
+                    "UNDECODABLE: 列 {column} 无法解码 ({e})"
+                )),
+                Some(Ok(raw)) => {
+                    let v = trim(raw);
+                    if v.is_empty() {
+                        continue;
+                    }
+                    match catalog::canonical(item.kind, v).and_then(|c| {
+                        catalog::check_value(item, &c).map(|()| c)
+                    }) {
+                        Ok(c) => {
+                            items.insert(item.id.clone(), c);
+                        }
+                        Err(reason) => problems.push(format!(
+                            "INVALID_VALUE: {} ({}) 值 {v:?} 不合规: {reason}",
+                            item.name, item.id
+                        )),
+                    }
+                }
+            }
+        }
+        let op = match self.op_column.as_ref().map(|_| fields.get(self.columns.len())) {
+            None | Some(None | Some(None)) => Operation::Upsert,
+            Some(Some(Some(Ok(v)))) => match parse_op(trim(v)) {
+                Some(op) => op,
+                None => {
+                    problems.push(format!(
+                        "INVALID_OPERATION: 操作 {v:?} 无法识别 (expected I/U/D, insert/update/delete, 新增/修改/删除)"
+                    ));
+                    Operation::Upsert
+                }
+            },
+            Some(Some(Some(Err(e)))) => {
+                problems.push(format!("UNDECODABLE: 操作列无法解码 ({e})"));
+                Operation::Upsert
+            }
+        };
+        let mut key = Vec::new();
+        for item in self.resource.key_items() {
+            match items.get(&item.id) {
+                Some(v) => key.push(v.clone()),
+                None => problems.push(format!("MISSING_KEY: 主键项 {} ({}) 为空", item.name, item.id)),
+            }
+        }
+        if op == Operation::Upsert {
+            for item in self.resource.items.iter().filter(|i| i.required && !i.key) {
+                if !items.contains_key(&item.id) {
+                    problems.push(format!("MISSING_REQUIRED: 必填项 {} ({}) 为空", item.name, item.id));
+                }
+            }
+        } else {
+            // A delete carries only its key.
+            items.retain(|id, _| self.resource.key_items().any(|k| k.id == *id));
+        }
+        if problems.is_empty() {
+            let record = Record {
+                resource: self.resource.code.clone(),
+                key,
+                op: op as i32,
+                items: items.into_iter().collect(),
+                source: Some(SourcePosition {
+                    source: self.source.clone(),
+                    object: origin.object.to_owned(),
+                    line: origin.line,
+                    change_id: String::new(),
+                }),
+                captured_at_us,
+            };
+            match self.resource.check(&self.agency, &record) {
+                Ok(()) => return Outcome::Record(record.encode_to_vec()),
+                Err(v) => problems.push(v.to_string()),
+            }
+        }
+        Outcome::Quarantine(self.quarantine(fields, origin, problems))
+    }
+
+    /// A quarantine entry for a row that could not even be split into
+    /// fields (a ragged CSV row, a line that is not JSON).
+    pub fn unreadable(&self, origin: Origin<'_>, raw: String, reason: String) -> Quarantined {
+        Quarantined {
+            source: self.source.clone(),
+            object: origin.object.to_owned(),
+            line: origin.line,
+            resource: self.resource.code.clone(),
+            reasons: vec![reason],
+            raw,
+        }
+    }
+
+    fn quarantine(&self, fields: &[Field<'_>], origin: Origin<'_>, reasons: Vec<String>) -> Quarantined {
+        let raw: serde_json::Map<String, serde_json::Value> = self
+            .columns()
+            .zip(fields)
+            .filter_map(|(c, f)| {
+                let v = match f.as_ref()? {
+                    Ok(v) => v.to_string(),
+                    Err(e) => format!("<undecodable: {e}>"),
+                };
+                Some((c.to_owned(), serde_json::Value::String(v)))
+            })
+            .collect();
+        Quarantined {
+            source: self.source.clone(),
+            object: origin.object.to_owned(),
+            line: origin.line,
+            resource: self.resource.code.clone(),
+            reasons,
+            raw: serde_json::Value::Object(raw).to_string(),
+        }
+    }
+}
+
+/// Trims all Unicode white space, plus ZERO WIDTH SPACE and a stray BOM.
+pub fn trim(s: &str) -> &str {
+    s.trim_matches(|c: char| c.is_whitespace() || c == '\u{200B}' || c == '\u{FEFF}')
+}
+
+fn parse_op(v: &str) -> Option<Operation> {
+    match v.to_ascii_lowercase().as_str() {
+        "" | "i" | "u" | "insert" | "update" | "upsert" | "新增" | "修改" => Some(Operation::Upsert),
+        "d" | "delete" | "删除" => Some(Operation::Delete),
+        _ => None,
+    }
+}

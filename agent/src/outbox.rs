@@ -1,0 +1,573 @@
+//! The outbox: a durable queue on local disk between the sources and the link.
+//!
+//! # Constraints
+//! - Nothing is acknowledged to a source before it is on disk (fsync), and a
+//!   row leaves the queue only after the hub has acknowledged its sequence.
+//! - A source's capture position commits in the same transaction as the
+//!   records and quarantine entries it produced, so a crash at any instant
+//!   resumes with no loss and no duplicate.
+//! - Group commit: one writer thread takes every pending command off its
+//!   channel and applies them in one transaction with one fsync.
+//! - Memory does not grow with the backlog: the link reads pages from disk.
+//! - The outbox stores opaque bytes and never learns the schema (the link
+//!   decodes a record only to quarantine one the hub rejected).
+//!
+//! # Schema (SQLite, WAL, synchronous=FULL)
+//! - `meta(key, value)`: `outbox_id`, a random id made when the file is
+//!   created. Sequences are scoped to it.
+//! - `records(seq INTEGER PRIMARY KEY AUTOINCREMENT, enqueued_us, data)`:
+//!   AUTOINCREMENT so a sequence is never reused, even after the queue
+//!   drains to empty.
+//! - `positions(source, key, value)`: opaque capture positions per source.
+//! - `quarantine(...)`: records that could not be normalized, or that the
+//!   hub rejected, with their raw values and reasons.
+//!
+//! # Row states
+//! A `records` row is queued until an ack covers its seq, then deleted in
+//! the writer's next transaction. A row the hub rejected moves to
+//! `quarantine` in one transaction.
+//!
+//! # Recovery
+//! SQLite's WAL makes every transaction atomic across kill -9 and power
+//! loss. Nothing in memory needs recovering: stats are recomputed at open.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot, watch};
+
+#[cfg(test)]
+mod tests;
+
+/// Outbox failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("outbox {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot create outbox folder {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A group commit failed; every command of the group gets this.
+    #[error("outbox {path}: commit failed: {reason}")]
+    Commit {
+        path: PathBuf,
+        reason: String,
+        disk_full: bool,
+    },
+    /// The writer thread has stopped (the outbox was closed).
+    #[error("outbox is closed")]
+    Closed,
+}
+
+impl Error {
+    /// True when the disk is full: the caller should pause and try again.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Error::Sqlite { source, .. } => sqlite_disk_full(source),
+            Error::Commit { disk_full, .. } => *disk_full,
+            _ => false,
+        }
+    }
+}
+
+fn sqlite_disk_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
+}
+
+/// One transaction's worth of work from a source.
+#[derive(Debug, Default)]
+pub struct Write {
+    /// Encoded records, in order; each gets the next sequence number.
+    pub records: Vec<Vec<u8>>,
+    pub quarantine: Vec<Quarantined>,
+    /// The source's capture position after these records.
+    pub position: Option<PositionUpdate>,
+}
+
+/// Sets (`value: Some`) or clears (`None`) one position of a source.
+#[derive(Debug, Clone)]
+pub struct PositionUpdate {
+    pub source: String,
+    pub key: String,
+    pub value: Option<String>,
+}
+
+/// A record kept for a person to fix.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Quarantined {
+    pub source: String,
+    /// File (or table) name.
+    pub object: String,
+    /// Line in the file, 0 if none.
+    pub line: u64,
+    pub resource: String,
+    /// One entry per failed rule, each `CODE: message`.
+    pub reasons: Vec<String>,
+    /// The raw input as a JSON object (column → value), or the raw line.
+    pub raw: String,
+}
+
+/// Queue figures, published after every transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Records waiting for the hub's ack.
+    pub records: u64,
+    pub bytes: u64,
+    /// Enqueue time (µs since the epoch) of the oldest queued record.
+    pub oldest_us: Option<i64>,
+    /// The highest sequence ever assigned.
+    pub last_seq: u64,
+    /// The highest sequence the hub has acknowledged in this process.
+    pub acked_seq: u64,
+    pub quarantined: u64,
+    /// The last commit failure, cleared by the next success.
+    pub error: Option<String>,
+}
+
+enum Command {
+    Write(Write, oneshot::Sender<Result<(), Error>>),
+    Ack(u64, oneshot::Sender<Result<(), Error>>),
+    Reject(u64, Quarantined, oneshot::Sender<Result<(), Error>>),
+}
+
+/// A handle to the outbox; cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    id: String,
+    max_bytes: u64,
+    commands: mpsc::Sender<Command>,
+    stats: watch::Receiver<Stats>,
+    reader: Mutex<Connection>,
+}
+
+/// Commands one transaction takes at most: bounds the memory of a group.
+const GROUP_MAX_COMMANDS: usize = 256;
+
+impl Outbox {
+    /// Opens (or creates) `DIR/outbox.db` and starts the writer thread.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<Outbox, Error> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join("outbox.db");
+        let sql = |source| Error::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let writer = open_connection(&path).map_err(sql)?;
+        writer
+            .execute_batch(
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 CREATE TABLE IF NOT EXISTS records (
+                     seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                     enqueued_us INTEGER NOT NULL,
+                     data BLOB NOT NULL);
+                 CREATE TABLE IF NOT EXISTS positions (
+                     source TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+                     PRIMARY KEY (source, key));
+                 CREATE TABLE IF NOT EXISTS quarantine (
+                     id INTEGER PRIMARY KEY,
+                     at_us INTEGER NOT NULL,
+                     source TEXT NOT NULL,
+                     object TEXT NOT NULL,
+                     line INTEGER NOT NULL,
+                     resource TEXT NOT NULL,
+                     reasons TEXT NOT NULL,
+                     raw TEXT NOT NULL);",
+            )
+            .map_err(sql)?;
+        writer
+            .execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('outbox_id', ?1)",
+                [uuid::Uuid::new_v4().to_string()],
+            )
+            .map_err(sql)?;
+        let id: String = writer
+            .query_row("SELECT value FROM meta WHERE key = 'outbox_id'", [], |r| r.get(0))
+            .map_err(sql)?;
+        let stats = initial_stats(&writer).map_err(sql)?;
+        let reader = open_connection(&path).map_err(sql)?;
+
+        let (stats_tx, stats_rx) = watch::channel(stats);
+        let (commands, rx) = mpsc::channel(64);
+        let thread_path = path.clone();
+        std::thread::Builder::new()
+            .name("outbox-writer".into())
+            .spawn(move || writer_loop(writer, thread_path, rx, stats_tx))
+            .map_err(|source| Error::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        Ok(Outbox {
+            inner: Arc::new(Inner {
+                path,
+                id,
+                max_bytes,
+                commands,
+                stats: stats_rx,
+                reader: Mutex::new(reader),
+            }),
+        })
+    }
+
+    /// The outbox's own identity, made when the file was created.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.inner.max_bytes
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.inner.stats.borrow().clone()
+    }
+
+    /// A receiver that changes after every committed transaction.
+    pub fn subscribe(&self) -> watch::Receiver<Stats> {
+        self.inner.stats.clone()
+    }
+
+    /// Waits while the queue holds `max_bytes` or more (backpressure).
+    pub async fn room(&self) {
+        let max = self.inner.max_bytes;
+        let mut rx = self.inner.stats.clone();
+        // The sender lives as long as the writer thread; if it is gone, the
+        // next write reports `Closed`.
+        let _ = rx.wait_for(|s| s.bytes < max).await;
+    }
+
+    /// True while the queue is at or over `max_bytes`.
+    pub fn is_full(&self) -> bool {
+        self.inner.stats.borrow().bytes >= self.inner.max_bytes
+    }
+
+    /// Queues a write and returns once it is queued; the receipt resolves
+    /// when it has committed. Lets a source parse ahead while its previous
+    /// chunk commits.
+    pub async fn submit(&self, write: Write) -> Result<Receipt, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Write(write, tx))
+            .await
+            .map_err(|_| Error::Closed)?;
+        Ok(Receipt(rx))
+    }
+
+    /// Queues a write and waits until it is on disk.
+    pub async fn write(&self, write: Write) -> Result<(), Error> {
+        self.submit(write).await?.committed().await
+    }
+
+    /// Deletes every record up to and including `seq`: the hub has them.
+    pub async fn ack(&self, seq: u64) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Ack(seq, tx))
+            .await
+            .map_err(|_| Error::Closed)?;
+        Receipt(rx).committed().await
+    }
+
+    /// Moves the record `seq` to the quarantine (the hub rejected it).
+    pub async fn reject(&self, seq: u64, entry: Quarantined) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Reject(seq, entry, tx))
+            .await
+            .map_err(|_| Error::Closed)?;
+        Receipt(rx).committed().await
+    }
+
+    /// Runs `f` on the read connection on a blocking thread.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Reader<'_>) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, Error> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.read_now(f))
+            .await
+            .map_err(|_| Error::Closed)?
+    }
+
+    /// Like [`Outbox::read`], on the calling thread (for blocking code).
+    pub fn read_blocking<T>(&self, f: impl FnOnce(&Reader<'_>) -> rusqlite::Result<T>) -> Result<T, Error> {
+        self.inner.read_now(f)
+    }
+}
+
+impl Inner {
+    fn read_now<T>(&self, f: impl FnOnce(&Reader<'_>) -> rusqlite::Result<T>) -> Result<T, Error> {
+        // A poisoned lock only means another reader panicked; the connection
+        // itself is still sound.
+        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        f(&Reader(&conn)).map_err(|source| Error::Sqlite {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// Resolves when a submitted write has committed (or failed).
+pub struct Receipt(oneshot::Receiver<Result<(), Error>>);
+
+impl Receipt {
+    pub async fn committed(self) -> Result<(), Error> {
+        self.0.await.map_err(|_| Error::Closed)?
+    }
+}
+
+/// Read-only queries on the outbox's read connection.
+pub struct Reader<'a>(&'a Connection);
+
+impl Reader<'_> {
+    /// Records with `seq >= from`, in order, at most `max_records` and about
+    /// `max_bytes` (always at least one record if there is one).
+    pub fn records_from(&self, from: u64, max_records: usize, max_bytes: usize) -> rusqlite::Result<Vec<(u64, Vec<u8>)>> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT seq, data FROM records WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
+        let mut rows = stmt.query(params![from as i64, max_records as i64])?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while let Some(row) = rows.next()? {
+            let data: Vec<u8> = row.get(1)?;
+            bytes += data.len();
+            out.push((row.get::<_, i64>(0)? as u64, data));
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn record(&self, seq: u64) -> rusqlite::Result<Option<Vec<u8>>> {
+        self.0
+            .query_row("SELECT data FROM records WHERE seq = ?1", [seq as i64], |r| r.get(0))
+            .optional()
+    }
+
+    /// The lowest queued sequence, if any.
+    pub fn first_seq(&self) -> rusqlite::Result<Option<u64>> {
+        self.0
+            .query_row("SELECT min(seq) FROM records", [], |r| r.get::<_, Option<i64>>(0))
+            .map(|v| v.map(|s| s as u64))
+    }
+
+    pub fn positions(&self, source: &str) -> rusqlite::Result<Vec<(String, String)>> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT key, value FROM positions WHERE source = ?1 ORDER BY key")?;
+        let rows = stmt.query_map([source], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
+    }
+
+    /// Quarantine entries, oldest first.
+    pub fn quarantine(&self, limit: usize) -> rusqlite::Result<Vec<Quarantined>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT source, object, line, resource, reasons, raw FROM quarantine ORDER BY id LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            let reasons: String = r.get(4)?;
+            Ok(Quarantined {
+                source: r.get(0)?,
+                object: r.get(1)?,
+                line: r.get::<_, i64>(2)? as u64,
+                resource: r.get(3)?,
+                reasons: serde_json::from_str(&reasons).unwrap_or_else(|_| vec![reasons]),
+                raw: r.get(5)?,
+            })
+        })?;
+        rows.collect()
+    }
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+fn initial_stats(conn: &Connection) -> rusqlite::Result<Stats> {
+    let (records, bytes): (i64, i64) = conn.query_row(
+        "SELECT count(*), coalesce(sum(length(data)), 0) FROM records",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let oldest_us = oldest(conn)?;
+    let last_seq: i64 = conn
+        .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'records'", [], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let quarantined: i64 = conn.query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))?;
+    Ok(Stats {
+        records: records as u64,
+        bytes: bytes as u64,
+        oldest_us,
+        last_seq: last_seq as u64,
+        acked_seq: 0,
+        quarantined: quarantined as u64,
+        error: None,
+    })
+}
+
+fn oldest(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    conn.query_row("SELECT enqueued_us FROM records ORDER BY seq LIMIT 1", [], |r| r.get(0))
+        .optional()
+}
+
+pub(crate) fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// The writer thread: group commit of everything pending.
+fn writer_loop(
+    mut conn: Connection,
+    path: PathBuf,
+    mut rx: mpsc::Receiver<Command>,
+    stats: watch::Sender<Stats>,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX_COMMANDS {
+            match rx.try_recv() {
+                Ok(c) => group.push(c),
+                Err(_) => break,
+            }
+        }
+        let mut next = stats.borrow().clone();
+        let result = apply(&mut conn, &group, &mut next);
+        let failure = match result {
+            Ok(()) => {
+                next.error = None;
+                stats.send_replace(next);
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, path = %path.display(), "outbox commit failed");
+                stats.send_modify(|s| s.error = Some(e.to_string()));
+                Some((e.to_string(), sqlite_disk_full(&e)))
+            }
+        };
+        for command in group {
+            let reply = match command {
+                Command::Write(_, r) | Command::Ack(_, r) | Command::Reject(_, _, r) => r,
+            };
+            let outcome = match &failure {
+                None => Ok(()),
+                Some((reason, disk_full)) => Err(Error::Commit {
+                    path: path.clone(),
+                    reason: reason.clone(),
+                    disk_full: *disk_full,
+                }),
+            };
+            // A caller that gave up waiting is not an error here.
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+/// Applies a group in one transaction, updating `stats` as it goes (the
+/// caller publishes them only if the commit succeeds).
+fn apply(conn: &mut Connection, group: &[Command], stats: &mut Stats) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    let now = now_us();
+    for command in group {
+        match command {
+            Command::Write(w, _) => {
+                {
+                    let mut insert =
+                        tx.prepare_cached("INSERT INTO records (enqueued_us, data) VALUES (?1, ?2)")?;
+                    for data in &w.records {
+                        insert.execute(params![now, data])?;
+                        stats.last_seq = tx.last_insert_rowid() as u64;
+                        stats.records += 1;
+                        stats.bytes += data.len() as u64;
+                    }
+                }
+                if !w.records.is_empty() && stats.oldest_us.is_none() {
+                    stats.oldest_us = Some(now);
+                }
+                for q in &w.quarantine {
+                    insert_quarantine(&tx, now, q)?;
+                    stats.quarantined += 1;
+                }
+                if let Some(p) = &w.position {
+                    match &p.value {
+                        Some(v) => tx.execute(
+                            "INSERT INTO positions (source, key, value) VALUES (?1, ?2, ?3)
+                             ON CONFLICT (source, key) DO UPDATE SET value = excluded.value",
+                            params![p.source, p.key, v],
+                        )?,
+                        None => tx.execute(
+                            "DELETE FROM positions WHERE source = ?1 AND key = ?2",
+                            params![p.source, p.key],
+                        )?,
+                    };
+                }
+            }
+            Command::Ack(seq, _) => {
+                let (n, bytes): (i64, i64) = tx.query_row(
+                    "SELECT count(*), coalesce(sum(length(data)), 0) FROM records WHERE seq <= ?1",
+                    [*seq as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                if n > 0 {
+                    tx.execute("DELETE FROM records WHERE seq <= ?1", [*seq as i64])?;
+                    stats.records -= n as u64;
+                    stats.bytes -= bytes as u64;
+                    stats.oldest_us = oldest(&tx)?;
+                }
+                stats.acked_seq = stats.acked_seq.max(*seq);
+            }
+            Command::Reject(seq, q, _) => {
+                let bytes: Option<i64> = tx
+                    .query_row("SELECT length(data) FROM records WHERE seq = ?1", [*seq as i64], |r| r.get(0))
+                    .optional()?;
+                if let Some(bytes) = bytes {
+                    tx.execute("DELETE FROM records WHERE seq = ?1", [*seq as i64])?;
+                    insert_quarantine(&tx, now, q)?;
+                    stats.records -= 1;
+                    stats.bytes -= bytes as u64;
+                    stats.quarantined += 1;
+                    stats.oldest_us = oldest(&tx)?;
+                }
+            }
+        }
+    }
+    tx.commit()
+}
+
+fn insert_quarantine(tx: &rusqlite::Transaction<'_>, now: i64, q: &Quarantined) -> rusqlite::Result<()> {
+    let reasons = serde_json::to_string(&q.reasons).unwrap_or_default();
+    tx.prepare_cached(
+        "INSERT INTO quarantine (at_us, source, object, line, resource, reasons, raw)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![now, q.source, q.object, q.line as i64, q.resource, reasons, q.raw])?;
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! Compiles the exchange protocol with protox (pure Rust), so that a fresh
+//! machine builds with cargo alone: no system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "proto/qianzhi/exchange/v1/exchange.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let descriptors = protox::compile([proto], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}
