@@ -199,6 +199,8 @@ impl Health {
     }
 
     pub fn status(&self) -> Status {
+        // Computed first: it takes the sources lock itself.
+        let ready = self.ready().err().map_or_else(|| "ok".into(), |e| e);
         let q = self.outbox.stats();
         let now = SystemTime::now();
         let link = self.link.lock().unwrap_or_else(|p| p.into_inner());
@@ -211,7 +213,7 @@ impl Health {
             agency: self.agency.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             outbox_id: self.outbox.id().to_owned(),
-            ready: self.ready().err().map_or_else(|| "ok".into(), |e| e),
+            ready,
             link: LinkStatus {
                 hub: self.hub.clone(),
                 state: link.state,

@@ -1,1 +1,116 @@
-fn main(){}
+//! `qianzhi-hub`: serve the hub, export its store, or run the demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hub_stub::{Store, config::HubConfig};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "qianzhi-hub", version, about = "Qianzhi hub-stub: a small but real exchange hub")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the exchange until SIGTERM or SIGINT.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the store as JSON Lines: the current state, or every change.
+    Export {
+        #[arg(long)]
+        store: PathBuf,
+        /// Only this resource.
+        #[arg(long)]
+        resource: Option<String>,
+        /// Every change in arrival order instead of the current state.
+        #[arg(long)]
+        history: bool,
+    },
+    /// Run hub, agent and a sample file on this machine, in a scratch folder.
+    Demo {
+        /// The scratch folder (default: a new one under the temp folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keep running after the sample arrived, until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(64),
+            };
+        }
+    };
+    let level = if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(run(cli.command)),
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qianzhi-hub: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { config } => {
+            let c = HubConfig::load(&config)?;
+            let text = std::fs::read_to_string(&c.catalog).with_context(|| format!("catalog {}", c.catalog.display()))?;
+            let catalog = Arc::new(agent::catalog::Catalog::from_toml_str(&text).with_context(|| format!("catalog {}", c.catalog.display()))?);
+            let tls = hub_stub::tls::server_config(&c.tls.ca, &c.tls.cert, &c.tls.key)?;
+            let store = Arc::new(Store::open(&c.store)?);
+            let listener = tokio::net::TcpListener::bind(c.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", c.listen))?;
+            tracing::info!(listen = %listener.local_addr()?, store = %c.store.display(), "hub serving");
+            let token = CancellationToken::new();
+            let stop = token.clone();
+            tokio::spawn(async move {
+                agent::signal::shutdown().await;
+                stop.cancel();
+            });
+            hub_stub::serve(listener, tls, store, catalog, token).await?;
+            tracing::info!("hub stopped");
+            Ok(())
+        }
+        Command::Export { store, resource, history } => {
+            if !store.exists() {
+                anyhow::bail!("no store at {}", store.display());
+            }
+            let store = Store::open(&store)?;
+            let mut out = std::io::stdout().lock();
+            store.export(resource.as_deref(), history, &mut out)?;
+            Ok(())
+        }
+        Command::Demo { dir, keep } => {
+            let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("qianzhi-demo-{}", std::process::id())));
+            hub_stub::demo::run(&dir, keep).await
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The `Exchange` gRPC service: Hello/Welcome, then batches applied to the
+//! store and acknowledged after commit.
+
+use std::sync::Arc;
+
+use agent::catalog::Catalog;
+use proto::v1::exchange_server::Exchange;
+use proto::v1::{Ack, AgentMessage, HubMessage, Welcome, agent_message, hub_message};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::store::Store;
+
+pub struct Hub {
+    pub store: Arc<Store>,
+    pub catalog: Arc<Catalog>,
+    pub shutdown: CancellationToken,
+}
+
+fn msg(body: hub_message::Body) -> Result<HubMessage, Status> {
+    Ok(HubMessage { body: Some(body) })
+}
+
+#[tonic::async_trait]
+impl Exchange for Hub {
+    type SyncStream = ReceiverStream<Result<HubMessage, Status>>;
+
+    async fn sync(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SyncStream>, Status> {
+        let certs = request
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let identity = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))
+            .and_then(|c| crate::tls::agency_of(c).map_err(Status::unauthenticated))?;
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(AgentMessage {
+                body: Some(agent_message::Body::Hello(h)),
+            }) => h,
+            _ => return Err(Status::invalid_argument("the first message must be Hello")),
+        };
+        if hello.agency_id != identity {
+            warn!(certificate = %identity, hello = %hello.agency_id, "agency mismatch refused");
+            return Err(Status::permission_denied(format!(
+                "the client certificate is for agency {identity}, but Hello says {}",
+                hello.agency_id
+            )));
+        }
+        if hello.outbox_id.is_empty() {
+            return Err(Status::invalid_argument("Hello has no outbox_id"));
+        }
+        let (agency, outbox) = (hello.agency_id.clone(), hello.outbox_id.clone());
+        let store = self.store.clone();
+        let (last_seq, rejections) = {
+            let (a, o) = (agency.clone(), outbox.clone());
+            tokio::task::spawn_blocking(move || store.welcome(&a, &o, hello.first_unacked_seq))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::unavailable(e.to_string()))?
+        };
+        if hello.catalog_digest != self.catalog.digest() {
+            warn!(%agency, agent = %hello.catalog_digest, hub = %self.catalog.digest(), "catalog digests differ");
+        }
+        let span = info_span!("session", %agency, %outbox);
+        span.in_scope(|| info!(last_seq, version = %hello.software_version, "agent connected"));
+        let (tx, rx) = mpsc::channel(64);
+        // The channel is new and has room.
+        let _ = tx
+            .send(msg(hub_message::Body::Welcome(Welcome {
+                last_seq,
+                hub_version: env!("CARGO_PKG_VERSION").to_owned(),
+                catalog_digest: self.catalog.digest().to_owned(),
+                rejections,
+            })))
+            .await;
+        let (store, catalog, shutdown) = (self.store.clone(), self.catalog.clone(), self.shutdown.clone());
+        tokio::spawn(
+            async move {
+                loop {
+                    let next = tokio::select! {
+                        m = inbound.message() => m,
+                        () = shutdown.cancelled() => break,
+                    };
+                    let batch = match next {
+                        Ok(Some(AgentMessage { body: Some(agent_message::Body::Batch(b)) })) => b,
+                        Ok(None) => {
+                            info!("agent closed the stream");
+                            break;
+                        }
+                        Ok(Some(_)) => {
+                            let _ = tx.send(Err(Status::invalid_argument("only batches may follow Hello"))).await;
+                            break;
+                        }
+                        Err(e) => {
+                            info!(error = %e, "stream ended");
+                            break;
+                        }
+                    };
+                    let (store, catalog, agency, outbox) = (store.clone(), catalog.clone(), agency.clone(), outbox.clone());
+                    let applied = tokio::task::spawn_blocking(move || store.apply(&agency, &outbox, &batch.entries, &catalog)).await;
+                    let applied = match applied {
+                        Ok(Ok(a)) => a,
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "store failed; the agent will resend");
+                            let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                            break;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                            break;
+                        }
+                    };
+                    for r in applied.rejected {
+                        warn!(seq = r.seq, reason = %r.reason, "record rejected");
+                        if tx.send(msg(hub_message::Body::Rejected(r))).await.is_err() {
+                            return;
+                        }
+                    }
+                    if tx.send(msg(hub_message::Body::Ack(Ack { upto_seq: applied.hwm }))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
