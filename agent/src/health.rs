@@ -405,3 +405,19 @@ pub fn render(s: &Status) -> String {
     }
     o
 }
+
+/// One HTTP/1.0 GET on the local health port (for `qianzhi status` and
+/// tests): the body of a 200 answer, else an error with the status line.
+pub fn fetch(addr: &str, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(std::io::Error::other(head.lines().next().unwrap_or("no answer").to_owned()));
+    }
+    Ok(body.to_owned())
+}

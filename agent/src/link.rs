@@ -104,8 +104,22 @@ fn from_transport(e: tonic::transport::Error) -> Error {
 }
 
 fn from_status(s: tonic::Status) -> Error {
-    // A handshake refused by the hub shows up as a broken stream.
-    Error::Status(s)
+    // With TLS 1.3 the hub checks the client certificate after the client
+    // has finished its half of the handshake, so a refused certificate
+    // arrives as a broken stream whose cause is a TLS alert.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&s);
+    let mut deepest = None;
+    while let Some(c) = cause {
+        deepest = Some(c.to_string());
+        cause = c.source();
+    }
+    match deepest {
+        Some(d) if d.contains("alert") => Error::Handshake(format!("the hub refused this agent's certificate: {d}")),
+        Some(d) if s.code() == tonic::Code::Unknown || s.code() == tonic::Code::Unavailable => {
+            Error::Connect(format!("{}: {d}", s.message()))
+        }
+        _ => Error::Status(s),
+    }
 }
 
 /// TCP connect plus a TLS 1.3 handshake. Handshake failures come back as

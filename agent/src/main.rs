@@ -1,7 +1,6 @@
 //! `qianzhi`: the agent binary. Parses the command line, sets up logging,
 //! loads the config and runs; the work is in the library.
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -173,7 +172,7 @@ fn status(config_path: &std::path::Path, json: bool, addr: Option<String>) -> Ex
     let addr = addr.unwrap_or_else(|| {
         Config::load(config_path).map_or_else(|_| "127.0.0.1:9720".to_owned(), |c| c.health_listen.to_string())
     });
-    let body = match http_get(&addr, "/status") {
+    let body = match agent::health::fetch(&addr, "/status") {
         Ok(b) => b,
         Err(e) => {
             eprintln!("qianzhi: cannot read status from {addr}: {e} (is the agent running?)");
@@ -194,18 +193,4 @@ fn status(config_path: &std::path::Path, json: bool, addr: Option<String>) -> Ex
             ExitCode::FAILURE
         }
     }
-}
-
-/// A minimal HTTP/1.0 GET for the local health port.
-fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    s.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return Err(std::io::Error::other(head.lines().next().unwrap_or("no answer").to_owned()));
-    }
-    Ok(body.to_owned())
 }

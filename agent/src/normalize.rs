@@ -88,13 +88,16 @@ impl Mapping {
     pub fn normalize(&self, fields: &[Field<'_>], origin: Origin<'_>, captured_at_us: i64) -> Outcome {
         let mut problems = Vec::new();
         let mut items = std::collections::HashMap::with_capacity(self.columns.len());
+        // Items whose value was present but bad: not reported again as missing.
+        let mut bad: Vec<&str> = Vec::new();
         for ((column, idx), field) in self.columns.iter().zip(fields) {
             let item = &self.resource.items[*idx];
             match field {
                 None => {}
-                Some(Err(e)) => problems.push(format!(
-                    "UNDECODABLE: 列 {column} 无法解码 ({e})"
-                )),
+                Some(Err(e)) => {
+                    bad.push(&item.id);
+                    problems.push(format!("UNDECODABLE: 列 {column} 无法解码 ({e})"));
+                }
                 Some(Ok(raw)) => {
                     let v = trim(raw);
                     if v.is_empty() {
@@ -106,10 +109,13 @@ impl Mapping {
                         Ok(c) => {
                             items.insert(item.id.clone(), c);
                         }
-                        Err(reason) => problems.push(format!(
-                            "INVALID_VALUE: {} ({}) 值 {v:?} 不合规: {reason}",
-                            item.name, item.id
-                        )),
+                        Err(reason) => {
+                            bad.push(&item.id);
+                            problems.push(format!(
+                                "INVALID_VALUE: {} ({}) 值 {v:?} 不合规: {reason}",
+                                item.name, item.id
+                            ));
+                        }
                     }
                 }
             }
@@ -134,12 +140,13 @@ impl Mapping {
         for item in self.resource.key_items() {
             match items.get(&item.id) {
                 Some(v) => key.push(v.clone()),
+                None if bad.contains(&item.id.as_str()) => {}
                 None => problems.push(format!("MISSING_KEY: 主键项 {} ({}) 为空", item.name, item.id)),
             }
         }
         if op == Operation::Upsert {
             for item in self.resource.items.iter().filter(|i| i.required && !i.key) {
-                if !items.contains_key(&item.id) {
+                if !items.contains_key(&item.id) && !bad.contains(&item.id.as_str()) {
                     problems.push(format!("MISSING_REQUIRED: 必填项 {} ({}) 为空", item.name, item.id));
                 }
             }

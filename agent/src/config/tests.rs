@@ -1,0 +1,79 @@
+use super::*;
+
+const CATALOG: &str = include_str!("../../../deploy/catalog.example.toml");
+
+const GOOD: &str = r#"
+agency = "320282-gaj"
+data_dir = "data"
+catalog = "catalog.toml"
+[hub]
+url = "https://hub.example:7443"
+ca = "ca.pem"
+cert = "a.pem"
+key = "a.key"
+[[source]]
+name = "people"
+type = "folder"
+resource = "1010100/0001"
+path = "drop"
+[source.columns]
+"身份证号" = "DE00001"
+"姓名" = "DE00002"
+"#;
+
+fn parse(text: &str) -> Result<Config, Error> {
+    Config::from_toml_str(text, Path::new("/etc/qianzhi/agent.toml"), |_| Ok(CATALOG.to_owned()))
+}
+
+fn message(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn good_config_gets_defaults_and_resolved_paths() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.data_dir, PathBuf::from("/etc/qianzhi/data"));
+    assert_eq!(c.hub.server_name, "hub.example");
+    assert_eq!(c.hub.compression, Compression::Zstd);
+    assert_eq!(c.health_listen.to_string(), "127.0.0.1:9720");
+    let s = &c.sources[0];
+    assert_eq!(s.path, PathBuf::from("/etc/qianzhi/drop"));
+    assert_eq!(s.complete, Completion::Rename);
+    assert_eq!(s.columns.len(), 2);
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let m = message(&GOOD.replace("[hub]\n", "[hub]\nurll = \"x\"\n"));
+    assert!(m.contains("urll") && m.contains("line 6"), "{m}");
+}
+
+#[test]
+fn bad_values_name_the_key() {
+    let m = message(&GOOD.replace("[hub]\n", "[hub]\nlinger = \"soon\"\n"));
+    assert!(m.contains("linger") && m.contains("not a duration"), "{m}");
+    let m = message(&GOOD.replace("https://hub.example:7443", "http://hub"));
+    assert!(m.contains("hub.url") && m.contains(":6:"), "{m}");
+    let m = message(&GOOD.replace("[hub]\n", "[outbox]\nmax_bytes = \"12 parsecs\"\n[hub]\n"));
+    assert!(m.contains("max_bytes") || m.contains("not a size"), "{m}");
+}
+
+#[test]
+fn sources_are_checked_against_the_catalog() {
+    let m = message(&GOOD.replace("1010100/0001", "9999/1"));
+    assert!(m.contains("source.people.resource") && m.contains("not in the catalog"), "{m}");
+    let m = message(&GOOD.replace("1010100/0001", "2010100/0001"));
+    assert!(m.contains("one data, one source"), "{m}");
+    let m = message(&GOOD.replace("\"姓名\" = \"DE00002\"", "\"姓名\" = \"DE09999\""));
+    assert!(m.contains("columns.姓名") && m.contains("DE09999"), "{m}");
+    let m = message(&GOOD.replace("\"身份证号\" = \"DE00001\"\n", ""));
+    assert!(m.contains("key item DE00001"), "{m}");
+}
+
+#[test]
+fn sizes_parse() {
+    assert_eq!(parse_size("512MiB"), Some(512 << 20));
+    assert_eq!(parse_size("2GB"), Some(2_000_000_000));
+    assert_eq!(parse_size("10"), Some(10));
+    assert_eq!(parse_size("1.5GB"), None);
+}

@@ -1,0 +1,134 @@
+use super::*;
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("qianzhi-outbox-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn records(n: usize, tag: &str) -> Vec<Vec<u8>> {
+    (0..n).map(|i| format!("{tag}-{i}").into_bytes()).collect()
+}
+
+#[tokio::test]
+async fn records_survive_reopen_and_leave_only_on_ack() {
+    let d = dir("reopen");
+    {
+        let ob = Outbox::open(&d, 1 << 30).unwrap();
+        ob.write(Write { records: records(10, "a"), ..Write::default() }).await.unwrap();
+        assert_eq!(ob.stats().records, 10);
+        assert_eq!(ob.stats().last_seq, 10);
+        ob.ack(4).await.unwrap();
+    }
+    let ob = Outbox::open(&d, 1 << 30).unwrap();
+    let s = ob.stats();
+    assert_eq!((s.records, s.last_seq), (6, 10));
+    let rows = ob.read(|r| r.records_from(0, 100, 1 << 20)).await.unwrap();
+    assert_eq!(rows.first().map(|r| r.0), Some(5));
+    assert_eq!(rows.last().map(|r| r.1.clone()), Some(b"a-9".to_vec()));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[tokio::test]
+async fn sequences_are_never_reused_and_identity_is_kept() {
+    let d = dir("seq");
+    let id = {
+        let ob = Outbox::open(&d, 1 << 30).unwrap();
+        ob.write(Write { records: records(3, "a"), ..Write::default() }).await.unwrap();
+        ob.ack(3).await.unwrap();
+        assert_eq!(ob.stats().records, 0);
+        ob.id().to_owned()
+    };
+    let ob = Outbox::open(&d, 1 << 30).unwrap();
+    assert_eq!(ob.id(), id);
+    ob.write(Write { records: records(1, "b"), ..Write::default() }).await.unwrap();
+    assert_eq!(ob.read(|r| r.first_seq()).await.unwrap(), Some(4));
+    std::fs::remove_dir_all(&d).unwrap();
+    // A recreated outbox has a new identity and starts again at 1.
+    let fresh = Outbox::open(&d, 1 << 30).unwrap();
+    assert_ne!(fresh.id(), id);
+    assert_eq!(fresh.stats().last_seq, 0);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[tokio::test]
+async fn position_records_and_quarantine_commit_together() {
+    let d = dir("position");
+    let ob = Outbox::open(&d, 1 << 30).unwrap();
+    let q = Quarantined {
+        source: "s".into(),
+        object: "f.csv".into(),
+        line: 3,
+        resource: "r".into(),
+        reasons: vec!["BAD: x".into()],
+        raw: "{}".into(),
+    };
+    ob.write(Write {
+        records: records(2, "a"),
+        quarantine: vec![q.clone()],
+        position: Some(PositionUpdate { source: "s".into(), key: "file:f.csv".into(), value: Some("p1".into()) }),
+    })
+    .await
+    .unwrap();
+    let positions = ob.read(|r| r.positions("s")).await.unwrap();
+    assert_eq!(positions, vec![("file:f.csv".to_owned(), "p1".to_owned())]);
+    assert_eq!(ob.read(|r| r.quarantine(10)).await.unwrap(), vec![q]);
+    assert_eq!(ob.stats().quarantined, 1);
+    ob.write(Write {
+        position: Some(PositionUpdate { source: "s".into(), key: "file:f.csv".into(), value: None }),
+        ..Write::default()
+    })
+    .await
+    .unwrap();
+    assert!(ob.read(|r| r.positions("s")).await.unwrap().is_empty());
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[tokio::test]
+async fn reject_moves_one_record_to_quarantine() {
+    let d = dir("reject");
+    let ob = Outbox::open(&d, 1 << 30).unwrap();
+    ob.write(Write { records: records(3, "a"), ..Write::default() }).await.unwrap();
+    ob.reject(2, Quarantined { reasons: vec!["HUB_NOT_PROVIDER: x".into()], ..Default::default() })
+        .await
+        .unwrap();
+    let left: Vec<u64> = ob.read(|r| r.records_from(0, 10, 1 << 20)).await.unwrap().into_iter().map(|r| r.0).collect();
+    assert_eq!(left, vec![1, 3]);
+    assert_eq!((ob.stats().records, ob.stats().quarantined), (2, 1));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[tokio::test]
+async fn full_queue_blocks_room_until_acked() {
+    let d = dir("full");
+    let ob = Outbox::open(&d, 100).unwrap();
+    ob.write(Write { records: vec![vec![0u8; 150]], ..Write::default() }).await.unwrap();
+    assert!(ob.is_full());
+    let waiter = {
+        let ob = ob.clone();
+        tokio::spawn(async move { ob.room().await })
+    };
+    assert!(!waiter.is_finished());
+    ob.ack(1).await.unwrap();
+    waiter.await.unwrap();
+    assert!(!ob.is_full());
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[tokio::test]
+async fn many_concurrent_writes_are_grouped_and_ordered_per_writer() {
+    let d = dir("group");
+    let ob = Outbox::open(&d, 1 << 30).unwrap();
+    let mut receipts = Vec::new();
+    for i in 0..100 {
+        receipts.push(ob.submit(Write { records: records(10, &format!("w{i}")), ..Write::default() }).await.unwrap());
+    }
+    for r in receipts {
+        r.committed().await.unwrap();
+    }
+    let all = ob.read(|r| r.records_from(0, 10_000, usize::MAX)).await.unwrap();
+    assert_eq!(all.len(), 1000);
+    assert!(all.windows(2).all(|w| w[0].0 + 1 == w[1].0));
+    assert_eq!(all[10].1, b"w1-0".to_vec());
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -1,0 +1,106 @@
+//! The `qianzhi` binary as an operator meets it: exit codes, messages,
+//! signals. (Also makes `cargo test --workspace` build the binary for the
+//! end-to-end tests.)
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_qianzhi");
+
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("qianzhi-cli-").tempdir().unwrap()
+}
+
+fn write_config(dir: &std::path::Path, extra_hub: &str, health_port: u16) -> std::path::PathBuf {
+    std::fs::write(dir.join("catalog.toml"), include_str!("../../deploy/catalog.example.toml")).unwrap();
+    let out = Command::new(BIN)
+        .args(["pki", "dev", "--out"])
+        .arg(dir.join("pki"))
+        .args(["--agency", "320282-gaj"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "agency = \"320282-gaj\"\ndata_dir = \"data\"\ncatalog = \"catalog.toml\"\nshutdown_grace = \"3s\"\n\
+             [hub]\nurl = \"https://localhost:1\"\nca = \"pki/ca.pem\"\ncert = \"pki/agency-320282-gaj.pem\"\n\
+             key = \"pki/agency-320282-gaj.key\"\n{extra_hub}[health]\nlisten = \"127.0.0.1:{health_port}\"\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn config_error_exits_78_naming_the_key_and_line() {
+    let d = scratch();
+    let config = write_config(d.path(), "batch_recordz = 5\n", 0);
+    for cmd in ["check", "run"] {
+        let out = Command::new(BIN).arg("--config").arg(&config).arg(cmd).output().unwrap();
+        assert_eq!(out.status.code(), Some(78), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("batch_recordz") && err.contains("line 10"), "{err}");
+    }
+}
+
+#[test]
+fn usage_error_exits_64() {
+    let out = Command::new(BIN).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn check_reports_an_unreachable_hub() {
+    let d = scratch();
+    let config = write_config(d.path(), "", 0);
+    let out = Command::new(BIN).arg("--config").arg(&config).arg("check").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ok    data directory"), "{text}");
+    assert!(text.contains("FAIL  hub https://localhost:1"), "{text}");
+}
+
+#[test]
+fn pki_dev_keeps_private_keys_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = scratch();
+    write_config(d.path(), "", 0);
+    for (file, mode) in [("ca.key", 0o600), ("hub.key", 0o600), ("agency-320282-gaj.key", 0o600), ("ca.pem", 0o644)] {
+        let m = std::fs::metadata(d.path().join("pki").join(file)).unwrap().permissions().mode() & 0o777;
+        if mode == 0o600 {
+            assert_eq!(m, 0o600, "{file}");
+        } else {
+            assert_eq!(m & 0o077 != 0, true, "{file} is readable by others: {m:o}");
+        }
+    }
+}
+
+#[test]
+fn sigterm_stops_the_agent_cleanly() {
+    let d = scratch();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = write_config(d.path(), "", port);
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Ready once the health port answers.
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20), "the health port never opened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("received shutdown signal") && err.contains("stopped"), "{err}");
+}

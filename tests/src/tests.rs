@@ -1,0 +1,4 @@
+mod bad_input;
+mod crash;
+mod delivery;
+mod refusal;
