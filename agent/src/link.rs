@@ -346,7 +346,14 @@ impl Link {
         match msg.and_then(|m| m.body) {
             None => Err(Error::Connect("the hub closed the stream".into())),
             Some(hub_message::Body::Ack(ack)) => {
-                self.outbox.ack(ack.upto_seq).await?;
+                // Queued behind any rejection before it; the commit is not
+                // awaited here (a lost delete is redone by the next Welcome).
+                let receipt = self.outbox.submit_ack(ack.upto_seq).await?;
+                tokio::spawn(async move {
+                    if let Err(e) = receipt.committed().await {
+                        warn!(error = %e, "outbox delete after ack failed; the next session redoes it");
+                    }
+                });
                 let mut acked = 0;
                 let mut q = in_flight.lock().unwrap_or_else(|p| p.into_inner());
                 while q.front().is_some_and(|(end, _, _)| *end <= ack.upto_seq) {
@@ -389,6 +396,8 @@ impl Link {
                 ..Default::default()
             },
         };
+        // Awaited (rejections are rare): an ack that covers this record must
+        // never commit if the move to the quarantine did not.
         self.outbox.reject(seq, entry).await?;
         self.health.records_rejected.inc();
         Ok(())

@@ -279,13 +279,20 @@ impl Outbox {
 
     /// Deletes every record up to and including `seq`: the hub has them.
     pub async fn ack(&self, seq: u64) -> Result<(), Error> {
+        self.submit_ack(seq).await?.committed().await
+    }
+
+    /// Queues an ack behind every command queued before it; the receipt
+    /// resolves at its commit. Lets the link go on reading the hub's answers
+    /// while the delete commits.
+    pub async fn submit_ack(&self, seq: u64) -> Result<Receipt, Error> {
         let (tx, rx) = oneshot::channel();
         self.inner
             .commands
             .send(Command::Ack(seq, tx))
             .await
             .map_err(|_| Error::Closed)?;
-        Receipt(rx).committed().await
+        Ok(Receipt(rx))
     }
 
     /// Moves the record `seq` to the quarantine (the hub rejected it).

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use agent::catalog::Catalog;
 use proto::v1::exchange_server::Exchange;
-use proto::v1::{Ack, AgentMessage, HubMessage, Welcome, agent_message, hub_message};
+use proto::v1::{Ack, AgentMessage, Batch, HubMessage, Welcome, agent_message, hub_message};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -13,6 +13,55 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::store::Store;
+
+/// Entries one store transaction takes at most.
+const GROUP_MAX_ENTRIES: usize = 32 * 1024;
+
+/// Applies a stream's batches to the store and answers them.
+struct Writer {
+    store: Arc<Store>,
+    catalog: Arc<Catalog>,
+    agency: String,
+    outbox: String,
+}
+
+impl Writer {
+    async fn run(self, mut batches: mpsc::Receiver<Batch>, tx: mpsc::Sender<Result<HubMessage, Status>>) {
+        while let Some(first) = batches.recv().await {
+            let mut entries = first.entries;
+            while entries.len() < GROUP_MAX_ENTRIES {
+                match batches.try_recv() {
+                    Ok(b) => entries.extend(b.entries),
+                    Err(_) => break,
+                }
+            }
+            let (store, catalog, agency, outbox) =
+                (self.store.clone(), self.catalog.clone(), self.agency.clone(), self.outbox.clone());
+            let applied = tokio::task::spawn_blocking(move || store.apply(&agency, &outbox, &entries, &catalog)).await;
+            let applied = match applied {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "store failed; the agent will resend");
+                    let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                    return;
+                }
+            };
+            for r in applied.rejected {
+                warn!(seq = r.seq, reason = %r.reason, "record rejected");
+                if tx.send(msg(hub_message::Body::Rejected(r))).await.is_err() {
+                    return;
+                }
+            }
+            if tx.send(msg(hub_message::Body::Ack(Ack { upto_seq: applied.hwm }))).await.is_err() {
+                return;
+            }
+        }
+    }
+}
 
 pub struct Hub {
     pub store: Arc<Store>,
@@ -77,7 +126,12 @@ impl Exchange for Hub {
                 rejections,
             })))
             .await;
-        let (store, catalog, shutdown) = (self.store.clone(), self.catalog.clone(), self.shutdown.clone());
+        // Two tasks per stream: a reader that takes batches off the wire,
+        // and a writer that applies every batch waiting at once in one
+        // transaction (group commit), so receiving overlaps the fsync.
+        let (batches_tx, batches_rx) = mpsc::channel(32);
+        let reader_tx = tx.clone();
+        let shutdown = self.shutdown.clone();
         tokio::spawn(
             async move {
                 loop {
@@ -85,48 +139,36 @@ impl Exchange for Hub {
                         m = inbound.message() => m,
                         () = shutdown.cancelled() => break,
                     };
-                    let batch = match next {
-                        Ok(Some(AgentMessage { body: Some(agent_message::Body::Batch(b)) })) => b,
+                    match next {
+                        Ok(Some(AgentMessage { body: Some(agent_message::Body::Batch(b)) })) => {
+                            if batches_tx.send(b).await.is_err() {
+                                break;
+                            }
+                        }
                         Ok(None) => {
                             info!("agent closed the stream");
                             break;
                         }
                         Ok(Some(_)) => {
-                            let _ = tx.send(Err(Status::invalid_argument("only batches may follow Hello"))).await;
+                            let _ = reader_tx.send(Err(Status::invalid_argument("only batches may follow Hello"))).await;
                             break;
                         }
                         Err(e) => {
                             info!(error = %e, "stream ended");
                             break;
                         }
-                    };
-                    let (store, catalog, agency, outbox) = (store.clone(), catalog.clone(), agency.clone(), outbox.clone());
-                    let applied = tokio::task::spawn_blocking(move || store.apply(&agency, &outbox, &batch.entries, &catalog)).await;
-                    let applied = match applied {
-                        Ok(Ok(a)) => a,
-                        Ok(Err(e)) => {
-                            warn!(error = %e, "store failed; the agent will resend");
-                            let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
-                            break;
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                            break;
-                        }
-                    };
-                    for r in applied.rejected {
-                        warn!(seq = r.seq, reason = %r.reason, "record rejected");
-                        if tx.send(msg(hub_message::Body::Rejected(r))).await.is_err() {
-                            return;
-                        }
-                    }
-                    if tx.send(msg(hub_message::Body::Ack(Ack { upto_seq: applied.hwm }))).await.is_err() {
-                        return;
                     }
                 }
             }
-            .instrument(span),
+            .instrument(span.clone()),
         );
+        let writer = Writer {
+            store: self.store.clone(),
+            catalog: self.catalog.clone(),
+            agency,
+            outbox,
+        };
+        tokio::spawn(writer.run(batches_rx, tx).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -352,13 +352,17 @@ impl Agent {
     }
 }
 
-/// The path of a workspace binary built by `cargo test --workspace`.
+/// The path of a workspace binary: beside the running executable (the
+/// benchmark) or one folder up (a test binary in `deps/`), as built by
+/// `cargo test --workspace` or `cargo build --workspace --bins`.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run the tests with `cargo test --workspace`", path.display());
-    path
+    let here = exe.parent().expect("exe folder");
+    let candidates = [here.join(name), here.parent().map(|p| p.join(name)).unwrap_or_default()];
+    let found = candidates.iter().find(|p| p.is_file());
+    found
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} is missing beside {}: run `cargo test --workspace`", here.display()))
 }
 
 /// Starts a real process with its output appended to `log`.

@@ -95,6 +95,9 @@ impl Folder {
                 // Keep trying: the folder may be mounted later.
             }
         }
+        if let Err(e) = self.forget_gone_files().await {
+            warn!(error = %e, "cannot tidy file positions");
+        }
         let wake = Arc::new(Notify::new());
         let _watcher = self.watch(wake.clone());
         let mut pending: HashMap<String, Pending> = HashMap::new();
@@ -124,6 +127,29 @@ impl Folder {
         info!("source stopped");
     }
 
+    /// Clears the positions of files no longer in the folder: left when a
+    /// crash came between moving a finished file and clearing its position.
+    async fn forget_gone_files(&self) -> Result<(), crate::outbox::Error> {
+        let source = self.config.name.clone();
+        let positions = self.outbox.read(move |r| r.positions(&source)).await?;
+        for (key, _) in positions {
+            let Some(name) = key.strip_prefix("file:") else { continue };
+            if !self.config.path.join(name).exists() {
+                self.outbox
+                    .write(Write {
+                        position: Some(PositionUpdate {
+                            source: self.config.name.clone(),
+                            key,
+                            value: None,
+                        }),
+                        ..Write::default()
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     fn done_dir(&self) -> PathBuf {
         self.config.path.join("done")
     }
@@ -135,7 +161,14 @@ impl Folder {
     /// Starts a notify watch that wakes the scan loop. A failure only costs
     /// latency: the rescan still finds every file.
     fn watch(&self, wake: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
-        let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            // Access events must not wake the scan: the scan's own read of
+            // the folder makes them, and would keep it spinning.
+            if let Ok(e) = &event
+                && matches!(e.kind, notify::EventKind::Access(_))
+            {
+                return;
+            }
             wake.notify_one();
         })
         .map_err(|e| warn!(error = %e, "no file watch; relying on rescan"))
