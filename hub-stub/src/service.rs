@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use agent::catalog::Catalog;
 use proto::v1::exchange_server::Exchange;
-use proto::v1::{Ack, AgentMessage, Batch, HubMessage, Welcome, agent_message, hub_message};
+use proto::v1::{Ack, AgentMessage, HubMessage, Welcome, agent_message, hub_message};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::store::Store;
+use crate::store::{self, Prepared, Store};
 
 /// Entries one store transaction takes at most.
 const GROUP_MAX_ENTRIES: usize = 32 * 1024;
@@ -20,24 +20,21 @@ const GROUP_MAX_ENTRIES: usize = 32 * 1024;
 /// Applies a stream's batches to the store and answers them.
 struct Writer {
     store: Arc<Store>,
-    catalog: Arc<Catalog>,
     agency: String,
     outbox: String,
 }
 
 impl Writer {
-    async fn run(self, mut batches: mpsc::Receiver<Batch>, tx: mpsc::Sender<Result<HubMessage, Status>>) {
-        while let Some(first) = batches.recv().await {
-            let mut entries = first.entries;
+    async fn run(self, mut batches: mpsc::Receiver<Vec<Prepared>>, tx: mpsc::Sender<Result<HubMessage, Status>>) {
+        while let Some(mut entries) = batches.recv().await {
             while entries.len() < GROUP_MAX_ENTRIES {
                 match batches.try_recv() {
-                    Ok(b) => entries.extend(b.entries),
+                    Ok(b) => entries.extend(b),
                     Err(_) => break,
                 }
             }
-            let (store, catalog, agency, outbox) =
-                (self.store.clone(), self.catalog.clone(), self.agency.clone(), self.outbox.clone());
-            let applied = tokio::task::spawn_blocking(move || store.apply(&agency, &outbox, &entries, &catalog)).await;
+            let (store, agency, outbox) = (self.store.clone(), self.agency.clone(), self.outbox.clone());
+            let applied = tokio::task::spawn_blocking(move || store.apply(&agency, &outbox, &entries)).await;
             let applied = match applied {
                 Ok(Ok(a)) => a,
                 Ok(Err(e)) => {
@@ -132,6 +129,7 @@ impl Exchange for Hub {
         let (batches_tx, batches_rx) = mpsc::channel(32);
         let reader_tx = tx.clone();
         let shutdown = self.shutdown.clone();
+        let (agency_r, catalog) = (agency.clone(), self.catalog.clone());
         tokio::spawn(
             async move {
                 loop {
@@ -141,7 +139,11 @@ impl Exchange for Hub {
                     };
                     match next {
                         Ok(Some(AgentMessage { body: Some(agent_message::Body::Batch(b)) })) => {
-                            if batches_tx.send(b).await.is_err() {
+                            let (agency, catalog) = (agency_r.clone(), catalog.clone());
+                            let prepared =
+                                tokio::task::spawn_blocking(move || store::prepare(&agency, b.entries, &catalog)).await;
+                            let Ok(prepared) = prepared else { break };
+                            if batches_tx.send(prepared).await.is_err() {
                                 break;
                             }
                         }
@@ -164,7 +166,6 @@ impl Exchange for Hub {
         );
         let writer = Writer {
             store: self.store.clone(),
-            catalog: self.catalog.clone(),
             agency,
             outbox,
         };

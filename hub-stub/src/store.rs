@@ -5,15 +5,16 @@
 //! records, its rejections and the new high-water mark together, so a
 //! resent batch stores nothing twice and an ack is only sent after commit.
 //!
-//! Schema:
-//! - `outboxes(agency, outbox_id, hwm)`
-//! - `history(agency, outbox_id, seq, resource, key, op, items, source, ...)`:
-//!   every accepted change, keyed (so unique) by (agency, outbox_id, seq).
-//! - `current(resource, key, agency, items, ...)`: the latest state per
-//!   (resource, key); a delete removes the row.
-//! - `rejections(agency, outbox_id, seq, code, reason)`: kept until the
-//!   agent's Hello shows it holds nothing below them, so a rejection whose
-//!   message was lost in a crash is repeated in the next Welcome.
+//! Schema (integer outbox ids keep the hot b-tree keys short):
+//! - `outboxes(id, agency, outbox_id, hwm)`: one row per (agency, outbox).
+//! - `history(box, seq, resource, key, op, record, received_us)`: every
+//!   accepted change, keyed (so unique) by (box, seq); `record` is the
+//!   protobuf `Record` exactly as the agent sent it.
+//! - `current(resource, key, box, seq)`: the latest change per (resource,
+//!   key), pointing into `history`; a delete removes the row.
+//! - `rejections(box, seq, code, reason)`: kept until the agent's Hello shows
+//!   it holds nothing below them, so a rejection whose message was lost in a
+//!   crash is repeated in the next Welcome.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -40,6 +41,39 @@ pub struct Error {
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
+}
+
+/// A record decoded, checked and encoded for storage, or the reason it is
+/// rejected. Made by [`prepare`] outside the store lock, so that decoding
+/// runs in parallel with the previous group's commit.
+#[derive(Debug)]
+pub struct Prepared {
+    pub seq: u64,
+    row: Result<Row, (RejectCode, String)>,
+}
+
+#[derive(Debug)]
+struct Row {
+    resource: String,
+    key: String,
+    delete: bool,
+    record: Vec<u8>,
+}
+
+/// Decodes and checks a batch's entries for `agency`.
+pub fn prepare(agency: &str, entries: Vec<Entry>, catalog: &Catalog) -> Vec<Prepared> {
+    entries
+        .into_iter()
+        .map(|e| Prepared {
+            seq: e.seq,
+            row: check(agency, &e.record, catalog).map(|r| Row {
+                key: serde_json::to_string(&r.key).unwrap_or_default(),
+                delete: r.op == Operation::Delete as i32,
+                resource: r.resource,
+                record: e.record,
+            }),
+        })
+        .collect()
 }
 
 /// What applying a batch did.
@@ -77,26 +111,27 @@ impl Store {
         // Group commits write tens of thousands of rows: keep their pages in
         // memory instead of spilling mid-transaction.
         conn.pragma_update(None, "cache_size", -65536).map_err(err)?;
+        // Checkpoint every 32 MiB of WAL rather than 4 MiB: a page rewritten
+        // many times between checkpoints is copied once.
+        conn.pragma_update(None, "wal_autocheckpoint", 8192).map_err(err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS outboxes (
+                 id INTEGER PRIMARY KEY,
                  agency TEXT NOT NULL, outbox_id TEXT NOT NULL, hwm INTEGER NOT NULL,
                  first_seen_us INTEGER NOT NULL, last_seen_us INTEGER NOT NULL,
-                 PRIMARY KEY (agency, outbox_id));
+                 UNIQUE (agency, outbox_id));
              CREATE TABLE IF NOT EXISTS history (
-                 agency TEXT NOT NULL, outbox_id TEXT NOT NULL, seq INTEGER NOT NULL,
-                 resource TEXT NOT NULL, key TEXT NOT NULL, op TEXT NOT NULL,
-                 items TEXT NOT NULL, source TEXT NOT NULL,
-                 captured_us INTEGER NOT NULL, received_us INTEGER NOT NULL,
-                 PRIMARY KEY (agency, outbox_id, seq)) WITHOUT ROWID;
+                 box INTEGER NOT NULL, seq INTEGER NOT NULL,
+                 resource TEXT NOT NULL, key TEXT NOT NULL, op INTEGER NOT NULL,
+                 record BLOB NOT NULL, received_us INTEGER NOT NULL,
+                 PRIMARY KEY (box, seq)) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS current (
-                 resource TEXT NOT NULL, key TEXT NOT NULL, agency TEXT NOT NULL,
-                 items TEXT NOT NULL, outbox_id TEXT NOT NULL, seq INTEGER NOT NULL,
-                 updated_us INTEGER NOT NULL,
+                 resource TEXT NOT NULL, key TEXT NOT NULL, box INTEGER NOT NULL, seq INTEGER NOT NULL,
                  PRIMARY KEY (resource, key)) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS rejections (
-                 agency TEXT NOT NULL, outbox_id TEXT NOT NULL, seq INTEGER NOT NULL,
+                 box INTEGER NOT NULL, seq INTEGER NOT NULL,
                  code INTEGER NOT NULL, reason TEXT NOT NULL, at_us INTEGER NOT NULL,
-                 PRIMARY KEY (agency, outbox_id, seq));",
+                 PRIMARY KEY (box, seq));",
         )
         .map_err(err)?;
         Ok(Store {
@@ -124,23 +159,16 @@ impl Store {
         let mut conn = self.lock();
         let run = |conn: &mut Connection| -> rusqlite::Result<(u64, Vec<Rejected>)> {
             let tx = conn.transaction()?;
+            let Some((id, hwm)) = find_outbox(&tx, agency, outbox)? else {
+                return Ok((0, Vec::new()));
+            };
             tx.execute(
-                "DELETE FROM rejections WHERE agency = ?1 AND outbox_id = ?2 AND seq < ?3",
-                params![agency, outbox, first_unacked as i64],
+                "DELETE FROM rejections WHERE box = ?1 AND seq < ?2",
+                params![id, first_unacked as i64],
             )?;
-            let hwm: i64 = tx
-                .query_row(
-                    "SELECT hwm FROM outboxes WHERE agency = ?1 AND outbox_id = ?2",
-                    params![agency, outbox],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .unwrap_or(0);
             let rejections = {
-                let mut stmt = tx.prepare(
-                    "SELECT seq, code, reason FROM rejections WHERE agency = ?1 AND outbox_id = ?2 ORDER BY seq",
-                )?;
-                stmt.query_map(params![agency, outbox], |r| {
+                let mut stmt = tx.prepare("SELECT seq, code, reason FROM rejections WHERE box = ?1 ORDER BY seq")?;
+                stmt.query_map([id], |r| {
                     Ok(Rejected {
                         seq: r.get::<_, i64>(0)? as u64,
                         code: r.get(1)?,
@@ -150,28 +178,28 @@ impl Store {
                 .collect::<rusqlite::Result<Vec<_>>>()?
             };
             tx.commit()?;
-            Ok((hwm as u64, rejections))
+            Ok((hwm, rejections))
         };
         run(&mut conn).map_err(|e| self.err(e))
     }
 
-    /// Applies one batch from `agency`'s outbox in one transaction.
-    pub fn apply(&self, agency: &str, outbox: &str, entries: &[Entry], catalog: &Catalog) -> Result<Applied, Error> {
+    /// Applies prepared entries from `agency`'s outbox in one transaction.
+    pub fn apply(&self, agency: &str, outbox: &str, entries: &[Prepared]) -> Result<Applied, Error> {
         let mut conn = self.lock();
         let run = |conn: &mut Connection| -> rusqlite::Result<Applied> {
             let tx = conn.transaction()?;
             let now = now_us();
-            let mut applied = Applied {
-                hwm: tx
-                    .query_row(
-                        "SELECT hwm FROM outboxes WHERE agency = ?1 AND outbox_id = ?2",
-                        params![agency, outbox],
-                        |r| r.get::<_, i64>(0),
-                    )
-                    .optional()?
-                    .unwrap_or(0) as u64,
-                ..Applied::default()
+            let (id, hwm) = match find_outbox(&tx, agency, outbox)? {
+                Some(found) => found,
+                None => {
+                    tx.execute(
+                        "INSERT INTO outboxes (agency, outbox_id, hwm, first_seen_us, last_seen_us) VALUES (?1, ?2, 0, ?3, ?3)",
+                        params![agency, outbox, now],
+                    )?;
+                    (tx.last_insert_rowid(), 0)
+                }
             };
+            let mut applied = Applied { hwm, ..Applied::default() };
             for e in entries {
                 if e.seq <= applied.hwm {
                     applied.replayed += 1;
@@ -180,31 +208,28 @@ impl Store {
                 if e.seq != applied.hwm + 1 {
                     tracing::warn!(agency, outbox, expected = applied.hwm + 1, got = e.seq, "sequence gap");
                 }
-                match check(agency, &e.record, catalog) {
-                    Ok(record) => {
-                        store_record(&tx, agency, outbox, e.seq, &record, now)?;
+                match &e.row {
+                    Ok(row) => {
+                        store_row(&tx, id, e.seq, row, now)?;
                         applied.stored += 1;
                     }
                     Err((code, reason)) => {
                         tx.prepare_cached(
-                            "INSERT OR REPLACE INTO rejections (agency, outbox_id, seq, code, reason, at_us)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                            "INSERT OR REPLACE INTO rejections (box, seq, code, reason, at_us) VALUES (?1, ?2, ?3, ?4, ?5)",
                         )?
-                        .execute(params![agency, outbox, e.seq as i64, code as i32, reason, now])?;
+                        .execute(params![id, e.seq as i64, *code as i32, reason, now])?;
                         applied.rejected.push(Rejected {
                             seq: e.seq,
-                            code: code as i32,
-                            reason,
+                            code: *code as i32,
+                            reason: reason.clone(),
                         });
                     }
                 }
                 applied.hwm = e.seq;
             }
             tx.execute(
-                "INSERT INTO outboxes (agency, outbox_id, hwm, first_seen_us, last_seen_us)
-                 VALUES (?1, ?2, ?3, ?4, ?4)
-                 ON CONFLICT (agency, outbox_id) DO UPDATE SET hwm = excluded.hwm, last_seen_us = excluded.last_seen_us",
-                params![agency, outbox, applied.hwm as i64, now],
+                "UPDATE outboxes SET hwm = ?2, last_seen_us = ?3 WHERE id = ?1",
+                params![id, applied.hwm as i64, now],
             )?;
             tx.commit()?;
             Ok(applied)
@@ -217,26 +242,33 @@ impl Store {
     pub fn export(&self, resource: Option<&str>, history: bool, out: &mut dyn Write) -> anyhow::Result<u64> {
         let conn = self.lock();
         let sql = if history {
-            "SELECT resource, key, op, items, agency, outbox_id, seq FROM history
-             WHERE ?1 IS NULL OR resource = ?1 ORDER BY received_us, agency, outbox_id, seq"
+            "SELECT h.record, o.agency, o.outbox_id, h.seq FROM history h JOIN outboxes o ON o.id = h.box
+             WHERE ?1 IS NULL OR h.resource = ?1 ORDER BY h.received_us, h.box, h.seq"
         } else {
-            "SELECT resource, key, 'upsert', items, agency, outbox_id, seq FROM current
-             WHERE ?1 IS NULL OR resource = ?1 ORDER BY resource, key"
+            "SELECT h.record, o.agency, o.outbox_id, h.seq FROM current c
+             JOIN history h ON h.box = c.box AND h.seq = c.seq JOIN outboxes o ON o.id = c.box
+             WHERE ?1 IS NULL OR c.resource = ?1 ORDER BY c.resource, c.key"
         };
         let mut stmt = conn.prepare(sql)?;
         let mut rows = stmt.query([resource])?;
         let mut n = 0;
         while let Some(row) = rows.next()? {
-            let key: String = row.get(1)?;
-            let items: String = row.get(3)?;
+            let bytes: Vec<u8> = row.get(0)?;
+            let record = Record::decode(bytes.as_slice())?;
+            let items: BTreeMap<&String, &String> = record.items.iter().collect();
+            let source = record.source.as_ref().map(|s| {
+                serde_json::json!({"source": s.source, "object": s.object, "line": s.line, "change_id": s.change_id})
+            });
             let line = serde_json::json!({
-                "resource": row.get::<_, String>(0)?,
-                "key": serde_json::from_str::<serde_json::Value>(&key)?,
-                "op": row.get::<_, String>(2)?,
-                "items": serde_json::from_str::<serde_json::Value>(&items)?,
-                "agency": row.get::<_, String>(4)?,
-                "outbox": row.get::<_, String>(5)?,
-                "seq": row.get::<_, i64>(6)?,
+                "resource": record.resource,
+                "key": record.key,
+                "op": if record.op == Operation::Delete as i32 { "delete" } else { "upsert" },
+                "items": items,
+                "agency": row.get::<_, String>(1)?,
+                "outbox": row.get::<_, String>(2)?,
+                "seq": row.get::<_, i64>(3)?,
+                "source": source,
+                "captured_at_us": record.captured_at_us,
             });
             writeln!(out, "{line}")?;
             n += 1;
@@ -245,6 +277,12 @@ impl Store {
     }
 }
 
+/// The integer id and high-water mark of an outbox, if the hub knows it.
+fn find_outbox(tx: &rusqlite::Transaction<'_>, agency: &str, outbox: &str) -> rusqlite::Result<Option<(i64, u64)>> {
+    tx.prepare_cached("SELECT id, hwm FROM outboxes WHERE agency = ?1 AND outbox_id = ?2")?
+        .query_row(params![agency, outbox], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+        .optional()
+}
 /// Decodes and checks a record against the catalog.
 fn check(agency: &str, bytes: &[u8], catalog: &Catalog) -> Result<Record, (RejectCode, String)> {
     let record = Record::decode(bytes).map_err(|e| (RejectCode::Malformed, format!("not a Record: {e}")))?;
@@ -264,43 +302,20 @@ fn check(agency: &str, bytes: &[u8], catalog: &Catalog) -> Result<Record, (Rejec
     Ok(record)
 }
 
-fn store_record(
-    tx: &rusqlite::Transaction<'_>,
-    agency: &str,
-    outbox: &str,
-    seq: u64,
-    record: &Record,
-    now: i64,
-) -> rusqlite::Result<()> {
-    let key = serde_json::to_string(&record.key).unwrap_or_default();
-    let items: BTreeMap<&String, &String> = record.items.iter().collect();
-    let items = serde_json::to_string(&items).unwrap_or_default();
-    let op = if record.op == Operation::Delete as i32 { "delete" } else { "upsert" };
-    let source = record.source.as_ref().map_or_else(String::new, |s| {
-        format!(
-            "{{\"source\":{},\"object\":{},\"line\":{},\"change_id\":{}}}",
-            serde_json::Value::from(s.source.as_str()),
-            serde_json::Value::from(s.object.as_str()),
-            s.line,
-            serde_json::Value::from(s.change_id.as_str())
-        )
-    });
+fn store_row(tx: &rusqlite::Transaction<'_>, id: i64, seq: u64, row: &Row, now: i64) -> rusqlite::Result<()> {
     tx.prepare_cached(
-        "INSERT INTO history (agency, outbox_id, seq, resource, key, op, items, source, captured_us, received_us)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO history (box, seq, resource, key, op, record, received_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![agency, outbox, seq as i64, record.resource, key, op, items, source, record.captured_at_us, now])?;
-    if op == "delete" {
+    .execute(params![id, seq as i64, row.resource, row.key, i32::from(row.delete), row.record, now])?;
+    if row.delete {
         tx.prepare_cached("DELETE FROM current WHERE resource = ?1 AND key = ?2")?
-            .execute(params![record.resource, key])?;
+            .execute(params![row.resource, row.key])?;
     } else {
         tx.prepare_cached(
-            "INSERT INTO current (resource, key, agency, items, outbox_id, seq, updated_us)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (resource, key) DO UPDATE SET agency = excluded.agency, items = excluded.items,
-                 outbox_id = excluded.outbox_id, seq = excluded.seq, updated_us = excluded.updated_us",
+            "INSERT INTO current (resource, key, box, seq) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (resource, key) DO UPDATE SET box = excluded.box, seq = excluded.seq",
         )?
-        .execute(params![record.resource, key, agency, items, outbox, seq as i64, now])?;
+        .execute(params![row.resource, row.key, id, seq as i64])?;
     }
     Ok(())
 }
