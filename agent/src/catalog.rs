@@ -280,14 +280,22 @@ impl Resource {
     }
 }
 
-/// Checks that `value` is already in the canonical form of the item's type.
-pub fn check_value(item: &Item, value: &str) -> Result<(), String> {
-    if let Some(max) = item.max_len {
+/// Checks a value against the item's maximum length.
+pub fn check_len(item: &Item, value: &str) -> Result<(), String> {
+    if let Some(max) = item.max_len
+        && value.len() > max
+    {
         let len = value.chars().count();
         if len > max {
             return Err(format!("{len} characters, at most {max} allowed"));
         }
     }
+    Ok(())
+}
+
+/// Checks that `value` is already in the canonical form of the item's type.
+pub fn check_value(item: &Item, value: &str) -> Result<(), String> {
+    check_len(item, value)?;
     match item.kind {
         ItemType::String => Ok(()),
         ItemType::Integer => canonical_integer(value)
@@ -375,18 +383,15 @@ fn valid_ymd(y: u32, m: u32, d: u32) -> bool {
 }
 
 fn canonical_date(raw: &str) -> Option<String> {
-    let parts: Vec<&str> = if raw.len() == 8 && raw.bytes().all(|b| b.is_ascii_digit()) {
-        vec![&raw[0..4], &raw[4..6], &raw[6..8]]
-    } else {
-        raw.split('-').collect()
+    let b = raw.as_bytes();
+    let digits = |s: &[u8]| -> Option<u32> {
+        s.iter().try_fold(0u32, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0')))
     };
-    let [y, m, d] = parts.as_slice() else {
-        return None;
+    let (y, m, d) = match b.len() {
+        8 => (digits(&b[0..4])?, digits(&b[4..6])?, digits(&b[6..8])?),
+        10 if b[4] == b'-' && b[7] == b'-' => (digits(&b[0..4])?, digits(&b[5..7])?, digits(&b[8..10])?),
+        _ => return None,
     };
-    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
-        return None;
-    }
-    let (y, m, d) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
     valid_ymd(y, m, d).then(|| format!("{y:04}{m:02}{d:02}"))
 }
 

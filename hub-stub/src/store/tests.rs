@@ -8,7 +8,7 @@ fn catalog() -> Catalog {
 }
 
 fn entry(seq: u64, resource: &str, key: &str, op: Operation) -> Entry {
-    let mut items = std::collections::HashMap::new();
+    let mut items = std::collections::BTreeMap::new();
     items.insert("DE00001".to_owned(), key.to_owned());
     if op == Operation::Upsert {
         items.insert("DE00002".to_owned(), format!("name {seq}"));
