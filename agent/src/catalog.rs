@@ -149,10 +149,7 @@ impl Catalog {
                     return Err(invalid(format!("item {} is listed twice", item.id)));
                 }
                 if item.key && !item.required {
-                    return Err(invalid(format!(
-                        "key item {} must also be required",
-                        item.id
-                    )));
+                    return Err(invalid(format!("key item {} must also be required", item.id)));
                 }
             }
             if !r.items.iter().any(|i| i.key) {
@@ -269,10 +266,7 @@ impl Resource {
         if op == Operation::Upsert {
             for item in self.items.iter().filter(|i| i.required) {
                 if !record.items.contains_key(&item.id) {
-                    return Err(invalid(format!(
-                        "required item {} ({}) is missing",
-                        item.id, item.name
-                    )));
+                    return Err(invalid(format!("required item {} ({}) is missing", item.id, item.name)));
                 }
             }
         }
@@ -324,11 +318,9 @@ pub fn canonical(kind: ItemType, raw: &str) -> Result<String, String> {
         ItemType::String => Ok(raw.to_owned()),
         ItemType::Integer => canonical_integer(raw).ok_or_else(|| "not an integer".to_owned()),
         ItemType::Decimal => canonical_decimal(raw).ok_or_else(|| "not a decimal number".to_owned()),
-        ItemType::Date => canonical_date(raw)
-            .ok_or_else(|| "not a date (expected YYYYMMDD or YYYY-MM-DD)".to_owned()),
-        ItemType::Datetime => canonical_datetime(raw).ok_or_else(|| {
-            "not a date-time (expected YYYYMMDDhhmmss or YYYY-MM-DD hh:mm:ss)".to_owned()
-        }),
+        ItemType::Date => canonical_date(raw).ok_or_else(|| "not a date (expected YYYYMMDD or YYYY-MM-DD)".to_owned()),
+        ItemType::Datetime => canonical_datetime(raw)
+            .ok_or_else(|| "not a date-time (expected YYYYMMDDhhmmss or YYYY-MM-DD hh:mm:ss)".to_owned()),
     }
 }
 
@@ -342,7 +334,11 @@ fn canonical_integer(raw: &str) -> Option<String> {
     }
     let trimmed = digits.trim_start_matches('0');
     let body = if trimmed.is_empty() { "0" } else { trimmed };
-    Some(if neg && body != "0" { format!("-{body}") } else { body.to_owned() })
+    Some(if neg && body != "0" {
+        format!("-{body}")
+    } else {
+        body.to_owned()
+    })
 }
 
 fn canonical_decimal(raw: &str) -> Option<String> {
@@ -385,7 +381,9 @@ fn valid_ymd(y: u32, m: u32, d: u32) -> bool {
 fn canonical_date(raw: &str) -> Option<String> {
     let b = raw.as_bytes();
     let digits = |s: &[u8]| -> Option<u32> {
-        s.iter().try_fold(0u32, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0')))
+        s.iter().try_fold(0u32, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
     };
     let (y, m, d) = match b.len() {
         8 => (digits(&b[0..4])?, digits(&b[4..6])?, digits(&b[6..8])?),

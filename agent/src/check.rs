@@ -15,7 +15,12 @@ pub struct Finding {
 /// Runs every check; never stops at the first failure.
 pub async fn run(config: &Config) -> Vec<Finding> {
     let mut out = vec![Finding {
-        what: format!("config {} ({} sources, catalog {})", config.origin.display(), config.sources.len(), config.catalog_path.display()),
+        what: format!(
+            "config {} ({} sources, catalog {})",
+            config.origin.display(),
+            config.sources.len(),
+            config.catalog_path.display()
+        ),
         outcome: Ok(()),
     }];
     out.push(Finding {

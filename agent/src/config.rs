@@ -27,10 +27,7 @@ pub const DEFAULT_PATH: &str = "/etc/qianzhi/agent.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     /// TOML syntax, an unknown key, or a value of the wrong type or form; the
     /// message carries the line and the key.
     #[error("{path}: {message}")]
@@ -44,10 +41,7 @@ pub enum Error {
         reason: String,
     },
     #[error("catalog {path}: {source}")]
-    Catalog {
-        path: PathBuf,
-        source: catalog::Error,
-    },
+    Catalog { path: PathBuf, source: catalog::Error },
 }
 
 /// A duration written as `"10s"`, `"500ms"`, `"2m"`.
@@ -78,9 +72,7 @@ impl<'de> Deserialize<'de> for ByteSize {
         match Repr::deserialize(d)? {
             Repr::N(n) => Ok(ByteSize(n)),
             Repr::S(s) => parse_size(&s).map(ByteSize).ok_or_else(|| {
-                serde::de::Error::custom(format!(
-                    "{s:?} is not a size (examples: 1048576, \"512MiB\", \"2GB\")"
-                ))
+                serde::de::Error::custom(format!("{s:?} is not a size (examples: 1048576, \"512MiB\", \"2GB\")"))
             }),
         }
     }
@@ -330,9 +322,7 @@ impl Config {
             message: e.to_string().trim_end().to_owned(),
         })?;
         let base = origin.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &Path| -> PathBuf {
-            if p.is_absolute() { p.to_owned() } else { base.join(p) }
-        };
+        let resolve = |p: &Path| -> PathBuf { if p.is_absolute() { p.to_owned() } else { base.join(p) } };
         let invalid = |span: std::ops::Range<usize>, key: &str, reason: String| Error::Invalid {
             path: origin.to_owned(),
             line: line_of(text, span.start),
@@ -363,10 +353,19 @@ impl Config {
         let url = raw.hub.url.get_ref().clone();
         let host = url
             .strip_prefix("https://")
-            .map(|rest| rest.split(['/', ':']).next().unwrap_or_default().trim_matches(['[', ']']))
+            .map(|rest| {
+                rest.split(['/', ':'])
+                    .next()
+                    .unwrap_or_default()
+                    .trim_matches(['[', ']'])
+            })
             .filter(|h| !h.is_empty())
             .ok_or_else(|| {
-                invalid(raw.hub.url.span(), "hub.url", format!("{url:?} is not an https:// URL with a host"))
+                invalid(
+                    raw.hub.url.span(),
+                    "hub.url",
+                    format!("{url:?} is not an https:// URL with a host"),
+                )
             })?
             .to_owned();
         let positive = |v: Option<Spanned<usize>>, key: &str, default: usize| match v {

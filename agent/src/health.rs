@@ -104,10 +104,26 @@ impl Health {
             files_rejected: Family::default(),
         };
         registry.register("source_rows", "Rows read by a source", families.rows.clone());
-        registry.register("source_records", "Records a source committed to the outbox", families.records.clone());
-        registry.register("source_quarantined", "Rows a source quarantined", families.quarantined.clone());
-        registry.register("source_files_done", "Files a source finished", families.files_done.clone());
-        registry.register("source_files_rejected", "Files a source moved to rejected/", families.files_rejected.clone());
+        registry.register(
+            "source_records",
+            "Records a source committed to the outbox",
+            families.records.clone(),
+        );
+        registry.register(
+            "source_quarantined",
+            "Rows a source quarantined",
+            families.quarantined.clone(),
+        );
+        registry.register(
+            "source_files_done",
+            "Files a source finished",
+            families.files_done.clone(),
+        );
+        registry.register(
+            "source_files_rejected",
+            "Files a source moved to rejected/",
+            families.files_rejected.clone(),
+        );
         let h = Health {
             agency: agency.to_owned(),
             hub: hub.to_owned(),
@@ -133,17 +149,33 @@ impl Health {
         let mut h = h;
         let r = &mut h.registry;
         r.register("records_sent", "Records sent to the hub", h.records_sent.clone());
-        r.register("records_acked", "Records the hub acknowledged as durably stored", h.records_acked.clone());
-        r.register("records_rejected", "Records the hub rejected (moved to quarantine)", h.records_rejected.clone());
+        r.register(
+            "records_acked",
+            "Records the hub acknowledged as durably stored",
+            h.records_acked.clone(),
+        );
+        r.register(
+            "records_rejected",
+            "Records the hub rejected (moved to quarantine)",
+            h.records_rejected.clone(),
+        );
         r.register("link_up", "1 while the stream to the hub is up", h.link_up.clone());
-        r.register("outbox_records", "Records waiting in the outbox for the hub's ack", h.outbox_records.clone());
+        r.register(
+            "outbox_records",
+            "Records waiting in the outbox for the hub's ack",
+            h.outbox_records.clone(),
+        );
         r.register("outbox_bytes", "Bytes waiting in the outbox", h.outbox_bytes.clone());
         r.register(
             "outbox_oldest_age_seconds",
             "Age of the oldest unacknowledged record",
             h.oldest_age.clone(),
         );
-        r.register("quarantine_records", "Records held in the local quarantine", h.quarantine_records.clone());
+        r.register(
+            "quarantine_records",
+            "Records held in the local quarantine",
+            h.quarantine_records.clone(),
+        );
         Arc::new(h)
     }
 
@@ -153,7 +185,9 @@ impl Health {
         if let Some((_, s)) = sources.iter().find(|(n, _)| n == name) {
             return s.clone();
         }
-        let l = SourceLabel { source: name.to_owned() };
+        let l = SourceLabel {
+            source: name.to_owned(),
+        };
         let f = &self.families;
         let s = Arc::new(SourceStats {
             rows: f.rows.get_or_create(&l).clone(),
@@ -200,7 +234,7 @@ impl Health {
 
     pub fn status(&self) -> Status {
         // Computed first: it takes the sources lock itself.
-        let ready = self.ready().err().map_or_else(|| "ok".into(), |e| e);
+        let ready = self.ready().err().unwrap_or_else(|| "ok".into());
         let q = self.outbox.stats();
         let now = SystemTime::now();
         let link = self.link.lock().unwrap_or_else(|p| p.into_inner());
@@ -335,12 +369,18 @@ pub async fn serve(listener: tokio::net::TcpListener, health: Arc<Health>, token
                 }
             }),
         )
-        .route("/status", get(|State(h): State<Arc<Health>>| async move { axum::Json(h.status()) }))
+        .route(
+            "/status",
+            get(|State(h): State<Arc<Health>>| async move { axum::Json(h.status()) }),
+        )
         .route(
             "/metrics",
             get(|State(h): State<Arc<Health>>| async move {
                 (
-                    [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
                     h.metrics(),
                 )
                     .into_response()
@@ -360,7 +400,11 @@ pub fn render(s: &Status) -> String {
     use std::fmt::Write;
     let mut o = String::new();
     let age = |x: Option<f64>| x.map_or_else(|| "never".to_owned(), |s| format!("{s:.1}s ago"));
-    let _ = writeln!(o, "agency   {}  (qianzhi {}, outbox {})", s.agency, s.version, s.outbox_id);
+    let _ = writeln!(
+        o,
+        "agency   {}  (qianzhi {}, outbox {})",
+        s.agency, s.version, s.outbox_id
+    );
     let _ = writeln!(o, "ready    {}", s.ready);
     let state = match s.link.state {
         LinkState::Up => "up",
@@ -387,7 +431,9 @@ pub fn render(s: &Status) -> String {
         s.queue.bytes,
         s.queue.max_bytes,
         if s.queue.full { " (FULL: sources paused)" } else { "" },
-        s.queue.oldest_age_seconds.map_or_else(|| "-".to_owned(), |a| format!("{a:.1}s old"))
+        s.queue
+            .oldest_age_seconds
+            .map_or_else(|| "-".to_owned(), |a| format!("{a:.1}s old"))
     );
     let _ = writeln!(o, "quarantine {} records", s.quarantine);
     for src in &s.sources {
@@ -417,7 +463,9 @@ pub fn fetch(addr: &str, path: &str) -> std::io::Result<String> {
     s.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return Err(std::io::Error::other(head.lines().next().unwrap_or("no answer").to_owned()));
+        return Err(std::io::Error::other(
+            head.lines().next().unwrap_or("no answer").to_owned(),
+        ));
     }
     Ok(body.to_owned())
 }

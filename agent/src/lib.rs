@@ -51,11 +51,18 @@ pub struct Running {
 
 /// Opens the outbox, binds the health port and spawns every task on
 /// `tasks`. Each task stops when `token` is cancelled.
-pub async fn start(config: config::Config, tasks: &TaskTracker, token: CancellationToken) -> Result<Running, StartError> {
+pub async fn start(
+    config: config::Config,
+    tasks: &TaskTracker,
+    token: CancellationToken,
+) -> Result<Running, StartError> {
     let outbox = outbox::Outbox::open(&config.data_dir, config.outbox.max_bytes)?;
     let listener = health::bind(config.health_listen)
         .await
-        .map_err(|source| StartError::Health { addr: config.health_listen, source })?;
+        .map_err(|source| StartError::Health {
+            addr: config.health_listen,
+            source,
+        })?;
     let health_addr = listener.local_addr().map_err(|source| StartError::Health {
         addr: config.health_listen,
         source,
@@ -78,5 +85,9 @@ pub async fn start(config: config::Config, tasks: &TaskTracker, token: Cancellat
         health = %health_addr,
         "agent started"
     );
-    Ok(Running { health, outbox, health_addr })
+    Ok(Running {
+        health,
+        outbox,
+        health_addr,
+    })
 }

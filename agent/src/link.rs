@@ -20,7 +20,9 @@ use backon::BackoffBuilder;
 use hyper_util::rt::TokioIo;
 use prost::Message;
 use proto::v1::exchange_client::ExchangeClient;
-use proto::v1::{AgentMessage, Batch, Entry, Hello, HubMessage, Record, Rejected, RejectCode, agent_message, hub_message};
+use proto::v1::{
+    AgentMessage, Batch, Entry, Hello, HubMessage, Record, RejectCode, Rejected, agent_message, hub_message,
+};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -146,7 +148,10 @@ pub async fn handshake(hub: &HubConfig) -> Result<(), Error> {
     let config = tls::client_config(&hub.ca, &hub.cert, &hub.key)?;
     let name = ServerName::try_from(hub.server_name.clone())
         .map_err(|e| Error::Handshake(format!("invalid server name {:?}: {e}", hub.server_name)))?;
-    let uri: Uri = hub.url.parse().map_err(|e| Error::Connect(format!("{}: {e}", hub.url)))?;
+    let uri: Uri = hub
+        .url
+        .parse()
+        .map_err(|e| Error::Connect(format!("{}: {e}", hub.url)))?;
     let host = uri.host().unwrap_or_default().to_owned();
     let port = uri.port_u16().unwrap_or(443);
     let connect = tls_connect(config, name, &host, port);
@@ -268,11 +273,7 @@ impl Link {
             Compression::Zstd => client.send_compressed(CompressionEncoding::Zstd),
         };
         let stats = self.outbox.stats();
-        let first_unacked = self
-            .outbox
-            .read(|r| r.first_seq())
-            .await?
-            .unwrap_or(stats.last_seq + 1);
+        let first_unacked = self.outbox.read(|r| r.first_seq()).await?.unwrap_or(stats.last_seq + 1);
         let (tx, rx) = mpsc::channel::<AgentMessage>(self.hub.max_in_flight + 2);
         let hello = Hello {
             agency_id: self.agency.clone(),

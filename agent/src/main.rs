@@ -73,20 +73,25 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Pki { command: PkiCommand::Dev { out, agencies, hub_names } } => {
-            match agent::pki::write_dev(&out, &agencies, &hub_names) {
-                Ok(files) => {
-                    for f in files {
-                        println!("wrote {}", f.display());
-                    }
-                    ExitCode::SUCCESS
+        Command::Pki {
+            command:
+                PkiCommand::Dev {
+                    out,
+                    agencies,
+                    hub_names,
+                },
+        } => match agent::pki::write_dev(&out, &agencies, &hub_names) {
+            Ok(files) => {
+                for f in files {
+                    println!("wrote {}", f.display());
                 }
-                Err(e) => {
-                    eprintln!("qianzhi: pki dev: {e:#}");
-                    ExitCode::FAILURE
-                }
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("qianzhi: pki dev: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Status { json, addr } => status(&cli.config, json, addr),
         Command::Check => {
             let config = match load(&cli.config) {
@@ -139,7 +144,9 @@ fn runtime() -> tokio::runtime::Runtime {
 fn init_tracing(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),

@@ -45,15 +45,9 @@ mod tests;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("outbox {path}: {source}")]
-    Sqlite {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    Sqlite { path: PathBuf, source: rusqlite::Error },
     #[error("cannot create outbox folder {path}: {source}")]
-    CreateDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    CreateDir { path: PathBuf, source: std::io::Error },
     /// A group commit failed; every command of the group gets this.
     #[error("outbox {path}: commit failed: {reason}")]
     Commit {
@@ -350,7 +344,12 @@ pub struct Reader<'a>(&'a Connection);
 impl Reader<'_> {
     /// Records with `seq >= from`, in order, at most `max_records` and about
     /// `max_bytes` (always at least one record if there is one).
-    pub fn records_from(&self, from: u64, max_records: usize, max_bytes: usize) -> rusqlite::Result<Vec<(u64, Vec<u8>)>> {
+    pub fn records_from(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> rusqlite::Result<Vec<(u64, Vec<u8>)>> {
         let mut stmt = self
             .0
             .prepare_cached("SELECT seq, data FROM records WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
@@ -429,7 +428,9 @@ fn initial_stats(conn: &Connection) -> rusqlite::Result<Stats> {
     )?;
     let oldest_us = oldest(conn)?;
     let last_seq: i64 = conn
-        .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'records'", [], |r| r.get(0))
+        .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'records'", [], |r| {
+            r.get(0)
+        })
         .optional()?
         .unwrap_or(0);
     let quarantined: i64 = conn.query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))?;
@@ -456,12 +457,7 @@ pub(crate) fn now_us() -> i64 {
 }
 
 /// The writer thread: group commit of everything pending.
-fn writer_loop(
-    mut conn: Connection,
-    path: PathBuf,
-    mut rx: mpsc::Receiver<Command>,
-    stats: watch::Sender<Stats>,
-) {
+fn writer_loop(mut conn: Connection, path: PathBuf, mut rx: mpsc::Receiver<Command>, stats: watch::Sender<Stats>) {
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < GROUP_MAX_COMMANDS {
@@ -511,8 +507,7 @@ fn apply(conn: &mut Connection, group: &[Command], stats: &mut Stats) -> rusqlit
         match command {
             Command::Write(w, _) => {
                 {
-                    let mut insert =
-                        tx.prepare_cached("INSERT INTO records (enqueued_us, data) VALUES (?1, ?2)")?;
+                    let mut insert = tx.prepare_cached("INSERT INTO records (enqueued_us, data) VALUES (?1, ?2)")?;
                     for data in &w.records {
                         insert.execute(params![now, data])?;
                         stats.last_seq = tx.last_insert_rowid() as u64;
@@ -557,7 +552,9 @@ fn apply(conn: &mut Connection, group: &[Command], stats: &mut Stats) -> rusqlit
             }
             Command::Reject(seq, q, _) => {
                 let bytes: Option<i64> = tx
-                    .query_row("SELECT length(data) FROM records WHERE seq = ?1", [*seq as i64], |r| r.get(0))
+                    .query_row("SELECT length(data) FROM records WHERE seq = ?1", [*seq as i64], |r| {
+                        r.get(0)
+                    })
                     .optional()?;
                 if let Some(bytes) = bytes {
                     tx.execute("DELETE FROM records WHERE seq = ?1", [*seq as i64])?;
@@ -579,6 +576,14 @@ fn insert_quarantine(tx: &rusqlite::Transaction<'_>, now: i64, q: &Quarantined) 
         "INSERT INTO quarantine (at_us, source, object, line, resource, reasons, raw)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![now, q.source, q.object, q.line as i64, q.resource, reasons, q.raw])?;
+    .execute(params![
+        now,
+        q.source,
+        q.object,
+        q.line as i64,
+        q.resource,
+        reasons,
+        q.raw
+    ])?;
     Ok(())
 }

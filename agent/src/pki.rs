@@ -41,7 +41,10 @@ pub struct Validity {
 
 impl Default for Validity {
     fn default() -> Self {
-        Validity { from_days: -1, to_days: 825 }
+        Validity {
+            from_days: -1,
+            to_days: 825,
+        }
     }
 }
 
@@ -49,10 +52,22 @@ impl Ca {
     pub fn new(name: &str) -> Result<Ca, rcgen::Error> {
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, name);
-        params.distinguished_name.push(DnType::OrganizationName, "Qianzhi development PKI");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Qianzhi development PKI");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        set_validity(&mut params, Validity { from_days: -1, to_days: 3650 });
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        set_validity(
+            &mut params,
+            Validity {
+                from_days: -1,
+                to_days: 3650,
+            },
+        );
         let key = KeyPair::generate()?;
         let key_pem = key.serialize_pem();
         let issuer = CertifiedIssuer::self_signed(params, key)?;

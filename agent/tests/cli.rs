@@ -12,7 +12,11 @@ fn scratch() -> tempfile::TempDir {
 }
 
 fn write_config(dir: &std::path::Path, extra_hub: &str, health_port: u16) -> std::path::PathBuf {
-    std::fs::write(dir.join("catalog.toml"), include_str!("../../deploy/catalog.example.toml")).unwrap();
+    std::fs::write(
+        dir.join("catalog.toml"),
+        include_str!("../../deploy/catalog.example.toml"),
+    )
+    .unwrap();
     let out = Command::new(BIN)
         .args(["pki", "dev", "--out"])
         .arg(dir.join("pki"))
@@ -38,7 +42,12 @@ fn config_error_exits_78_naming_the_key_and_line() {
     let d = scratch();
     let config = write_config(d.path(), "batch_recordz = 5\n", 0);
     for cmd in ["check", "run"] {
-        let out = Command::new(BIN).arg("--config").arg(&config).arg(cmd).output().unwrap();
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .arg(cmd)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(78), "{cmd}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("batch_recordz") && err.contains("line 10"), "{err}");
@@ -55,7 +64,12 @@ fn usage_error_exits_64() {
 fn check_reports_an_unreachable_hub() {
     let d = scratch();
     let config = write_config(d.path(), "", 0);
-    let out = Command::new(BIN).arg("--config").arg(&config).arg("check").output().unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ok    data directory"), "{text}");
@@ -67,20 +81,33 @@ fn pki_dev_keeps_private_keys_private() {
     use std::os::unix::fs::PermissionsExt;
     let d = scratch();
     write_config(d.path(), "", 0);
-    for (file, mode) in [("ca.key", 0o600), ("hub.key", 0o600), ("agency-320282-gaj.key", 0o600), ("ca.pem", 0o644)] {
-        let m = std::fs::metadata(d.path().join("pki").join(file)).unwrap().permissions().mode() & 0o777;
+    for (file, mode) in [
+        ("ca.key", 0o600),
+        ("hub.key", 0o600),
+        ("agency-320282-gaj.key", 0o600),
+        ("ca.pem", 0o644),
+    ] {
+        let m = std::fs::metadata(d.path().join("pki").join(file))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         if mode == 0o600 {
             assert_eq!(m, 0o600, "{file}");
         } else {
-            assert_eq!(m & 0o077 != 0, true, "{file} is readable by others: {m:o}");
+            assert!(m & 0o044 != 0, "{file} should be readable: {m:o}");
         }
     }
 }
 
 #[test]
-fn sigterm_stops_the_agent_cleanly() {
+fn status_reads_the_running_agent_and_sigterm_stops_it_cleanly() {
     let d = scratch();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let config = write_config(d.path(), "", port);
     let mut child = Command::new(BIN)
         .arg("--config")
@@ -93,14 +120,46 @@ fn sigterm_stops_the_agent_cleanly() {
     // Ready once the health port answers.
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20), "the health port never opened");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the health port never opened"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    // `qianzhi status` finds the health port through the config.
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("agency   320282-gaj") && text.contains("queue    0 records"),
+        "{text}"
+    );
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["agency"], "320282-gaj");
+    assert_eq!(json["queue"]["records"], 0);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(err.contains("received shutdown signal") && err.contains("stopped"), "{err}");
+    assert!(
+        err.contains("received shutdown signal") && err.contains("stopped"),
+        "{err}"
+    );
 }

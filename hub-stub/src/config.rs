@@ -29,7 +29,13 @@ impl HubConfig {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         let mut c: HubConfig = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut c.store, &mut c.catalog, &mut c.tls.ca, &mut c.tls.cert, &mut c.tls.key] {
+        for p in [
+            &mut c.store,
+            &mut c.catalog,
+            &mut c.tls.ca,
+            &mut c.tls.cert,
+            &mut c.tls.key,
+        ] {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

@@ -44,7 +44,10 @@ pub async fn run(dir: &Path, keep: bool) -> anyhow::Result<()> {
     let catalog = Arc::new(agent::catalog::Catalog::from_toml_str(CATALOG)?);
     let tls = crate::tls::server_config(&pki.join("ca.pem"), &pki.join("hub.pem"), &pki.join("hub.key"))?;
     tasks.spawn(crate::serve(listener, tls, store.clone(), catalog, token.clone()));
-    println!("2. hub-stub listening on {hub_addr} (mTLS, store {})", dir.join("hub/store.db").display());
+    println!(
+        "2. hub-stub listening on {hub_addr} (mTLS, store {})",
+        dir.join("hub/store.db").display()
+    );
 
     let agent_toml = dir.join("agent.toml");
     std::fs::write(
@@ -104,7 +107,10 @@ rescan = "1s"
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("5. at the hub (qianzhi-hub export --store {}):", dir.join("hub/store.db").display());
+    println!(
+        "5. at the hub (qianzhi-hub export --store {}):",
+        dir.join("hub/store.db").display()
+    );
     let mut out = Vec::new();
     store.export(None, false, &mut out)?;
     print!("{}", String::from_utf8_lossy(&out));

@@ -10,7 +10,11 @@ use hub_stub::{Store, config::HubConfig};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "qianzhi-hub", version, about = "Qianzhi hub-stub: a small but real exchange hub")]
+#[command(
+    name = "qianzhi-hub",
+    version,
+    about = "Qianzhi hub-stub: a small but real exchange hub"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,7 +60,11 @@ fn main() -> ExitCode {
             };
         }
     };
-    let level = if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info" };
+    let level = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -81,8 +89,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { config } => {
             let c = HubConfig::load(&config)?;
-            let text = std::fs::read_to_string(&c.catalog).with_context(|| format!("catalog {}", c.catalog.display()))?;
-            let catalog = Arc::new(agent::catalog::Catalog::from_toml_str(&text).with_context(|| format!("catalog {}", c.catalog.display()))?);
+            let text =
+                std::fs::read_to_string(&c.catalog).with_context(|| format!("catalog {}", c.catalog.display()))?;
+            let catalog = Arc::new(
+                agent::catalog::Catalog::from_toml_str(&text)
+                    .with_context(|| format!("catalog {}", c.catalog.display()))?,
+            );
             let tls = hub_stub::tls::server_config(&c.tls.ca, &c.tls.cert, &c.tls.key)?;
             let store = Arc::new(Store::open(&c.store)?);
             let listener = tokio::net::TcpListener::bind(c.listen)
@@ -99,7 +111,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tracing::info!("hub stopped");
             Ok(())
         }
-        Command::Export { store, resource, history } => {
+        Command::Export {
+            store,
+            resource,
+            history,
+        } => {
             if !store.exists() {
                 anyhow::bail!("no store at {}", store.display());
             }

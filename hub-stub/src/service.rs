@@ -53,7 +53,11 @@ impl Writer {
                     return;
                 }
             }
-            if tx.send(msg(hub_message::Body::Ack(Ack { upto_seq: applied.hwm }))).await.is_err() {
+            if tx
+                .send(msg(hub_message::Body::Ack(Ack { upto_seq: applied.hwm })))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -138,7 +142,9 @@ impl Exchange for Hub {
                         () = shutdown.cancelled() => break,
                     };
                     match next {
-                        Ok(Some(AgentMessage { body: Some(agent_message::Body::Batch(b)) })) => {
+                        Ok(Some(AgentMessage {
+                            body: Some(agent_message::Body::Batch(b)),
+                        })) => {
                             let (agency, catalog) = (agency_r.clone(), catalog.clone());
                             let prepared =
                                 tokio::task::spawn_blocking(move || store::prepare(&agency, b.entries, &catalog)).await;
@@ -152,7 +158,9 @@ impl Exchange for Hub {
                             break;
                         }
                         Ok(Some(_)) => {
-                            let _ = reader_tx.send(Err(Status::invalid_argument("only batches may follow Hello"))).await;
+                            let _ = reader_tx
+                                .send(Err(Status::invalid_argument("only batches may follow Hello")))
+                                .await;
                             break;
                         }
                         Err(e) => {

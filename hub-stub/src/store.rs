@@ -199,7 +199,10 @@ impl Store {
                     (tx.last_insert_rowid(), 0)
                 }
             };
-            let mut applied = Applied { hwm, ..Applied::default() };
+            let mut applied = Applied {
+                hwm,
+                ..Applied::default()
+            };
             for e in entries {
                 if e.seq <= applied.hwm {
                     applied.replayed += 1;
@@ -306,7 +309,15 @@ fn store_row(tx: &rusqlite::Transaction<'_>, id: i64, seq: u64, row: &Row, now: 
     tx.prepare_cached(
         "INSERT INTO history (box, seq, resource, key, op, record, received_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![id, seq as i64, row.resource, row.key, i32::from(row.delete), row.record, now])?;
+    .execute(params![
+        id,
+        seq as i64,
+        row.resource,
+        row.key,
+        i32::from(row.delete),
+        row.record,
+        now
+    ])?;
     if row.delete {
         tx.prepare_cached("DELETE FROM current WHERE resource = ?1 AND key = ?2")?
             .execute(params![row.resource, row.key])?;

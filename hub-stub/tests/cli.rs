@@ -9,7 +9,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_qianzhi-hub");
 #[test]
 fn demo_runs_end_to_end() {
     let d = tempfile::Builder::new().prefix("qianzhi-demo-").tempdir().unwrap();
-    let out = Command::new(BIN).arg("demo").arg("--dir").arg(d.path()).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("demo")
+        .arg("--dir")
+        .arg(d.path())
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(text.matches("\"resource\":\"1010100/0001\"").count(), 5, "{text}");
@@ -26,7 +31,10 @@ fn demo_runs_end_to_end() {
 
 #[test]
 fn export_of_a_missing_store_says_so() {
-    let out = Command::new(BIN).args(["export", "--store", "/nonexistent/store.db"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["export", "--store", "/nonexistent/store.db"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no store at /nonexistent/store.db"));
 }
@@ -35,8 +43,16 @@ fn export_of_a_missing_store_says_so() {
 fn serve_refuses_an_unknown_key() {
     let d = tempfile::Builder::new().prefix("qianzhi-hubcfg-").tempdir().unwrap();
     let cfg = d.path().join("hub.toml");
-    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\nstore = \"s.db\"\ncatalog = \"c.toml\"\nport = 1\n").unwrap();
-    let out = Command::new(BIN).args(["serve", "--config"]).arg(&cfg).output().unwrap();
+    std::fs::write(
+        &cfg,
+        "listen = \"127.0.0.1:0\"\nstore = \"s.db\"\ncatalog = \"c.toml\"\nport = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("port") && err.contains("line 4"), "{err}");

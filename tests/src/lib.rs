@@ -68,12 +68,17 @@ pub struct AgentSpec {
 
 impl World {
     pub fn new() -> World {
-        let dir = tempfile::Builder::new().prefix("qianzhi-e2e-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("qianzhi-e2e-")
+            .tempdir()
+            .expect("temp dir");
         let ca = Ca::new("Qianzhi test CA").expect("ca");
         let w = World { dir, ca };
         std::fs::create_dir_all(w.path("pki")).expect("pki dir");
         w.write("pki/ca.pem", &w.ca.cert_pem());
-        let hub = w.ca.issue_server(&["localhost".into(), "127.0.0.1".into()]).expect("hub cert");
+        let hub =
+            w.ca.issue_server(&["localhost".into(), "127.0.0.1".into()])
+                .expect("hub cert");
         w.write("pki/hub.pem", &hub.cert_pem);
         w.write("pki/hub.key", &hub.key_pem);
         for agency in [GAJ, SCJGJ] {
@@ -99,7 +104,10 @@ impl World {
     /// Issues an agency certificate as `pki/NAME.pem` and `.key`.
     pub fn issue(&self, agency: &str, validity: Validity, name: &str) -> (PathBuf, PathBuf) {
         let c = self.ca.issue_agency(agency, validity).expect("agency cert");
-        (self.write(&format!("pki/{name}.pem"), &c.cert_pem), self.write(&format!("pki/{name}.key"), &c.key_pem))
+        (
+            self.write(&format!("pki/{name}.pem"), &c.cert_pem),
+            self.write(&format!("pki/{name}.key"), &c.key_pem),
+        )
     }
 
     pub fn store_path(&self) -> PathBuf {
@@ -167,13 +175,21 @@ impl World {
     /// Files still waiting in a drop folder (not in done/ or rejected/).
     pub fn waiting(&self, folder: &str) -> usize {
         std::fs::read_dir(self.path(folder))
-            .map(|d| d.flatten().filter(|e| e.path().is_file() && !e.file_name().to_string_lossy().starts_with('.')).count())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().is_file() && !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
             .unwrap_or(0)
     }
 
     pub fn files_in(&self, folder: &str) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.path(folder))
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         names.sort();
         names
@@ -188,7 +204,9 @@ impl Default for World {
 
 /// A `[[source]]` table for the people resource with the standard columns.
 pub fn people_source(name: &str, path: &str, extra: &str) -> String {
-    let mut s = format!("[[source]]\nname = \"{name}\"\ntype = \"folder\"\nresource = \"{PEOPLE}\"\npath = \"{path}\"\nrescan = \"1s\"\n{extra}[source.columns]\n");
+    let mut s = format!(
+        "[[source]]\nname = \"{name}\"\ntype = \"folder\"\nresource = \"{PEOPLE}\"\npath = \"{path}\"\nrescan = \"1s\"\n{extra}[source.columns]\n"
+    );
     for (col, de) in PEOPLE_COLUMNS {
         s.push_str(&format!("\"{col}\" = \"{de}\"\n"));
     }
@@ -225,7 +243,11 @@ pub fn expected_items(i: u64) -> serde_json::Value {
     let p = person(i);
     let mut m = serde_json::Map::new();
     for ((_, de), v) in PEOPLE_COLUMNS.iter().zip(p) {
-        let v = if v.len() == 10 && v.as_bytes()[4] == b'-' { v.replace('-', "") } else { v };
+        let v = if v.len() == 10 && v.as_bytes()[4] == b'-' {
+            v.replace('-', "")
+        } else {
+            v
+        };
         m.insert((*de).to_owned(), v.into());
     }
     serde_json::Value::Object(m)
@@ -249,13 +271,19 @@ pub fn export(store: &Path, history: bool) -> Vec<serde_json::Value> {
 /// Checks the hub against people `rows`: current state equal to the input,
 /// every change in the history exactly once.
 pub fn assert_hub_holds(store: &Path, rows: impl IntoIterator<Item = u64>) {
-    let want: BTreeMap<String, serde_json::Value> =
-        rows.into_iter().map(|i| (person(i)[0].clone(), expected_items(i))).collect();
+    let want: BTreeMap<String, serde_json::Value> = rows
+        .into_iter()
+        .map(|i| (person(i)[0].clone(), expected_items(i)))
+        .collect();
     let current: BTreeMap<String, serde_json::Value> = export(store, false)
         .into_iter()
         .map(|l| (l["key"][0].as_str().unwrap_or_default().to_owned(), l["items"].clone()))
         .collect();
-    assert_eq!(current.len(), want.len(), "current state has the wrong number of records");
+    assert_eq!(
+        current.len(),
+        want.len(),
+        "current state has the wrong number of records"
+    );
     for (k, v) in &want {
         assert_eq!(current.get(k), Some(v), "record {k} differs at the hub");
     }
@@ -303,16 +331,24 @@ pub struct Hub {
 
 impl Hub {
     pub async fn start(world: &World, port: u16) -> Hub {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind hub");
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind hub");
         let addr = listener.local_addr().expect("hub addr");
-        let tls = hub_stub::tls::server_config(&world.path("pki/ca.pem"), &world.path("pki/hub.pem"), &world.path("pki/hub.key"))
-            .expect("hub tls");
+        let tls = hub_stub::tls::server_config(
+            &world.path("pki/ca.pem"),
+            &world.path("pki/hub.pem"),
+            &world.path("pki/hub.key"),
+        )
+        .expect("hub tls");
         let store = Arc::new(Store::open(&world.store_path()).expect("store"));
         let catalog = Arc::new(agent::catalog::Catalog::from_toml_str(CATALOG).expect("catalog"));
         let token = CancellationToken::new();
         let t = token.clone();
         let task = tokio::spawn(async move {
-            hub_stub::serve(listener, tls, store, catalog, t).await.expect("hub serve");
+            hub_stub::serve(listener, tls, store, catalog, t)
+                .await
+                .expect("hub serve");
         });
         Hub { addr, token, task }
     }
@@ -360,14 +396,21 @@ pub fn bin(name: &str) -> PathBuf {
     let here = exe.parent().expect("exe folder");
     let candidates = [here.join(name), here.parent().map(|p| p.join(name)).unwrap_or_default()];
     let found = candidates.iter().find(|p| p.is_file());
-    found
-        .cloned()
-        .unwrap_or_else(|| panic!("{name} is missing beside {}: run `cargo test --workspace`", here.display()))
+    found.cloned().unwrap_or_else(|| {
+        panic!(
+            "{name} is missing beside {}: run `cargo test --workspace`",
+            here.display()
+        )
+    })
 }
 
 /// Starts a real process with its output appended to `log`.
 pub fn spawn(bin_name: &str, args: &[&str], log: &Path) -> Child {
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
     let err = out.try_clone().expect("log file");
     Command::new(bin(bin_name))
         .args(args)
@@ -381,7 +424,9 @@ pub fn spawn(bin_name: &str, args: &[&str], log: &Path) -> Child {
 /// Waits until something accepts TCP connections on `port`.
 pub async fn wait_listening(port: u16) {
     eventually(&format!("a listener on port {port}"), Duration::from_secs(20), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).map(drop).map_err(|e| e.to_string())
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .map(drop)
+            .map_err(|e| e.to_string())
     })
     .await
 }

@@ -1,4 +1,5 @@
 mod bad_input;
 mod crash;
 mod delivery;
+mod folder;
 mod refusal;

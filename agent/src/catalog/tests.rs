@@ -59,9 +59,19 @@ fn refuses_bad_catalogs() {
     let no_key = CATALOG.replace("key = true\n", "");
     assert!(Catalog::from_toml_str(&no_key).unwrap_err().to_string().contains("key"));
     let bad_sharing = CATALOG.replace("无条件共享", "随便");
-    assert!(Catalog::from_toml_str(&bad_sharing).unwrap_err().to_string().contains("line"));
+    assert!(
+        Catalog::from_toml_str(&bad_sharing)
+            .unwrap_err()
+            .to_string()
+            .contains("line")
+    );
     let twice = format!("{CATALOG}{}", &CATALOG[CATALOG.find("[[resource]]").unwrap()..]);
-    assert!(Catalog::from_toml_str(&twice).unwrap_err().to_string().contains("twice"));
+    assert!(
+        Catalog::from_toml_str(&twice)
+            .unwrap_err()
+            .to_string()
+            .contains("twice")
+    );
 }
 
 #[test]

@@ -61,7 +61,10 @@ fn bad_values_name_the_key() {
 #[test]
 fn sources_are_checked_against_the_catalog() {
     let m = message(&GOOD.replace("1010100/0001", "9999/1"));
-    assert!(m.contains("source.people.resource") && m.contains("not in the catalog"), "{m}");
+    assert!(
+        m.contains("source.people.resource") && m.contains("not in the catalog"),
+        "{m}"
+    );
     let m = message(&GOOD.replace("1010100/0001", "2010100/0001"));
     assert!(m.contains("one data, one source"), "{m}");
     let m = message(&GOOD.replace("\"姓名\" = \"DE00002\"", "\"姓名\" = \"DE09999\""));

@@ -50,7 +50,9 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
 pub fn read_roots(path: &Path) -> Result<RootCertStore, Error> {
     let mut roots = RootCertStore::empty();
     for cert in read_certs(path)? {
-        roots.add(cert).map_err(|e| err(path, format!("not a usable CA certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| err(path, format!("not a usable CA certificate: {e}")))?;
     }
     Ok(roots)
 }

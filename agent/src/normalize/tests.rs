@@ -29,7 +29,14 @@ fn mapping(op_column: Option<&str>) -> Mapping {
 
 fn check(row: &[Option<&str>], op_column: Option<&str>) -> String {
     let fields: Vec<Field<'_>> = row.iter().map(|v| v.map(|s| Ok(Cow::Borrowed(s)))).collect();
-    match mapping(op_column).normalize(&fields, Origin { object: "f.csv", line: 2 }, 0) {
+    match mapping(op_column).normalize(
+        &fields,
+        Origin {
+            object: "f.csv",
+            line: 2,
+        },
+        0,
+    ) {
         Outcome::Record(bytes) => {
             let r = Record::decode(bytes.as_slice()).unwrap();
             let mut items: Vec<_> = r.items.into_iter().collect();
@@ -42,22 +49,44 @@ fn check(row: &[Option<&str>], op_column: Option<&str>) -> String {
 
 #[test]
 fn rows() {
-    let cases: &[(&[Option<&str>], Option<&str>, &str)] = &[
+    /// (row, operation column, expected).
+    type Case<'a> = (&'a [Option<&'a str>], Option<&'a str>, &'a str);
+    let cases: &[Case<'_>] = &[
         (
             &[Some(" 320282199001019995\u{3000}"), Some("张伟"), Some("1990-01-01")],
             None,
             r#"Upsert ["320282199001019995"] [("DE00001", "320282199001019995"), ("DE00002", "张伟"), ("DE00004", "19900101")]"#,
         ),
-        (&[Some("1"), Some(""), None], None, "quarantine MISSING_REQUIRED: 必填项 姓名 (DE00002) 为空"),
-        (&[None, Some("x"), None], None, "quarantine MISSING_KEY: 主键项 公民身份号码 (DE00001) 为空"),
+        (
+            &[Some("1"), Some(""), None],
+            None,
+            "quarantine MISSING_REQUIRED: 必填项 姓名 (DE00002) 为空",
+        ),
+        (
+            &[None, Some("x"), None],
+            None,
+            "quarantine MISSING_KEY: 主键项 公民身份号码 (DE00001) 为空",
+        ),
         (
             &[Some("1"), Some("x"), Some("1999-02-30")],
             None,
             r#"quarantine INVALID_VALUE: 出生日期 (DE00004) 值 "1999-02-30" 不合规: not a date (expected YYYYMMDD or YYYY-MM-DD)"#,
         ),
-        (&[Some("1"), None, None, Some("D")], Some("op"), r#"Delete ["1"] [("DE00001", "1")]"#),
-        (&[Some("1"), Some("x"), None, Some("删除")], Some("op"), r#"Delete ["1"] [("DE00001", "1")]"#),
-        (&[Some("1"), Some("x"), None, Some("X")], Some("op"), "quarantine INVALID_OPERATION: 操作 \"X\" 无法识别 (expected I/U/D, insert/update/delete, 新增/修改/删除)"),
+        (
+            &[Some("1"), None, None, Some("D")],
+            Some("op"),
+            r#"Delete ["1"] [("DE00001", "1")]"#,
+        ),
+        (
+            &[Some("1"), Some("x"), None, Some("删除")],
+            Some("op"),
+            r#"Delete ["1"] [("DE00001", "1")]"#,
+        ),
+        (
+            &[Some("1"), Some("x"), None, Some("X")],
+            Some("op"),
+            "quarantine INVALID_OPERATION: 操作 \"X\" 无法识别 (expected I/U/D, insert/update/delete, 新增/修改/删除)",
+        ),
         (
             &[Some("1234567890123456789"), Some("x"), None],
             None,
@@ -71,8 +100,19 @@ fn rows() {
 
 #[test]
 fn undecodable_field_is_quarantined_with_raw_values() {
-    let fields: Vec<Field<'_>> = vec![Some(Ok(Cow::Borrowed("1"))), Some(Err("invalid UTF-8 at byte 2".into())), None];
-    let Outcome::Quarantine(q) = mapping(None).normalize(&fields, Origin { object: "f.csv", line: 9 }, 0) else {
+    let fields: Vec<Field<'_>> = vec![
+        Some(Ok(Cow::Borrowed("1"))),
+        Some(Err("invalid UTF-8 at byte 2".into())),
+        None,
+    ];
+    let Outcome::Quarantine(q) = mapping(None).normalize(
+        &fields,
+        Origin {
+            object: "f.csv",
+            line: 9,
+        },
+        0,
+    ) else {
         panic!("expected a quarantine entry");
     };
     assert_eq!(q.line, 9);

@@ -15,7 +15,12 @@ async fn records_survive_reopen_and_leave_only_on_ack() {
     let d = dir("reopen");
     {
         let ob = Outbox::open(&d, 1 << 30).unwrap();
-        ob.write(Write { records: records(10, "a"), ..Write::default() }).await.unwrap();
+        ob.write(Write {
+            records: records(10, "a"),
+            ..Write::default()
+        })
+        .await
+        .unwrap();
         assert_eq!(ob.stats().records, 10);
         assert_eq!(ob.stats().last_seq, 10);
         ob.ack(4).await.unwrap();
@@ -34,14 +39,24 @@ async fn sequences_are_never_reused_and_identity_is_kept() {
     let d = dir("seq");
     let id = {
         let ob = Outbox::open(&d, 1 << 30).unwrap();
-        ob.write(Write { records: records(3, "a"), ..Write::default() }).await.unwrap();
+        ob.write(Write {
+            records: records(3, "a"),
+            ..Write::default()
+        })
+        .await
+        .unwrap();
         ob.ack(3).await.unwrap();
         assert_eq!(ob.stats().records, 0);
         ob.id().to_owned()
     };
     let ob = Outbox::open(&d, 1 << 30).unwrap();
     assert_eq!(ob.id(), id);
-    ob.write(Write { records: records(1, "b"), ..Write::default() }).await.unwrap();
+    ob.write(Write {
+        records: records(1, "b"),
+        ..Write::default()
+    })
+    .await
+    .unwrap();
     assert_eq!(ob.read(|r| r.first_seq()).await.unwrap(), Some(4));
     std::fs::remove_dir_all(&d).unwrap();
     // A recreated outbox has a new identity and starts again at 1.
@@ -66,7 +81,11 @@ async fn position_records_and_quarantine_commit_together() {
     ob.write(Write {
         records: records(2, "a"),
         quarantine: vec![q.clone()],
-        position: Some(PositionUpdate { source: "s".into(), key: "file:f.csv".into(), value: Some("p1".into()) }),
+        position: Some(PositionUpdate {
+            source: "s".into(),
+            key: "file:f.csv".into(),
+            value: Some("p1".into()),
+        }),
     })
     .await
     .unwrap();
@@ -75,7 +94,11 @@ async fn position_records_and_quarantine_commit_together() {
     assert_eq!(ob.read(|r| r.quarantine(10)).await.unwrap(), vec![q]);
     assert_eq!(ob.stats().quarantined, 1);
     ob.write(Write {
-        position: Some(PositionUpdate { source: "s".into(), key: "file:f.csv".into(), value: None }),
+        position: Some(PositionUpdate {
+            source: "s".into(),
+            key: "file:f.csv".into(),
+            value: None,
+        }),
         ..Write::default()
     })
     .await
@@ -88,11 +111,28 @@ async fn position_records_and_quarantine_commit_together() {
 async fn reject_moves_one_record_to_quarantine() {
     let d = dir("reject");
     let ob = Outbox::open(&d, 1 << 30).unwrap();
-    ob.write(Write { records: records(3, "a"), ..Write::default() }).await.unwrap();
-    ob.reject(2, Quarantined { reasons: vec!["HUB_NOT_PROVIDER: x".into()], ..Default::default() })
+    ob.write(Write {
+        records: records(3, "a"),
+        ..Write::default()
+    })
+    .await
+    .unwrap();
+    ob.reject(
+        2,
+        Quarantined {
+            reasons: vec!["HUB_NOT_PROVIDER: x".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let left: Vec<u64> = ob
+        .read(|r| r.records_from(0, 10, 1 << 20))
         .await
-        .unwrap();
-    let left: Vec<u64> = ob.read(|r| r.records_from(0, 10, 1 << 20)).await.unwrap().into_iter().map(|r| r.0).collect();
+        .unwrap()
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
     assert_eq!(left, vec![1, 3]);
     assert_eq!((ob.stats().records, ob.stats().quarantined), (2, 1));
     std::fs::remove_dir_all(&d).unwrap();
@@ -102,7 +142,12 @@ async fn reject_moves_one_record_to_quarantine() {
 async fn full_queue_blocks_room_until_acked() {
     let d = dir("full");
     let ob = Outbox::open(&d, 100).unwrap();
-    ob.write(Write { records: vec![vec![0u8; 150]], ..Write::default() }).await.unwrap();
+    ob.write(Write {
+        records: vec![vec![0u8; 150]],
+        ..Write::default()
+    })
+    .await
+    .unwrap();
     assert!(ob.is_full());
     let waiter = {
         let ob = ob.clone();
@@ -121,7 +166,14 @@ async fn many_concurrent_writes_are_grouped_and_ordered_per_writer() {
     let ob = Outbox::open(&d, 1 << 30).unwrap();
     let mut receipts = Vec::new();
     for i in 0..100 {
-        receipts.push(ob.submit(Write { records: records(10, &format!("w{i}")), ..Write::default() }).await.unwrap());
+        receipts.push(
+            ob.submit(Write {
+                records: records(10, &format!("w{i}")),
+                ..Write::default()
+            })
+            .await
+            .unwrap(),
+        );
     }
     for r in receipts {
         r.committed().await.unwrap();

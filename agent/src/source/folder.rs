@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::format::{Charset, CsvRows, JsonRows, Pos, Row, Unreadable};
+use super::format::{Charset, CsvRows, JsonRows, Pos, Row, Rows, Unreadable};
 use crate::config::{AfterDone, Completion, Encoding, FileFormat, SourceConfig};
 use crate::health::SourceStats;
 use crate::normalize::{Mapping, Outcome};
@@ -133,7 +133,9 @@ impl Folder {
         let source = self.config.name.clone();
         let positions = self.outbox.read(move |r| r.positions(&source)).await?;
         for (key, _) in positions {
-            let Some(name) = key.strip_prefix("file:") else { continue };
+            let Some(name) = key.strip_prefix("file:") else {
+                continue;
+            };
             if !self.config.path.join(name).exists() {
                 self.outbox
                     .write(Write {
@@ -182,7 +184,11 @@ impl Folder {
 
     /// Takes every complete file, oldest first. Returns when the next check
     /// is due for a file that is not complete yet.
-    async fn scan(&self, pending: &mut HashMap<String, Pending>, token: &CancellationToken) -> Result<Option<Duration>, String> {
+    async fn scan(
+        &self,
+        pending: &mut HashMap<String, Pending>,
+        token: &CancellationToken,
+    ) -> Result<Option<Duration>, String> {
         let mut candidates = Vec::new();
         let entries = std::fs::read_dir(&self.config.path)
             .map_err(|e| format!("cannot list {}: {e}", self.config.path.display()))?;
@@ -219,7 +225,11 @@ impl Folder {
                         since: Instant::now(),
                     });
                     if p.size != size || p.mtime != mtime {
-                        *p = Pending { size, mtime, since: Instant::now() };
+                        *p = Pending {
+                            size,
+                            mtime,
+                            since: Instant::now(),
+                        };
                     }
                     let age = p.since.elapsed();
                     if age < self.config.settle {
@@ -270,7 +280,11 @@ impl Folder {
                 self.finish(name, &path).await?;
                 self.outbox
                     .write(Write {
-                        position: Some(PositionUpdate { source, key, value: None }),
+                        position: Some(PositionUpdate {
+                            source,
+                            key,
+                            value: None,
+                        }),
                         ..Write::default()
                     })
                     .await
@@ -308,7 +322,10 @@ impl Folder {
     fn reject(&self, name: &str, path: &Path, reason: &str) -> std::io::Result<()> {
         let target = free_name(&self.rejected_dir(), name);
         std::fs::rename(path, &target)?;
-        let target_name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let target_name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let text = format!(
             "file: {name}\nsource: {}\nrejected at: {}\nreason: {reason}\n",
             self.config.name,
@@ -363,7 +380,11 @@ impl FileJob {
             Some(p) if p.identity == identity && p.done => return Ok(()),
             Some(p) if p.identity == identity => {
                 info!(file = %self.name, line = p.line, "resuming file");
-                Pos { byte: p.byte, line: p.line, rows: p.rows }
+                Pos {
+                    byte: p.byte,
+                    line: p.line,
+                    rows: p.rows,
+                }
             }
             _ => Pos::default(),
         };
@@ -392,17 +413,9 @@ impl FileJob {
             Encoding::Auto => Charset::Gb18030,
         };
         debug!(file = %self.name, ?format, ?charset, "reading file");
-        let mut rows: Box<dyn FnMut(i64) -> std::io::Result<Option<(Row, Pos)>>> = match format {
-            FileFormat::Csv => {
-                let mut r = CsvRows::open(&self.path, charset, &self.mapping, from).map_err(unreadable)?;
-                let (m, n) = (self.mapping.clone(), self.name.clone());
-                Box::new(move |now| r.next(&m, &n, now))
-            }
-            _ => {
-                let mut r = JsonRows::open(&self.path, charset, from).map_err(unreadable)?;
-                let (m, n) = (self.mapping.clone(), self.name.clone());
-                Box::new(move |now| r.next(&m, &n, now))
-            }
+        let mut rows = match format {
+            FileFormat::Csv => Rows::Csv(CsvRows::open(&self.path, charset, &self.mapping, from).map_err(unreadable)?),
+            _ => Rows::Json(JsonRows::open(&self.path, charset, from).map_err(unreadable)?),
         };
 
         let mut receipts: std::collections::VecDeque<Receipt> = Default::default();
@@ -411,7 +424,9 @@ impl FileJob {
         let mut pos = from;
         loop {
             let now = outbox::now_us();
-            let row = rows(now).map_err(|e| FileError::Retry(format!("read error at line {}: {e}", pos.line)))?;
+            let row = rows
+                .next(&self.mapping, &self.name, now)
+                .map_err(|e| FileError::Retry(format!("read error at line {}: {e}", pos.line)))?;
             let done = row.is_none();
             if let Some((row, next)) = row {
                 pos = next;
@@ -451,12 +466,16 @@ impl FileJob {
                         () = self.outbox.room() => {}
                         () = self.token.cancelled() => return Err(FileError::Cancelled),
                     }
-                    self.outbox.submit(chunk).await.map_err(|e| FileError::Retry(e.to_string()))
+                    self.outbox
+                        .submit(chunk)
+                        .await
+                        .map_err(|e| FileError::Retry(e.to_string()))
                 })?;
                 receipts.push_back(receipt);
                 while receipts.len() > CHUNKS_AHEAD || (done && !receipts.is_empty()) {
                     if let Some(r) = receipts.pop_front() {
-                        rt.block_on(r.committed()).map_err(|e| FileError::Retry(e.to_string()))?;
+                        rt.block_on(r.committed())
+                            .map_err(|e| FileError::Retry(e.to_string()))?;
                     }
                 }
                 self.stats.records.inc_by(records);
@@ -466,7 +485,8 @@ impl FileJob {
                 }
                 if self.token.is_cancelled() {
                     for r in receipts {
-                        rt.block_on(r.committed()).map_err(|e| FileError::Retry(e.to_string()))?;
+                        rt.block_on(r.committed())
+                            .map_err(|e| FileError::Retry(e.to_string()))?;
                     }
                     return Err(FileError::Cancelled);
                 }

@@ -76,15 +76,15 @@ impl CsvRows {
         }
         let mut names = Vec::with_capacity(header.len());
         for (i, field) in header.iter().enumerate() {
-            let field = if i == 0 { field.strip_prefix(BOM).unwrap_or(field) } else { field };
-            let name = decode(field, charset)
-                .map_err(|e| Unreadable(format!("header column {}: {e}", i + 1)))?;
+            let field = if i == 0 {
+                field.strip_prefix(BOM).unwrap_or(field)
+            } else {
+                field
+            };
+            let name = decode(field, charset).map_err(|e| Unreadable(format!("header column {}: {e}", i + 1)))?;
             names.push(crate::normalize::trim(&name).to_owned());
         }
-        let index: Vec<Option<usize>> = mapping
-            .columns()
-            .map(|c| names.iter().position(|n| n == c))
-            .collect();
+        let index: Vec<Option<usize>> = mapping.columns().map(|c| names.iter().position(|n| n == c)).collect();
         let missing: Vec<&str> = mapping
             .columns()
             .zip(&index)
@@ -118,10 +118,13 @@ impl CsvRows {
     /// The next row, or `None` at the end of the file. An I/O error is
     /// returned as `Err` (the file is retried later, from its last commit).
     pub fn next(&mut self, mapping: &Mapping, object: &str, now_us: i64) -> std::io::Result<Option<(Row, Pos)>> {
-        let ok = self.reader.read_byte_record(&mut self.record).map_err(|e| match e.into_kind() {
-            csv::ErrorKind::Io(io) => io,
-            other => std::io::Error::other(format!("{other:?}")),
-        })?;
+        let ok = self
+            .reader
+            .read_byte_record(&mut self.record)
+            .map_err(|e| match e.into_kind() {
+                csv::ErrorKind::Io(io) => io,
+                other => std::io::Error::other(format!("{other:?}")),
+            })?;
         if !ok {
             return Ok(None);
         }
@@ -138,7 +141,9 @@ impl CsvRows {
             let raw: Vec<String> = self
                 .record
                 .iter()
-                .map(|f| decode(f, self.charset).map_or_else(|_| String::from_utf8_lossy(f).into_owned(), |c| c.into_owned()))
+                .map(|f| {
+                    decode(f, self.charset).map_or_else(|_| String::from_utf8_lossy(f).into_owned(), |c| c.into_owned())
+                })
                 .collect();
             let reason = format!(
                 "RAGGED_ROW: 第 {line} 行有 {} 列, 表头有 {} 列",
@@ -171,7 +176,9 @@ impl JsonRows {
         let mut pos = from;
         if pos.byte == 0 {
             let mut head = [0u8; 3];
-            let n = file.read(&mut head).map_err(|e| Unreadable(format!("cannot read: {e}")))?;
+            let n = file
+                .read(&mut head)
+                .map_err(|e| Unreadable(format!("cannot read: {e}")))?;
             pos.byte = if n == 3 && head == BOM { 3 } else { 0 };
             pos.line = 1;
         }
@@ -213,7 +220,11 @@ impl JsonRows {
             let object_map = match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(trimmed) {
                 Ok(m) => m,
                 Err(e) => {
-                    let q = mapping.unreadable(origin, trimmed.to_owned(), format!("INVALID_JSON: 第 {line} 行不是 JSON 对象: {e}"));
+                    let q = mapping.unreadable(
+                        origin,
+                        trimmed.to_owned(),
+                        format!("INVALID_JSON: 第 {line} 行不是 JSON 对象: {e}"),
+                    );
                     return Ok(Some((Row::Unreadable(q), self.pos)));
                 }
             };
@@ -227,7 +238,25 @@ impl JsonRows {
                     other => Some(Err(format!("a nested JSON value is not allowed: {other}"))),
                 })
                 .collect();
-            return Ok(Some((Row::Outcome(mapping.normalize(&fields, origin, now_us)), self.pos)));
+            return Ok(Some((
+                Row::Outcome(mapping.normalize(&fields, origin, now_us)),
+                self.pos,
+            )));
+        }
+    }
+}
+
+/// The rows of one file, whatever its format.
+pub enum Rows {
+    Csv(CsvRows),
+    Json(JsonRows),
+}
+
+impl Rows {
+    pub fn next(&mut self, mapping: &Mapping, object: &str, now_us: i64) -> std::io::Result<Option<(Row, Pos)>> {
+        match self {
+            Rows::Csv(r) => r.next(mapping, object, now_us),
+            Rows::Json(r) => r.next(mapping, object, now_us),
         }
     }
 }

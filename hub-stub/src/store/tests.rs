@@ -29,7 +29,11 @@ fn entry(seq: u64, resource: &str, key: &str, op: Operation) -> Entry {
 fn export(store: &Store, history: bool) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     store.export(None, history, &mut out).unwrap();
-    String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -39,19 +43,31 @@ fn replays_store_nothing_twice_and_deletes_remove_state() {
     let store = Store::open(&path).unwrap();
     let (c, r) = (catalog(), "1010100/0001");
     let batch = [entry(1, r, "a", Operation::Upsert), entry(2, r, "b", Operation::Upsert)];
-    let first = store.apply("320282-gaj", "ob1", &prepare("320282-gaj", batch.to_vec(), &c)).unwrap();
+    let first = store
+        .apply("320282-gaj", "ob1", &prepare("320282-gaj", batch.to_vec(), &c))
+        .unwrap();
     assert_eq!((first.stored, first.hwm), (2, 2));
-    let again = store.apply("320282-gaj", "ob1", &prepare("320282-gaj", batch.to_vec(), &c)).unwrap();
+    let again = store
+        .apply("320282-gaj", "ob1", &prepare("320282-gaj", batch.to_vec(), &c))
+        .unwrap();
     assert_eq!((again.stored, again.replayed, again.hwm), (0, 2, 2));
     let more = [entry(2, r, "b", Operation::Upsert), entry(3, r, "a", Operation::Delete)];
-    let applied = store.apply("320282-gaj", "ob1", &prepare("320282-gaj", more.to_vec(), &c)).unwrap();
+    let applied = store
+        .apply("320282-gaj", "ob1", &prepare("320282-gaj", more.to_vec(), &c))
+        .unwrap();
     assert_eq!((applied.stored, applied.replayed), (1, 1));
     assert_eq!(export(&store, true).len(), 3);
     let current = export(&store, false);
     assert_eq!(current.len(), 1);
     assert_eq!(current[0]["key"][0], "b");
     // Another outbox of the same agency has its own sequence.
-    assert_eq!(store.apply("320282-gaj", "ob2", &prepare("320282-gaj", batch[..1].to_vec(), &c)).unwrap().stored, 1);
+    assert_eq!(
+        store
+            .apply("320282-gaj", "ob2", &prepare("320282-gaj", batch[..1].to_vec(), &c))
+            .unwrap()
+            .stored,
+        1
+    );
     drop(store);
     let _ = std::fs::remove_file(&path);
 }
@@ -67,9 +83,14 @@ fn rejections_are_kept_until_the_agent_moves_past_them() {
         entry(2, "2010100/0001", "b", Operation::Upsert),
         entry(3, "nope", "c", Operation::Upsert),
     ];
-    let applied = store.apply("320282-gaj", "ob1", &prepare("320282-gaj", batch.to_vec(), &c)).unwrap();
+    let applied = store
+        .apply("320282-gaj", "ob1", &prepare("320282-gaj", batch.to_vec(), &c))
+        .unwrap();
     let codes: Vec<i32> = applied.rejected.iter().map(|r| r.code).collect();
-    assert_eq!(codes, vec![RejectCode::NotProvider as i32, RejectCode::UnknownResource as i32]);
+    assert_eq!(
+        codes,
+        vec![RejectCode::NotProvider as i32, RejectCode::UnknownResource as i32]
+    );
     assert_eq!(applied.hwm, 3);
     let (hwm, rejections) = store.welcome("320282-gaj", "ob1", 2).unwrap();
     assert_eq!((hwm, rejections.len()), (3, 2));

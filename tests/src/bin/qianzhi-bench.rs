@@ -62,7 +62,10 @@ async fn wait(what: &str, addr: &str, mut done: impl FnMut(&Status) -> bool) -> 
 
 #[tokio::main]
 async fn main() {
-    let rows: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let rows: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let w = World::new();
     println!("scratch folder {}", w.dir.path().display());
     let hub_port = free_port();
@@ -74,7 +77,11 @@ async fn main() {
     spec.health_port = free_port();
     spec.hub_extra = "backoff_max = \"200ms\"\n".into();
     let config = w.agent_toml(&spec);
-    let mut agent = spawn("qianzhi", &["--config", config.to_str().expect("utf-8"), "run"], &w.path("agent.log"));
+    let mut agent = spawn(
+        "qianzhi",
+        &["--config", config.to_str().expect("utf-8"), "run"],
+        &w.path("agent.log"),
+    );
     let addr = format!("127.0.0.1:{}", spec.health_port);
     wait("the agent", &addr, |s| s.link.state == agent::health::LinkState::Up).await;
 
@@ -115,13 +122,32 @@ async fn main() {
     println!();
     println!("| figure | value |");
     println!("|---|---|");
-    println!("| rows in the file | {rows} ({:.0} MiB CSV) |", bytes as f64 / 1048576.0);
-    println!("| drop → all records in the outbox | {:.2} s ({:.0} records/s) |", queued.as_secs_f64(), rate(rows, queued));
-    println!("| drop → hub's durable ack of the last record | {:.2} s (**{:.0} records/s**) |", elapsed.as_secs_f64(), rate(rows, elapsed));
+    println!(
+        "| rows in the file | {rows} ({:.0} MiB CSV) |",
+        bytes as f64 / 1048576.0
+    );
+    println!(
+        "| drop → all records in the outbox | {:.2} s ({:.0} records/s) |",
+        queued.as_secs_f64(),
+        rate(rows, queued)
+    );
+    println!(
+        "| drop → hub's durable ack of the last record | {:.2} s (**{:.0} records/s**) |",
+        elapsed.as_secs_f64(),
+        rate(rows, elapsed)
+    );
     println!("| agent peak RSS during phase 1 | {peak1:.1} MiB |");
-    println!("| agent RSS with {} records queued, hub down | {rss_backlog:.1} MiB (outbox {:.0} MiB on disk) |", backlog.queue.records, backlog.queue.bytes as f64 / 1048576.0);
+    println!(
+        "| agent RSS with {} records queued, hub down | {rss_backlog:.1} MiB (outbox {:.0} MiB on disk) |",
+        backlog.queue.records,
+        backlog.queue.bytes as f64 / 1048576.0
+    );
     println!("| agent peak RSS up to then | {peak2:.1} MiB |");
-    println!("| backlog drain after the hub returns | {:.2} s ({:.0} records/s) |", drain.as_secs_f64(), rate(rows, drain));
+    println!(
+        "| backlog drain after the hub returns | {:.2} s ({:.0} records/s) |",
+        drain.as_secs_f64(),
+        rate(rows, drain)
+    );
     println!("| agent peak RSS overall | {peak3:.1} MiB |");
     let _ = agent.kill();
     let _ = agent.wait();

@@ -10,7 +10,8 @@ async fn bad_files_and_rows_are_kept_with_reasons_and_the_rest_delivered() {
     let w = World::new();
     let hub = Hub::start(&w, 0).await;
     let mut spec = w.agent_spec(hub.addr.port());
-    spec.sources.push_str(&people_source("strict", "drop/strict", "encoding = \"utf-8\"\n"));
+    spec.sources
+        .push_str(&people_source("strict", "drop/strict", "encoding = \"utf-8\"\n"));
     let agent = Agent::start(&w.agent_toml(&spec)).await;
 
     // 3 good rows, a ragged row, an impossible date.
@@ -28,12 +29,20 @@ async fn bad_files_and_rows_are_kept_with_reasons_and_the_rest_delivered() {
     // JSON Lines with a BOM: 2 good lines, one that is not JSON, and a
     // truncated last line.
     let obj = |i: u64| {
-        let m: serde_json::Map<String, serde_json::Value> =
-            PEOPLE_COLUMNS.iter().zip(person(i)).map(|((c, _), v)| ((*c).to_owned(), v.into())).collect();
+        let m: serde_json::Map<String, serde_json::Value> = PEOPLE_COLUMNS
+            .iter()
+            .zip(person(i))
+            .map(|((c, _), v)| ((*c).to_owned(), v.into()))
+            .collect();
         serde_json::Value::Object(m).to_string()
     };
     let truncated = obj(13);
-    let jsonl = format!("\u{FEFF}{}\n{}\nnot json at all\n{}", obj(10), obj(11), &truncated[..truncated.len() / 2]);
+    let jsonl = format!(
+        "\u{FEFF}{}\n{}\nnot json at all\n{}",
+        obj(10),
+        obj(11),
+        &truncated[..truncated.len() / 2]
+    );
     w.drop_file("drop/people", "lines.jsonl", jsonl.as_bytes());
     // A UTF-8 source with undecodable bytes in one row.
     let mut bytes = people_csv(20..22).into_bytes();
@@ -46,7 +55,9 @@ async fn bad_files_and_rows_are_kept_with_reasons_and_the_rest_delivered() {
     eventually("every file handled", Duration::from_secs(60), || {
         let s = agent.status();
         let handled: u64 = s.sources.iter().map(|x| x.files_done + x.files_rejected).sum();
-        (handled == 6 && s.queue.records == 0).then_some(()).ok_or(format!("{s:?}"))
+        (handled == 6 && s.queue.records == 0)
+            .then_some(())
+            .ok_or(format!("{s:?}"))
     })
     .await;
 
@@ -54,7 +65,10 @@ async fn bad_files_and_rows_are_kept_with_reasons_and_the_rest_delivered() {
     let at_hub = export(&w.store_path(), false).len();
     assert_eq!(at_hub, 7);
     let q = agent.running.outbox.read(|r| r.quarantine(100)).await.unwrap();
-    let reasons: Vec<String> = q.iter().map(|e| format!("{}:{} {}", e.object, e.line, e.reasons.join("|"))).collect();
+    let reasons: Vec<String> = q
+        .iter()
+        .map(|e| format!("{}:{} {}", e.object, e.line, e.reasons.join("|")))
+        .collect();
     let has = |file_line: &str, code: &str| reasons.iter().any(|r| r.starts_with(file_line) && r.contains(code));
     assert!(has("mixed.csv:5 ", "RAGGED_ROW"), "{reasons:#?}");
     assert!(has("mixed.csv:6 ", "INVALID_VALUE: 出生日期"), "{reasons:#?}");
@@ -70,11 +84,22 @@ async fn bad_files_and_rows_are_kept_with_reasons_and_the_rest_delivered() {
     let rejected = w.files_in("drop/people/rejected");
     assert_eq!(
         rejected,
-        ["empty.csv", "empty.csv.error.txt", "export.xml", "export.xml.error.txt", "wrong-header.csv", "wrong-header.csv.error.txt"]
+        [
+            "empty.csv",
+            "empty.csv.error.txt",
+            "export.xml",
+            "export.xml.error.txt",
+            "wrong-header.csv",
+            "wrong-header.csv.error.txt"
+        ]
     );
     let why = |f: &str| std::fs::read_to_string(w.path(&format!("drop/people/rejected/{f}.error.txt"))).unwrap();
     assert!(why("empty.csv").contains("no header row"), "{}", why("empty.csv"));
-    assert!(why("wrong-header.csv").contains("lacks mapped column(s)") && why("wrong-header.csv").contains("公民身份号码"), "{}", why("wrong-header.csv"));
+    assert!(
+        why("wrong-header.csv").contains("lacks mapped column(s)") && why("wrong-header.csv").contains("公民身份号码"),
+        "{}",
+        why("wrong-header.csv")
+    );
     assert!(why("export.xml").contains("unknown file type"), "{}", why("export.xml"));
     agent.stop().await;
     hub.stop().await;

@@ -11,7 +11,11 @@ const ROWS: u64 = 15_000;
 
 fn drop_input(w: &World) {
     for f in 0..FILES {
-        w.drop_file("drop/people", &format!("{f:02}.csv"), people_csv(f * ROWS..(f + 1) * ROWS).as_bytes());
+        w.drop_file(
+            "drop/people",
+            &format!("{f:02}.csv"),
+            people_csv(f * ROWS..(f + 1) * ROWS).as_bytes(),
+        );
     }
 }
 
@@ -39,7 +43,9 @@ async fn agent_killed_at_random_points_loses_and_repeats_nothing() {
     eventually("every file delivered", Duration::from_secs(180), || {
         let body = agent::health::fetch(&addr, "/status").map_err(|e| e.to_string())?;
         let s: agent::health::Status = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-        (w.waiting("drop/people") == 0 && s.queue.records == 0).then_some(()).ok_or(body)
+        (w.waiting("drop/people") == 0 && s.queue.records == 0)
+            .then_some(())
+            .ok_or(body)
     })
     .await;
     child.kill().unwrap();

@@ -12,7 +12,11 @@ async fn dropped_files_reach_the_hub_once_in_every_format() {
     let agent = Agent::start(&w.agent_toml(&w.agent_spec(hub.addr.port()))).await;
 
     // UTF-8 with a BOM.
-    w.drop_file("drop/people", "a.csv", format!("\u{FEFF}{}", people_csv(0..300)).as_bytes());
+    w.drop_file(
+        "drop/people",
+        "a.csv",
+        format!("\u{FEFF}{}", people_csv(0..300)).as_bytes(),
+    );
     // GB18030 (as Excel writes "CSV" on Chinese Windows).
     let text = people_csv(300..600);
     let (gbk, _, unmappable) = encoding_rs::GB18030.encode(&text);
@@ -33,7 +37,9 @@ async fn dropped_files_reach_the_hub_once_in_every_format() {
 
     eventually("700 records acknowledged", Duration::from_secs(60), || {
         let s = agent.status();
-        (s.link.acked == 700 && s.queue.records == 0).then_some(()).ok_or(format!("{s:?}"))
+        (s.link.acked == 700 && s.queue.records == 0)
+            .then_some(())
+            .ok_or(format!("{s:?}"))
     })
     .await;
     assert_hub_holds(&w.store_path(), 0..700);
@@ -74,7 +80,9 @@ async fn queue_grows_while_the_hub_is_down_and_drains_in_order() {
     let hub = Hub::start(&w, hub_port).await;
     eventually("the backlog delivered", Duration::from_secs(60), || {
         let s = agent.status();
-        (s.queue.records == 0 && s.link.acked == 3000).then_some(()).ok_or(format!("{s:?}"))
+        (s.queue.records == 0 && s.link.acked == 3000)
+            .then_some(())
+            .ok_or(format!("{s:?}"))
     })
     .await;
     assert_hub_holds(&w.store_path(), 0..3000);

@@ -57,7 +57,14 @@ async fn hub_refuses_a_certificate_from_another_ca() {
 async fn hub_refuses_an_expired_certificate() {
     let w = World::new();
     let hub = Hub::start(&w, 0).await;
-    let (cert, key) = w.issue(GAJ, Validity { from_days: -30, to_days: -1 }, "expired");
+    let (cert, key) = w.issue(
+        GAJ,
+        Validity {
+            from_days: -30,
+            to_days: -1,
+        },
+        "expired",
+    );
     let mut spec = w.agent_spec(hub.addr.port());
     spec.cert = cert;
     spec.key = key;
@@ -85,21 +92,32 @@ async fn hub_rejects_a_resource_of_another_agency_into_the_quarantine() {
     let claimed = CATALOG.replacen("provider = \"320282-scjgj\"", "provider = \"320282-gaj\"", 1);
     let mut spec = w.agent_spec(hub.addr.port());
     spec.catalog = w.write("agent-catalog.toml", &claimed);
-    spec.sources = "[[source]]\nname = \"firms\"\ntype = \"folder\"\nresource = \"2010100/0001\"\npath = \"drop/firms\"\n\
+    spec.sources =
+        "[[source]]\nname = \"firms\"\ntype = \"folder\"\nresource = \"2010100/0001\"\npath = \"drop/firms\"\n\
                     [source.columns]\n\"代码\" = \"DE00101\"\n\"名称\" = \"DE00102\"\n"
-        .into();
+            .into();
     let agent = Agent::start(&w.agent_toml(&spec)).await;
-    w.drop_file("drop/firms", "f.csv", "代码,名称\n91320282MA1P4Q7RXF,宜兴某公司\n91350100M000100Y43,另一公司\n".as_bytes());
+    w.drop_file(
+        "drop/firms",
+        "f.csv",
+        "代码,名称\n91320282MA1P4Q7RXF,宜兴某公司\n91350100M000100Y43,另一公司\n".as_bytes(),
+    );
     eventually("both records rejected", Duration::from_secs(30), || {
         let s = agent.status();
-        (s.link.rejected == 2 && s.quarantine == 2 && s.queue.records == 0).then_some(()).ok_or(format!("{s:?}"))
+        (s.link.rejected == 2 && s.quarantine == 2 && s.queue.records == 0)
+            .then_some(())
+            .ok_or(format!("{s:?}"))
     })
     .await;
     let q = agent.running.outbox.read(|r| r.quarantine(10)).await.unwrap();
     assert_eq!(q.len(), 2);
     for e in &q {
         assert_eq!((e.object.as_str(), e.resource.as_str()), ("f.csv", "2010100/0001"));
-        assert!(e.reasons[0].starts_with("HUB_NOT_PROVIDER") && e.reasons[0].contains(SCJGJ), "{:?}", e.reasons);
+        assert!(
+            e.reasons[0].starts_with("HUB_NOT_PROVIDER") && e.reasons[0].contains(SCJGJ),
+            "{:?}",
+            e.reasons
+        );
     }
     assert!(export(&w.store_path(), true).is_empty(), "nothing is stored");
     agent.stop().await;
