@@ -4,13 +4,17 @@
 //!
 //! The same catalog file is read by the agent and by the hub, and both check
 //! records with [`Resource::check`], so that a record the agent accepts is a
-//! record the hub accepts. This module owns the item value rules of the
-//! pipeline; the full national data-element dictionary is not here yet.
+//! record the hub accepts. An item is bound to a data element: one of the
+//! built-in dictionary ([`crate::element`]), one the catalog defines itself
+//! (`[[element]]`: type, length, pattern, code set), or just a value type.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
 use proto::v1::{Operation, Record, RejectCode};
+
+use crate::element::{self, Element, Issue, Normalized};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -75,8 +79,56 @@ pub enum ItemType {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCatalog {
+    #[serde(default, rename = "element")]
+    elements: Vec<RawElement>,
     #[serde(default, rename = "resource")]
     resources: Vec<RawResource>,
+}
+
+/// A data element the catalog defines itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawElement {
+    id: String,
+    name: String,
+    #[serde(default, rename = "type")]
+    kind: ItemType,
+    #[serde(default)]
+    min_len: Option<usize>,
+    #[serde(default)]
+    max_len: Option<usize>,
+    /// A regular expression the whole canonical value must match.
+    #[serde(default)]
+    pattern: Option<String>,
+    /// The code set (enumeration), if any.
+    #[serde(default)]
+    codes: Option<Vec<String>>,
+    /// The standard the element comes from, for messages.
+    #[serde(default)]
+    standard: Option<String>,
+}
+
+/// A custom data element, compiled.
+#[derive(Debug)]
+pub struct CustomElement {
+    pub id: String,
+    pub name: String,
+    pub kind: ItemType,
+    pub min_len: Option<usize>,
+    pub max_len: Option<usize>,
+    pub pattern: Option<regex::Regex>,
+    pub codes: Option<Vec<String>>,
+    pub standard: String,
+}
+
+/// What an item's values are checked against.
+#[derive(Debug, Clone, Default)]
+pub enum ValueRule {
+    /// Only the item's value type.
+    #[default]
+    Plain,
+    Builtin(&'static Element),
+    Custom(Arc<CustomElement>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +161,12 @@ pub struct Item {
     /// Key items identify a record of the resource; they are always required.
     #[serde(default)]
     pub key: bool,
+    /// The data element the item is bound to: a built-in identifier such as
+    /// `GMSFHM`, or the id of an `[[element]]` of the catalog.
+    #[serde(default)]
+    pub element: Option<String>,
+    #[serde(skip)]
+    pub rule: ValueRule,
 }
 
 /// A resource of the catalog.
@@ -134,8 +192,52 @@ impl Catalog {
     /// Parses a catalog from its TOML text.
     pub fn from_toml_str(text: &str) -> Result<Catalog, Error> {
         let raw: RawCatalog = toml::from_str(text).map_err(|e| Error::Parse(e.to_string()))?;
+        let mut custom: BTreeMap<String, Arc<CustomElement>> = BTreeMap::new();
+        for e in raw.elements {
+            let invalid = |reason: String| Error::Invalid {
+                resource: format!("element {}", e.id),
+                reason,
+            };
+            if element::builtin(&e.id).is_some() || custom.contains_key(&e.id) {
+                return Err(invalid("the id is already defined".into()));
+            }
+            let pattern = match &e.pattern {
+                Some(p) => Some(
+                    regex::Regex::new(&format!("^(?:{p})$")).map_err(|err| invalid(format!("pattern {p:?}: {err}")))?,
+                ),
+                None => None,
+            };
+            custom.insert(
+                e.id.clone(),
+                Arc::new(CustomElement {
+                    standard: e.standard.unwrap_or_else(|| "目录自定义".into()),
+                    id: e.id,
+                    name: e.name,
+                    kind: e.kind,
+                    min_len: e.min_len,
+                    max_len: e.max_len,
+                    pattern,
+                    codes: e.codes,
+                }),
+            );
+        }
         let mut resources = BTreeMap::new();
-        for r in raw.resources {
+        for mut r in raw.resources {
+            for item in &mut r.items {
+                item.rule = match item.element.as_deref() {
+                    None => ValueRule::Plain,
+                    Some(id) => match (element::builtin(id), custom.get(id)) {
+                        (Some(b), _) => ValueRule::Builtin(b),
+                        (None, Some(c)) => ValueRule::Custom(c.clone()),
+                        (None, None) => {
+                            return Err(Error::Invalid {
+                                resource: r.code.clone(),
+                                reason: format!("item {}: data element {id:?} is neither built in nor defined", item.id),
+                            });
+                        }
+                    },
+                };
+            }
             let invalid = |reason: String| Error::Invalid {
                 resource: r.code.clone(),
                 reason,
@@ -203,6 +305,94 @@ impl fmt::Display for Violation {
     }
 }
 
+impl Item {
+    /// Brings a trimmed, non-empty raw value to the item's canonical form.
+    pub fn normalize(&self, raw: &str) -> Result<Normalized, Issue> {
+        let (normalized, max, min) = match &self.rule {
+            ValueRule::Plain => (plain(self.kind, &self.name, raw)?, self.max_len, None),
+            ValueRule::Builtin(e) => {
+                let n = e.rule.normalize(&self.name, raw)?;
+                (n, Some(self.max_len.map_or(e.max_len, |m| m.min(e.max_len))), None)
+            }
+            ValueRule::Custom(c) => {
+                let n = plain(c.kind, &self.name, raw)?;
+                if let Some(p) = &c.pattern
+                    && !p.is_match(&n.value)
+                {
+                    return Err(Issue {
+                        code: "PATTERN",
+                        message: format!("{} {:?} 不符合格式 ({}): expected {}", self.name, n.value, c.standard, p.as_str()),
+                    });
+                }
+                if let Some(codes) = &c.codes
+                    && !codes.contains(&n.value)
+                {
+                    return Err(Issue {
+                        code: "CODE_SET",
+                        message: format!("{} {:?} 不在代码表中 ({}): expected one of {}", self.name, n.value, c.standard, codes.join(", ")),
+                    });
+                }
+                (n, self.max_len.or(c.max_len), c.min_len)
+            }
+        };
+        let len = normalized.value.chars().count();
+        if let Some(max) = max
+            && len > max
+        {
+            return Err(Issue {
+                code: "LENGTH",
+                message: format!("{} 长度 {len} 超过上限: at most {max} characters", self.name),
+            });
+        }
+        if let Some(min) = min
+            && len < min
+        {
+            return Err(Issue {
+                code: "LENGTH",
+                message: format!("{} 长度 {len} 不足: at least {min} characters", self.name),
+            });
+        }
+        Ok(normalized)
+    }
+
+    /// Checks a value that should already be canonical (the hub's check).
+    pub fn check(&self, value: &str) -> Result<(), Issue> {
+        let n = self.normalize(value)?;
+        if n.value != value {
+            return Err(Issue {
+                code: "NOT_CANONICAL",
+                message: format!("{} {value:?} 不是规范形式: expected {:?}", self.name, n.value),
+            });
+        }
+        Ok(())
+    }
+
+    /// True when a number from a spreadsheet must not stand for this item's
+    /// value: identifiers lose digits and leading zeros as numbers.
+    pub fn is_identifier(&self) -> bool {
+        match &self.rule {
+            ValueRule::Builtin(e) => matches!(
+                e.rule,
+                element::Rule::CitizenId
+                    | element::Rule::Uscc
+                    | element::Rule::OrgCode
+                    | element::Rule::Division
+                    | element::Rule::Postcode
+                    | element::Rule::Phone
+            ),
+            ValueRule::Custom(c) => c.pattern.is_some() || c.codes.is_some(),
+            ValueRule::Plain => false,
+        }
+    }
+}
+
+fn plain(kind: ItemType, name: &str, raw: &str) -> Result<Normalized, Issue> {
+    canonical(kind, raw).map(|value| Normalized { value, warnings: Vec::new() }).map_err(|reason| Issue {
+        code: "TYPE",
+        message: format!("{name} 值 {raw:?} 不合规: {reason}"),
+    })
+}
+
 impl Resource {
     pub fn item(&self, id: &str) -> Option<&Item> {
         self.items.iter().find(|i| i.id == id)
@@ -259,8 +449,8 @@ impl Resource {
             let Some(item) = self.item(id) else {
                 return Err(invalid(format!("item {id} is not in resource {}", self.code)));
             };
-            if let Err(reason) = check_value(item, value) {
-                return Err(invalid(format!("item {id} ({}): {reason}", item.name)));
+            if let Err(issue) = item.check(value) {
+                return Err(invalid(format!("item {id}: {issue}")));
             }
         }
         if op == Operation::Upsert {
@@ -271,43 +461,6 @@ impl Resource {
             }
         }
         Ok(())
-    }
-}
-
-/// Checks a value against the item's maximum length.
-pub fn check_len(item: &Item, value: &str) -> Result<(), String> {
-    if let Some(max) = item.max_len
-        && value.len() > max
-    {
-        let len = value.chars().count();
-        if len > max {
-            return Err(format!("{len} characters, at most {max} allowed"));
-        }
-    }
-    Ok(())
-}
-
-/// Checks that `value` is already in the canonical form of the item's type.
-pub fn check_value(item: &Item, value: &str) -> Result<(), String> {
-    check_len(item, value)?;
-    match item.kind {
-        ItemType::String => Ok(()),
-        ItemType::Integer => canonical_integer(value)
-            .filter(|c| c == value)
-            .map(drop)
-            .ok_or_else(|| format!("{value:?} is not a canonical integer")),
-        ItemType::Decimal => canonical_decimal(value)
-            .filter(|c| c == value)
-            .map(drop)
-            .ok_or_else(|| format!("{value:?} is not a canonical decimal")),
-        ItemType::Date => canonical_date(value)
-            .filter(|c| c == value)
-            .map(drop)
-            .ok_or_else(|| format!("{value:?} is not a date in the form YYYYMMDD")),
-        ItemType::Datetime => canonical_datetime(value)
-            .filter(|c| c == value)
-            .map(drop)
-            .ok_or_else(|| format!("{value:?} is not a date-time in the form YYYYMMDDhhmmss")),
     }
 }
 

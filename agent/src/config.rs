@@ -196,10 +196,13 @@ pub enum SourceKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FileFormat {
-    /// By extension: `.csv` → CSV, `.jsonl`/`.ndjson` → JSON Lines.
+    /// By extension: `.csv`/`.txt` → CSV, `.jsonl`/`.ndjson` → JSON Lines,
+    /// `.xlsx`/`.xlsm`/`.xls` → Excel.
     Auto,
     Csv,
     Jsonl,
+    /// The first worksheet of an Excel workbook.
+    Xlsx,
 }
 
 /// The character encoding of CSV files.

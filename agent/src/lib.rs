@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 pub mod catalog;
 pub mod check;
 pub mod config;
+pub mod element;
 pub mod health;
 pub mod link;
 pub mod normalize;

@@ -3,13 +3,14 @@
 //!
 //! Pure: no I/O, and it cannot fail the pipeline. Every row comes out as
 //! exactly one of the two, so the counts always add up to the input. The
-//! value rules are those of [`crate::catalog`]; the national data-element
-//! dictionary (ID numbers, USCC, code sets) is not applied here yet.
+//! value rules are those of the item's data element ([`crate::element`],
+//! bound in [`crate::catalog`]); warnings travel with the record.
 
 use prost::Message;
 use proto::v1::{Operation, Record, SourcePosition};
 
-use crate::catalog::{self, Resource};
+use crate::catalog::Resource;
+use crate::element::Issue;
 use crate::config::SourceConfig;
 use crate::outbox::Quarantined;
 
@@ -27,8 +28,10 @@ pub struct Mapping {
     op_column: Option<String>,
 }
 
-/// A row's value for one mapped column.
-pub type Field<'a> = Option<Result<std::borrow::Cow<'a, str>, String>>;
+/// A row's value for one mapped column: `None` when absent, `Some(Err)`
+/// when the reader could not give a text value (undecodable bytes, a number
+/// where an identifier belongs).
+pub type Field<'a> = Option<Result<std::borrow::Cow<'a, str>, Issue>>;
 
 /// Where a row came from.
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +77,15 @@ impl Mapping {
             .chain(self.op_column.as_deref())
     }
 
+    /// The item of each of [`Mapping::columns`] (`None` for the operation
+    /// column).
+    pub fn column_items(&self) -> impl Iterator<Item = Option<&crate::catalog::Item>> {
+        self.columns
+            .iter()
+            .map(|(_, idx)| self.resource.items.get(*idx))
+            .chain(self.op_column.as_ref().map(|_| None))
+    }
+
     pub fn source(&self) -> &str {
         &self.source
     }
@@ -87,6 +99,7 @@ impl Mapping {
     /// not be decoded.
     pub fn normalize(&self, fields: &[Field<'_>], origin: Origin<'_>, captured_at_us: i64) -> Outcome {
         let mut problems = Vec::new();
+        let mut warnings = Vec::new();
         let mut items = std::collections::BTreeMap::new();
         // Items whose value was present but bad: not reported again as missing.
         let mut bad: Vec<&str> = Vec::new();
@@ -96,23 +109,21 @@ impl Mapping {
                 None => {}
                 Some(Err(e)) => {
                     bad.push(&item.id);
-                    problems.push(format!("UNDECODABLE: 列 {column} 无法解码 ({e})"));
+                    problems.push(format!("{e} (列 {column} → {})", item.id));
                 }
                 Some(Ok(raw)) => {
                     let v = trim(raw);
                     if v.is_empty() {
                         continue;
                     }
-                    match catalog::canonical(item.kind, v).and_then(|c| catalog::check_len(item, &c).map(|()| c)) {
-                        Ok(c) => {
-                            items.insert(item.id.clone(), c);
+                    match item.normalize(v) {
+                        Ok(n) => {
+                            warnings.extend(n.warnings.iter().map(|w| format!("{w} (列 {column} → {})", item.id)));
+                            items.insert(item.id.clone(), n.value);
                         }
-                        Err(reason) => {
+                        Err(e) => {
                             bad.push(&item.id);
-                            problems.push(format!(
-                                "INVALID_VALUE: {} ({}) 值 {v:?} 不合规: {reason}",
-                                item.name, item.id
-                            ));
+                            problems.push(format!("{e} (列 {column} → {})", item.id));
                         }
                     }
                 }
@@ -130,7 +141,7 @@ impl Mapping {
                 }
             },
             Some(Some(Some(Err(e)))) => {
-                problems.push(format!("UNDECODABLE: 操作列无法解码 ({e})"));
+                problems.push(format!("{e} (操作列)"));
                 Operation::Upsert
             }
         };
@@ -165,6 +176,7 @@ impl Mapping {
                     change_id: String::new(),
                 }),
                 captured_at_us,
+                warnings,
             };
             // The rules above are those of `Resource::check`, which the hub
             // applies to every record; debug builds prove they agree.
@@ -194,7 +206,7 @@ impl Mapping {
             .filter_map(|(c, f)| {
                 let v = match f.as_ref()? {
                     Ok(v) => v.to_string(),
-                    Err(e) => format!("<undecodable: {e}>"),
+                    Err(e) => format!("<{}>", e.code),
                 };
                 Some((c.to_owned(), serde_json::Value::String(v)))
             })

@@ -271,6 +271,7 @@ impl Store {
                 "outbox": row.get::<_, String>(2)?,
                 "seq": row.get::<_, i64>(3)?,
                 "source": source,
+                "warnings": record.warnings,
                 "captured_at_us": record.captured_at_us,
             });
             writeln!(out, "{line}")?;

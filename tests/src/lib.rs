@@ -213,10 +213,19 @@ pub fn people_source(name: &str, path: &str, extra: &str) -> String {
     s
 }
 
+/// A synthetic citizen ID, valid per GB 11643 and unique per `i` (below
+/// about 20 million): the birth date counts thousands, the sequence the rest.
+pub fn citizen_id(i: u64) -> String {
+    let k = i / 1000;
+    let body = format!("320282{:04}{:02}{:02}{:03}", 1950 + k / 336, 1 + (k / 28) % 12, 1 + k % 28, i % 1000);
+    let check = agent::element::citizen_check(body.as_bytes());
+    format!("{body}{check}")
+}
+
 /// A synthetic person: valid values in every column, unique key per `i`.
 pub fn person(i: u64) -> [String; 8] {
     [
-        format!("T{i:017}"),
+        citizen_id(i),
         format!("测试{i}"),
         ["1", "2"][(i % 2) as usize].to_owned(),
         format!("19{:02}-{:02}-{:02}", 50 + i % 50, 1 + i % 12, 1 + i % 28),

@@ -44,6 +44,7 @@ fn parses_and_checks_records() {
     let missing = record(&[("DE00001", "1")], "1");
     assert!(r.check("AG1", &missing).unwrap_err().reason.contains("DE00002"));
     let bad_date = record(&[("DE00001", "1"), ("DE00002", "x"), ("DE00003", "1990-01-01")], "1");
+    assert!(r.check("AG1", &bad_date).unwrap_err().reason.contains("NOT_CANONICAL"));
     assert!(r.check("AG1", &bad_date).unwrap_err().reason.contains("DE00003"));
     let unknown = record(&[("DE00001", "1"), ("DE00002", "x"), ("DE09999", "1")], "1");
     assert!(r.check("AG1", &unknown).unwrap_err().reason.contains("DE09999"));
@@ -94,4 +95,53 @@ fn canonical_forms() {
     for (kind, raw, want) in cases {
         assert_eq!(canonical(kind, raw).ok().as_deref(), want, "{kind:?} {raw:?}");
     }
+}
+
+#[test]
+fn items_bind_builtin_and_custom_elements() {
+    let text = r#"
+[[element]]
+id = "ZJLX"
+name = "证件类型代码"
+codes = ["111", "414"]
+standard = "GA/T 2000.156"
+
+[[element]]
+id = "CPH"
+name = "车牌号"
+pattern = "[京津沪渝苏浙][A-Z][A-Z0-9]{5}"
+max_len = 7
+
+[[resource]]
+code = "R"
+name = "r"
+provider = "AG1"
+sharing = "无条件共享"
+cycle = "每日"
+[[resource.item]]
+id = "A"
+name = "公民身份号码"
+element = "GMSFHM"
+key = true
+required = true
+[[resource.item]]
+id = "B"
+name = "证件类型"
+element = "ZJLX"
+[[resource.item]]
+id = "C"
+name = "车牌"
+element = "CPH"
+"#;
+    let c = Catalog::from_toml_str(text).unwrap();
+    let r = c.resource("R").unwrap();
+    let norm = |id: &str, v: &str| r.item(id).unwrap().normalize(v).map(|n| n.value).map_err(|e| e.code);
+    assert_eq!(norm("A", "32028219960615118x"), Ok("32028219960615118X".into()));
+    assert_eq!(norm("A", "320282199001019990"), Err("CHECK_DIGIT"));
+    assert_eq!(norm("B", "414"), Ok("414".into()));
+    assert_eq!(norm("B", "999"), Err("CODE_SET"));
+    assert_eq!(norm("C", "苏B12345"), Ok("苏B12345".into()));
+    assert_eq!(norm("C", "苏b12345"), Err("PATTERN"));
+    let unknown = text.replace("element = \"CPH\"", "element = \"NOPE\"");
+    assert!(Catalog::from_toml_str(&unknown).unwrap_err().to_string().contains("NOPE"));
 }

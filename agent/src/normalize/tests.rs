@@ -1,6 +1,7 @@
 use std::borrow::Cow;
 
 use super::*;
+use crate::element::Issue;
 use crate::catalog::Catalog;
 use crate::config::{AfterDone, Completion, Encoding, FileFormat, SourceConfig, SourceKind};
 
@@ -41,7 +42,7 @@ fn check(row: &[Option<&str>], op_column: Option<&str>) -> String {
             let r = Record::decode(bytes.as_slice()).unwrap();
             let mut items: Vec<_> = r.items.into_iter().collect();
             items.sort();
-            format!("{:?} {:?} {items:?}", Operation::try_from(r.op).unwrap(), r.key)
+            format!("{:?} {:?} {items:?} {:?}", Operation::try_from(r.op).unwrap(), r.key, r.warnings)
         }
         Outcome::Quarantine(q) => format!("quarantine {}", q.reasons.join(" | ")),
     }
@@ -49,48 +50,39 @@ fn check(row: &[Option<&str>], op_column: Option<&str>) -> String {
 
 #[test]
 fn rows() {
+    const ID: &str = "320282199001019995";
     /// (row, operation column, expected).
     type Case<'a> = (&'a [Option<&'a str>], Option<&'a str>, &'a str);
     let cases: &[Case<'_>] = &[
         (
-            &[Some(" 320282199001019995\u{3000}"), Some("张伟"), Some("1990-01-01")],
+            &[Some(" 320282199001019995\u{3000}"), Some(" 张伟 "), Some("1990年1月1日")],
             None,
-            r#"Upsert ["320282199001019995"] [("DE00001", "320282199001019995"), ("DE00002", "张伟"), ("DE00004", "19900101")]"#,
+            r#"Upsert ["320282199001019995"] [("DE00001", "320282199001019995"), ("DE00002", "张伟"), ("DE00004", "19900101")] []"#,
         ),
         (
-            &[Some("1"), Some(""), None],
+            &[Some("320282800101123"), Some("张伟"), None],
             None,
-            "quarantine MISSING_REQUIRED: 必填项 姓名 (DE00002) 为空",
+            r#"Upsert ["320282198001011235"] [("DE00001", "320282198001011235"), ("DE00002", "张伟")] ["UPGRADED_15: 公民身份号码 由 15 位升级为 18 位 (GB 11643): 320282800101123 → 320282198001011235 (列 id → DE00001)"]"#,
         ),
+        (&[Some(ID), Some(""), None], None, "quarantine MISSING_REQUIRED: 必填项 姓名 (DE00002) 为空"),
+        (&[None, Some("x"), None], None, "quarantine MISSING_KEY: 主键项 公民身份号码 (DE00001) 为空"),
         (
-            &[None, Some("x"), None],
+            &[Some("320282199001019990"), Some("x"), Some("1999-02-30")],
             None,
-            "quarantine MISSING_KEY: 主键项 公民身份号码 (DE00001) 为空",
+            "quarantine CHECK_DIGIT: 公民身份号码 校验位错误 (GB 11643): expected 5, got 0 (列 id → DE00001) | \
+             DATE: 出生日期 日期 \"1999-02-30\" 无效 (GB/T 7408): no such day; expected YYYYMMDD, YYYY-MM-DD, YYYY/M/D, YYYY.M.D or YYYY年M月D日 (列 born → DE00004)",
         ),
+        (&[Some(ID), None, None, Some("D")], Some("op"), r#"Delete ["320282199001019995"] [("DE00001", "320282199001019995")] []"#),
+        (&[Some(ID), Some("x"), None, Some("删除")], Some("op"), r#"Delete ["320282199001019995"] [("DE00001", "320282199001019995")] []"#),
         (
-            &[Some("1"), Some("x"), Some("1999-02-30")],
-            None,
-            r#"quarantine INVALID_VALUE: 出生日期 (DE00004) 值 "1999-02-30" 不合规: not a date (expected YYYYMMDD or YYYY-MM-DD)"#,
-        ),
-        (
-            &[Some("1"), None, None, Some("D")],
-            Some("op"),
-            r#"Delete ["1"] [("DE00001", "1")]"#,
-        ),
-        (
-            &[Some("1"), Some("x"), None, Some("删除")],
-            Some("op"),
-            r#"Delete ["1"] [("DE00001", "1")]"#,
-        ),
-        (
-            &[Some("1"), Some("x"), None, Some("X")],
+            &[Some(ID), Some("x"), None, Some("X")],
             Some("op"),
             "quarantine INVALID_OPERATION: 操作 \"X\" 无法识别 (expected I/U/D, insert/update/delete, 新增/修改/删除)",
         ),
         (
-            &[Some("1234567890123456789"), Some("x"), None],
+            &[Some("3.20282E+17"), Some("x"), None],
             None,
-            r#"quarantine INVALID_VALUE: 公民身份号码 (DE00001) 值 "1234567890123456789" 不合规: 19 characters, at most 18 allowed"#,
+            "quarantine SCIENTIFIC_NOTATION: 公民身份号码 \"3.20282E+17\" 是科学计数法, 位数已丢失: save identifiers as text (Excel keeps 15 significant digits) (列 id → DE00001)",
         ),
     ];
     for (row, op, want) in cases {
@@ -100,11 +92,11 @@ fn rows() {
 
 #[test]
 fn undecodable_field_is_quarantined_with_raw_values() {
-    let fields: Vec<Field<'_>> = vec![
-        Some(Ok(Cow::Borrowed("1"))),
-        Some(Err("invalid UTF-8 at byte 2".into())),
-        None,
-    ];
+    let undecodable = Issue {
+        code: "UNDECODABLE",
+        message: "无法解码: invalid UTF-8 at byte 2".into(),
+    };
+    let fields: Vec<Field<'_>> = vec![Some(Ok(Cow::Borrowed("320282199001019995"))), Some(Err(undecodable)), None];
     let Outcome::Quarantine(q) = mapping(None).normalize(
         &fields,
         Origin {
@@ -116,6 +108,6 @@ fn undecodable_field_is_quarantined_with_raw_values() {
         panic!("expected a quarantine entry");
     };
     assert_eq!(q.line, 9);
-    assert!(q.reasons[0].starts_with("UNDECODABLE: 列 name"), "{:?}", q.reasons);
-    assert!(q.raw.contains("\"id\":\"1\""), "{}", q.raw);
+    assert_eq!(q.reasons[0], "UNDECODABLE: 无法解码: invalid UTF-8 at byte 2 (列 name → DE00002)");
+    assert!(q.raw.contains("\"id\":\"320282199001019995\""), "{}", q.raw);
 }

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::format::{Charset, CsvRows, JsonRows, Pos, Row, Rows, Unreadable};
+use super::format::{Charset, CsvRows, JsonRows, Pos, Row, Rows, Unreadable, XlsxRows};
 use crate::config::{AfterDone, Completion, Encoding, FileFormat, SourceConfig};
 use crate::health::SourceStats;
 use crate::normalize::{Mapping, Outcome};
@@ -397,9 +397,10 @@ impl FileJob {
                 match ext.as_str() {
                     "csv" | "txt" => FileFormat::Csv,
                     "jsonl" | "ndjson" => FileFormat::Jsonl,
+                    "xlsx" | "xlsm" | "xls" => FileFormat::Xlsx,
                     _ => {
                         return Err(FileError::Unreadable(format!(
-                            "unknown file type {ext:?}: expected .csv or .jsonl (or set the source's format)"
+                            "unknown file type {ext:?}: expected .csv, .jsonl or .xlsx (or set the source's format)"
                         )));
                     }
                 }
@@ -415,6 +416,7 @@ impl FileJob {
         debug!(file = %self.name, ?format, ?charset, "reading file");
         let mut rows = match format {
             FileFormat::Csv => Rows::Csv(CsvRows::open(&self.path, charset, &self.mapping, from).map_err(unreadable)?),
+            FileFormat::Xlsx => Rows::Xlsx(XlsxRows::open(&self.path, &self.mapping, from).map_err(unreadable)?),
             _ => Rows::Json(JsonRows::open(&self.path, charset, from).map_err(unreadable)?),
         };
 

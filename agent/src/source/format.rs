@@ -1,11 +1,13 @@
-//! File formats of the drop folder: CSV (UTF-8 or GB18030) and JSON Lines,
-//! read as a stream of rows with a resumable byte position.
+//! File formats of the drop folder: CSV (UTF-8 or GB18030), JSON Lines and
+//! Excel workbooks, read as a stream of rows with a resumable position (a
+//! byte offset for text files, a row number for workbooks).
 
 use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
+use crate::element::Issue;
 use crate::normalize::{Field, Mapping, Origin, Outcome};
 use crate::outbox::Quarantined;
 
@@ -37,14 +39,18 @@ pub struct Pos {
     pub rows: u64,
 }
 
-pub fn decode<'a>(bytes: &'a [u8], charset: Charset) -> Result<Cow<'a, str>, String> {
+pub fn decode<'a>(bytes: &'a [u8], charset: Charset) -> Result<Cow<'a, str>, Issue> {
     match charset {
-        Charset::Utf8 => std::str::from_utf8(bytes)
-            .map(Cow::Borrowed)
-            .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to())),
+        Charset::Utf8 => std::str::from_utf8(bytes).map(Cow::Borrowed).map_err(|e| Issue {
+            code: "UNDECODABLE",
+            message: format!("无法解码: invalid UTF-8 at byte {}", e.valid_up_to()),
+        }),
         Charset::Gb18030 => encoding_rs::GB18030
             .decode_without_bom_handling_and_without_replacement(bytes)
-            .ok_or_else(|| "invalid GB18030/GBK bytes".to_owned()),
+            .ok_or_else(|| Issue {
+                code: "UNDECODABLE",
+                message: "无法解码: invalid GB18030/GBK bytes".to_owned(),
+            }),
     }
 }
 
@@ -81,23 +87,10 @@ impl CsvRows {
             } else {
                 field
             };
-            let name = decode(field, charset).map_err(|e| Unreadable(format!("header column {}: {e}", i + 1)))?;
+            let name = decode(field, charset).map_err(|e| Unreadable(format!("header column {}: {}", i + 1, e.message)))?;
             names.push(crate::normalize::trim(&name).to_owned());
         }
-        let index: Vec<Option<usize>> = mapping.columns().map(|c| names.iter().position(|n| n == c)).collect();
-        let missing: Vec<&str> = mapping
-            .columns()
-            .zip(&index)
-            .filter(|(_, i)| i.is_none())
-            .map(|(c, _)| c)
-            .collect();
-        if !missing.is_empty() {
-            return Err(Unreadable(format!(
-                "header lacks mapped column(s) {}; the header has: {}",
-                missing.join(", "),
-                names.join(", ")
-            )));
-        }
+        let index = bind_header(mapping, &names)?;
         if from.byte > 0 {
             let mut p = csv::Position::new();
             p.set_byte(from.byte).set_line(from.line).set_record(from.rows + 1);
@@ -207,7 +200,7 @@ impl JsonRows {
                 Err(e) => {
                     self.pos.rows += 1;
                     let raw = String::from_utf8_lossy(&self.line).trim_end().to_owned();
-                    let q = mapping.unreadable(Origin { object, line }, raw, format!("UNDECODABLE: 第 {line} 行 {e}"));
+                    let q = mapping.unreadable(Origin { object, line }, raw, format!("{e} (第 {line} 行)"));
                     return Ok(Some((Row::Unreadable(q), self.pos)));
                 }
             };
@@ -235,7 +228,10 @@ impl JsonRows {
                     serde_json::Value::String(s) => Some(Ok(Cow::Owned(s.clone()))),
                     serde_json::Value::Number(n) => Some(Ok(Cow::Owned(n.to_string()))),
                     serde_json::Value::Bool(b) => Some(Ok(Cow::Owned(b.to_string()))),
-                    other => Some(Err(format!("a nested JSON value is not allowed: {other}"))),
+                    other => Some(Err(Issue {
+                        code: "NESTED_VALUE",
+                        message: format!("不允许嵌套的 JSON 值: {other}"),
+                    })),
                 })
                 .collect();
             return Ok(Some((
@@ -246,10 +242,137 @@ impl JsonRows {
     }
 }
 
+/// Reads rows from the first worksheet of an Excel workbook (.xlsx, .xlsm,
+/// .xls) with a header row. The sheet is loaded whole (Excel caps a sheet
+/// at 1,048,576 rows).
+pub struct XlsxRows {
+    range: calamine::Range<calamine::Data>,
+    /// Column of each of the mapping's columns.
+    index: Vec<Option<usize>>,
+    /// Next row to read (0 is the header).
+    row: usize,
+    rows: u64,
+}
+
+impl XlsxRows {
+    pub fn open(path: &Path, mapping: &Mapping, from: Pos) -> Result<XlsxRows, Unreadable> {
+        use calamine::Reader;
+        let mut book =
+            calamine::open_workbook_auto(path).map_err(|e| Unreadable(format!("not a readable workbook: {e}")))?;
+        let range = book
+            .worksheet_range_at(0)
+            .ok_or_else(|| Unreadable("the workbook has no worksheet".into()))?
+            .map_err(|e| Unreadable(format!("first worksheet: {e}")))?;
+        if range.is_empty() {
+            return Err(Unreadable("empty worksheet: no header row".into()));
+        }
+        let names: Vec<String> = (0..range.width())
+            .map(|c| range.get((0, c)).map(|d| crate::normalize::trim(&d.to_string()).to_owned()).unwrap_or_default())
+            .collect();
+        let index = bind_header(mapping, &names)?;
+        Ok(XlsxRows {
+            range,
+            index,
+            row: 1 + from.rows as usize,
+            rows: from.rows,
+        })
+    }
+
+    pub fn next(&mut self, mapping: &Mapping, object: &str, now_us: i64) -> std::io::Result<Option<(Row, Pos)>> {
+        while self.row < self.range.height() {
+            let r = self.row;
+            self.row += 1;
+            let cells: Vec<Option<&calamine::Data>> =
+                self.index.iter().map(|i| i.and_then(|c| self.range.get((r, c)))).collect();
+            if cells.iter().all(|c| c.is_none_or(|d| *d == calamine::Data::Empty)) {
+                continue;
+            }
+            self.rows += 1;
+            // Line numbers as Excel shows them (1-based, header on line 1).
+            let line = r as u64 + 1;
+            let pos = Pos {
+                byte: 0,
+                line: line + 1,
+                rows: self.rows,
+            };
+            let fields: Vec<Field<'_>> =
+                cells.iter().zip(mapping.column_items()).map(|(c, item)| c.and_then(|d| cell(d, item))).collect();
+            return Ok(Some((Row::Outcome(mapping.normalize(&fields, Origin { object, line }, now_us)), pos)));
+        }
+        Ok(None)
+    }
+}
+
+/// The text of one worksheet cell for an item. Numbers never stand for
+/// identifiers: Excel keeps 15 significant digits and drops leading zeros,
+/// so such a value is refused, never repaired.
+pub fn cell(d: &calamine::Data, item: Option<&crate::catalog::Item>) -> Field<'static> {
+    use crate::catalog::ValueRule;
+    use crate::element::Rule;
+    use calamine::{Data, DataType};
+    let rule = item.and_then(|i| match &i.rule {
+        ValueRule::Builtin(e) => Some(e.rule),
+        _ => None,
+    });
+    let identifier = item.is_some_and(|i| i.is_identifier());
+    let number = |text: String| -> Field<'static> {
+        let looks_mobile = text.len() == 11 && text.starts_with('1');
+        if identifier && !(rule == Some(Rule::Phone) && looks_mobile) {
+            return Some(Err(Issue {
+                code: "NUMERIC_IDENTIFIER",
+                message: format!(
+                    "标识符以数值保存 ({text}), 可能已丢失位数或前导零: save identifiers as text (Excel keeps 15 significant digits)"
+                ),
+            }));
+        }
+        Some(Ok(Cow::Owned(text)))
+    };
+    // NaiveDateTime displays as "2016-06-23 14:05:00[.fraction]".
+    let date_text = |d: &Data| {
+        d.as_datetime().map(|t| {
+            let mut text = t.to_string();
+            text.truncate(if rule == Some(Rule::DateTime) { 19 } else { 10 });
+            text
+        })
+    };
+    match d {
+        Data::Empty => None,
+        Data::String(s) | Data::DateTimeIso(s) | Data::DurationIso(s) => Some(Ok(Cow::Owned(s.clone()))),
+        Data::Bool(b) => Some(Ok(Cow::Owned(b.to_string()))),
+        // A date column whose formatting was lost: an Excel serial date.
+        Data::Int(_) | Data::Float(_) if matches!(rule, Some(Rule::Date | Rule::DateTime)) => {
+            date_text(d).map(|t| Ok(Cow::Owned(t)))
+        }
+        Data::Int(i) => number(i.to_string()),
+        Data::Float(f) if f.fract() == 0.0 && f.abs() < 1e15 => number(format!("{}", *f as i64)),
+        Data::Float(f) => number(f.to_string()),
+        Data::DateTime(_) => date_text(d).map(|t| Ok(Cow::Owned(t))),
+        Data::Error(e) => Some(Err(Issue {
+            code: "CELL_ERROR",
+            message: format!("单元格错误 {e}"),
+        })),
+    }
+}
+
+/// Finds each mapped column in a header, or says which are missing.
+fn bind_header(mapping: &Mapping, names: &[String]) -> Result<Vec<Option<usize>>, Unreadable> {
+    let index: Vec<Option<usize>> = mapping.columns().map(|c| names.iter().position(|n| n == c)).collect();
+    let missing: Vec<&str> = mapping.columns().zip(&index).filter(|(_, i)| i.is_none()).map(|(c, _)| c).collect();
+    if !missing.is_empty() {
+        return Err(Unreadable(format!(
+            "header lacks mapped column(s) {}; the header has: {}",
+            missing.join(", "),
+            names.join(", ")
+        )));
+    }
+    Ok(index)
+}
+
 /// The rows of one file, whatever its format.
 pub enum Rows {
     Csv(CsvRows),
     Json(JsonRows),
+    Xlsx(XlsxRows),
 }
 
 impl Rows {
@@ -257,6 +380,7 @@ impl Rows {
         match self {
             Rows::Csv(r) => r.next(mapping, object, now_us),
             Rows::Json(r) => r.next(mapping, object, now_us),
+            Rows::Xlsx(r) => r.next(mapping, object, now_us),
         }
     }
 }
