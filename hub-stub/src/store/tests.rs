@@ -7,6 +7,9 @@ fn catalog() -> Catalog {
     Catalog::from_toml_str(include_str!("../../../deploy/catalog.example.toml")).unwrap()
 }
 
+const A: &str = "320282199001019995";
+const B: &str = "320282199512319981";
+
 fn entry(seq: u64, resource: &str, key: &str, op: Operation) -> Entry {
     let mut items = std::collections::BTreeMap::new();
     items.insert("DE00001".to_owned(), key.to_owned());
@@ -42,7 +45,7 @@ fn replays_store_nothing_twice_and_deletes_remove_state() {
     let _ = std::fs::remove_file(&path);
     let store = Store::open(&path).unwrap();
     let (c, r) = (catalog(), "1010100/0001");
-    let batch = [entry(1, r, "a", Operation::Upsert), entry(2, r, "b", Operation::Upsert)];
+    let batch = [entry(1, r, A, Operation::Upsert), entry(2, r, B, Operation::Upsert)];
     let first = store
         .apply("320282-gaj", "ob1", &prepare("320282-gaj", batch.to_vec(), &c))
         .unwrap();
@@ -51,7 +54,7 @@ fn replays_store_nothing_twice_and_deletes_remove_state() {
         .apply("320282-gaj", "ob1", &prepare("320282-gaj", batch.to_vec(), &c))
         .unwrap();
     assert_eq!((again.stored, again.replayed, again.hwm), (0, 2, 2));
-    let more = [entry(2, r, "b", Operation::Upsert), entry(3, r, "a", Operation::Delete)];
+    let more = [entry(2, r, B, Operation::Upsert), entry(3, r, A, Operation::Delete)];
     let applied = store
         .apply("320282-gaj", "ob1", &prepare("320282-gaj", more.to_vec(), &c))
         .unwrap();
@@ -59,7 +62,7 @@ fn replays_store_nothing_twice_and_deletes_remove_state() {
     assert_eq!(export(&store, true).len(), 3);
     let current = export(&store, false);
     assert_eq!(current.len(), 1);
-    assert_eq!(current[0]["key"][0], "b");
+    assert_eq!(current[0]["key"][0], B);
     // Another outbox of the same agency has its own sequence.
     assert_eq!(
         store
@@ -79,9 +82,9 @@ fn rejections_are_kept_until_the_agent_moves_past_them() {
     let store = Store::open(&path).unwrap();
     let c = catalog();
     let batch = [
-        entry(1, "1010100/0001", "a", Operation::Upsert),
-        entry(2, "2010100/0001", "b", Operation::Upsert),
-        entry(3, "nope", "c", Operation::Upsert),
+        entry(1, "1010100/0001", A, Operation::Upsert),
+        entry(2, "2010100/0001", B, Operation::Upsert),
+        entry(3, "nope", A, Operation::Upsert),
     ];
     let applied = store
         .apply("320282-gaj", "ob1", &prepare("320282-gaj", batch.to_vec(), &c))
