@@ -335,7 +335,12 @@ impl Item {
                 (n, self.max_len.or(c.max_len), c.min_len)
             }
         };
-        let len = normalized.value.chars().count();
+        // Bytes bound characters from above: count only when it matters.
+        let len = if max.is_some_and(|m| normalized.value.len() <= m) && min.is_none() {
+            0
+        } else {
+            normalized.value.chars().count()
+        };
         if let Some(max) = max
             && len > max
         {

@@ -186,26 +186,33 @@ fn issue(code: &'static str, message: String) -> Issue {
     Issue { code, message }
 }
 
+fn fold_char(c: char) -> char {
+    match c {
+        '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
+        '\u{3000}' => ' ',
+        _ => c,
+    }
+}
+
 /// Full-width ASCII (U+FF01–U+FF5E) and U+3000 to their half-width forms.
 /// Only for code-like values.
-pub fn fold_width(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
-            '\u{3000}' => ' ',
-            _ => c,
-        })
-        .collect()
+pub fn fold_width(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.is_ascii() {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(s.chars().map(fold_char).collect())
 }
 
 /// A code-like value: width-folded, without any white space or hyphens,
 /// upper case.
 pub fn compact_code(s: &str) -> String {
-    fold_width(s)
-        .chars()
-        .filter(|c| !c.is_whitespace() && !matches!(c, '-' | '\u{200B}' | '\u{FEFF}'))
-        .map(|c| c.to_ascii_uppercase())
-        .collect()
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars().map(fold_char) {
+        if !c.is_whitespace() && !matches!(c, '-' | '\u{200B}' | '\u{FEFF}') {
+            out.push(c.to_ascii_uppercase());
+        }
+    }
+    out
 }
 
 // --- GB 11643 公民身份号码 -------------------------------------------------
@@ -465,6 +472,18 @@ fn chinese_digits(s: &str) -> Option<String> {
 
 /// Parses a date in any accepted form into (year, month, day).
 fn date(name: &str, raw: &str) -> Result<(u32, u32, u32), Issue> {
+    // The canonical and ISO forms, without allocating.
+    let b = raw.as_bytes();
+    let fast = match b.len() {
+        8 => Some((digits(&b[0..4]), digits(&b[4..6]), digits(&b[6..8]))),
+        10 if b[4] == b'-' && b[7] == b'-' => Some((digits(&b[0..4]), digits(&b[5..7]), digits(&b[8..10]))),
+        _ => None,
+    };
+    if let Some((Some(y), Some(m), Some(d))) = fast
+        && valid_ymd(y, m, d)
+    {
+        return Ok((y, m, d));
+    }
     let bad = |why: &str| {
         issue(
             "DATE",
@@ -474,7 +493,7 @@ fn date(name: &str, raw: &str) -> Result<(u32, u32, u32), Issue> {
         )
     };
     let mut v = fold_width(raw).trim().to_owned();
-    if v.chars().any(|c| "〇一二三四五六七八九十零".contains(c))
+    if !v.is_ascii() && v.chars().any(|c| "〇一二三四五六七八九十零".contains(c))
         && let Some(converted) = chinese_digits(&v)
     {
         v = converted;
@@ -577,9 +596,15 @@ fn strict_mobile(v: &str) -> bool {
 }
 
 fn mobile_digits(raw: &str) -> String {
-    let v: String = compact_code(raw).chars().filter(|c| !matches!(c, '(' | ')')).collect();
-    let v = v.strip_prefix("+86").or_else(|| v.strip_prefix("0086")).unwrap_or(&v);
-    v.to_owned()
+    let mut v = compact_code(raw);
+    v.retain(|c| !matches!(c, '(' | ')'));
+    for prefix in ["+86", "0086"] {
+        if v.starts_with(prefix) {
+            v.drain(..prefix.len());
+            break;
+        }
+    }
+    v
 }
 
 fn mobile(name: &str, raw: &str) -> Result<Normalized, Issue> {
