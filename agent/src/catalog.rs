@@ -232,7 +232,10 @@ impl Catalog {
                         (None, None) => {
                             return Err(Error::Invalid {
                                 resource: r.code.clone(),
-                                reason: format!("item {}: data element {id:?} is neither built in nor defined", item.id),
+                                reason: format!(
+                                    "item {}: data element {id:?} is neither built in nor defined",
+                                    item.id
+                                ),
                             });
                         }
                     },
@@ -321,7 +324,13 @@ impl Item {
                 {
                     return Err(Issue {
                         code: "PATTERN",
-                        message: format!("{} {:?} 不符合格式 ({}): expected {}", self.name, n.value, c.standard, p.as_str()),
+                        message: format!(
+                            "{} {:?} 不符合格式 ({}): expected {}",
+                            self.name,
+                            n.value,
+                            c.standard,
+                            p.as_str()
+                        ),
                     });
                 }
                 if let Some(codes) = &c.codes
@@ -329,7 +338,13 @@ impl Item {
                 {
                     return Err(Issue {
                         code: "CODE_SET",
-                        message: format!("{} {:?} 不在代码表中 ({}): expected one of {}", self.name, n.value, c.standard, codes.join(", ")),
+                        message: format!(
+                            "{} {:?} 不在代码表中 ({}): expected one of {}",
+                            self.name,
+                            n.value,
+                            c.standard,
+                            codes.join(", ")
+                        ),
                     });
                 }
                 (n, self.max_len.or(c.max_len), c.min_len)
@@ -392,10 +407,15 @@ impl Item {
 }
 
 fn plain(kind: ItemType, name: &str, raw: &str) -> Result<Normalized, Issue> {
-    canonical(kind, raw).map(|value| Normalized { value, warnings: Vec::new() }).map_err(|reason| Issue {
-        code: "TYPE",
-        message: format!("{name} 值 {raw:?} 不合规: {reason}"),
-    })
+    canonical(kind, raw)
+        .map(|value| Normalized {
+            value,
+            warnings: Vec::new(),
+        })
+        .map_err(|reason| Issue {
+            code: "TYPE",
+            message: format!("{name} 值 {raw:?} 不合规: {reason}"),
+        })
 }
 
 impl Resource {
@@ -476,9 +496,14 @@ pub fn canonical(kind: ItemType, raw: &str) -> Result<String, String> {
         ItemType::String => Ok(raw.to_owned()),
         ItemType::Integer => canonical_integer(raw).ok_or_else(|| "not an integer".to_owned()),
         ItemType::Decimal => canonical_decimal(raw).ok_or_else(|| "not a decimal number".to_owned()),
-        ItemType::Date => canonical_date(raw).ok_or_else(|| "not a date (expected YYYYMMDD or YYYY-MM-DD)".to_owned()),
-        ItemType::Datetime => canonical_datetime(raw)
-            .ok_or_else(|| "not a date-time (expected YYYYMMDDhhmmss or YYYY-MM-DD hh:mm:ss)".to_owned()),
+        ItemType::Date => element::Rule::Date
+            .normalize("", raw)
+            .map(|n| n.value)
+            .map_err(|e| e.message.trim().to_owned()),
+        ItemType::Datetime => element::Rule::DateTime
+            .normalize("", raw)
+            .map(|n| n.value)
+            .map_err(|e| e.message.trim().to_owned()),
     }
 }
 
@@ -522,56 +547,6 @@ fn canonical_decimal(raw: &str) -> Option<String> {
         }
         Some(_) => None,
     }
-}
-
-fn valid_ymd(y: u32, m: u32, d: u32) -> bool {
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let days = match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if leap => 29,
-        2 => 28,
-        _ => return false,
-    };
-    (1..=9999).contains(&y) && (1..=days).contains(&d)
-}
-
-fn canonical_date(raw: &str) -> Option<String> {
-    let b = raw.as_bytes();
-    let digits = |s: &[u8]| -> Option<u32> {
-        s.iter().try_fold(0u32, |acc, &c| {
-            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
-        })
-    };
-    let (y, m, d) = match b.len() {
-        8 => (digits(&b[0..4])?, digits(&b[4..6])?, digits(&b[6..8])?),
-        10 if b[4] == b'-' && b[7] == b'-' => (digits(&b[0..4])?, digits(&b[5..7])?, digits(&b[8..10])?),
-        _ => return None,
-    };
-    valid_ymd(y, m, d).then(|| format!("{y:04}{m:02}{d:02}"))
-}
-
-fn canonical_datetime(raw: &str) -> Option<String> {
-    let (date, time) = if raw.len() == 14 && raw.bytes().all(|b| b.is_ascii_digit()) {
-        (&raw[..8], raw[8..].to_owned())
-    } else {
-        let (date, time) = raw.split_once([' ', 'T'])?;
-        let fields: Vec<&str> = time.split(':').collect();
-        if fields.len() != 3 || fields.iter().any(|f| f.len() != 2) {
-            return None;
-        }
-        (date, fields.concat())
-    };
-    let date = canonical_date(date)?;
-    if !time.bytes().all(|b| b.is_ascii_digit()) || time.len() != 6 {
-        return None;
-    }
-    let (h, mi, s): (u32, u32, u32) = (
-        time[0..2].parse().ok()?,
-        time[2..4].parse().ok()?,
-        time[4..6].parse().ok()?,
-    );
-    (h < 24 && mi < 60 && s < 60).then(|| format!("{date}{time}"))
 }
 
 /// Lower-case hex of a byte string.

@@ -100,8 +100,22 @@ pub struct Element {
     pub max_len: usize,
 }
 
-const fn el(id: &'static str, name: &'static str, format: &'static str, standard: &'static str, rule: Rule, max_len: usize) -> Element {
-    Element { id, name, format, standard, rule, max_len }
+const fn el(
+    id: &'static str,
+    name: &'static str,
+    format: &'static str,
+    standard: &'static str,
+    rule: Rule,
+    max_len: usize,
+) -> Element {
+    Element {
+        id,
+        name,
+        format,
+        standard,
+        rule,
+        max_len,
+    }
 }
 
 /// The built-in dictionary.
@@ -133,12 +147,16 @@ impl Rule {
     /// Brings a raw value to the canonical form. `raw` is already trimmed and
     /// not empty.
     pub fn normalize(self, name: &str, raw: &str) -> Result<Normalized, Issue> {
-        if matches!(self, Rule::CitizenId | Rule::Uscc | Rule::OrgCode | Rule::Division | Rule::Postcode | Rule::Phone)
-            && is_scientific(raw)
+        if matches!(
+            self,
+            Rule::CitizenId | Rule::Uscc | Rule::OrgCode | Rule::Division | Rule::Postcode | Rule::Phone
+        ) && is_scientific(raw)
         {
             return Err(issue(
                 "SCIENTIFIC_NOTATION",
-                format!("{name} {raw:?} 是科学计数法, 位数已丢失: save identifiers as text (Excel keeps 15 significant digits)"),
+                format!(
+                    "{name} {raw:?} 是科学计数法, 位数已丢失: save identifiers as text (Excel keeps 15 significant digits)"
+                ),
             ));
         }
         match self {
@@ -179,7 +197,9 @@ fn is_scientific(raw: &str) -> bool {
     let exp = exp.strip_prefix(['+', '-']).unwrap_or(exp);
     let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, "0"));
     !int.is_empty()
-        && [int, frac, exp].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && [int, frac, exp]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn issue(code: &'static str, message: String) -> Issue {
@@ -238,30 +258,61 @@ fn citizen_id(name: &str, raw: &str) -> Result<Normalized, Issue> {
     if v.len() == 15 && v.bytes().all(|b| b.is_ascii_digit()) {
         let mut up = format!("{}19{}", &v[..6], &v[6..]);
         up.push(citizen_check(up.as_bytes()));
-        warnings.push(issue("UPGRADED_15", format!("{name} 由 15 位升级为 18 位 ({std}): {v} → {up}")));
+        warnings.push(issue(
+            "UPGRADED_15",
+            format!("{name} 由 15 位升级为 18 位 ({std}): {v} → {up}"),
+        ));
         v = up;
     }
     if v.chars().count() != 18 {
-        return Err(issue("LENGTH", format!("{name} 长度错误 ({std}): expected 18 characters, got {}", v.chars().count())));
+        return Err(issue(
+            "LENGTH",
+            format!(
+                "{name} 长度错误 ({std}): expected 18 characters, got {}",
+                v.chars().count()
+            ),
+        ));
     }
     let b = v.as_bytes();
     if let Some(pos) = b[..17].iter().position(|c| !c.is_ascii_digit()) {
-        return Err(issue("FORMAT", format!("{name} 第 {} 位不是数字 ({std}): expected 17 digits and a check character", pos + 1)));
+        return Err(issue(
+            "FORMAT",
+            format!(
+                "{name} 第 {} 位不是数字 ({std}): expected 17 digits and a check character",
+                pos + 1
+            ),
+        ));
     }
     if !(b[17].is_ascii_digit() || b[17] == b'X') {
-        return Err(issue("FORMAT", format!("{name} 校验位无效 ({std}): expected 0-9 or X, got {}", b[17] as char)));
+        return Err(issue(
+            "FORMAT",
+            format!("{name} 校验位无效 ({std}): expected 0-9 or X, got {}", b[17] as char),
+        ));
     }
     let want = citizen_check(&b[..17]);
     if b[17] as char != want {
-        return Err(issue("CHECK_DIGIT", format!("{name} 校验位错误 ({std}): expected {want}, got {}", b[17] as char)));
+        return Err(issue(
+            "CHECK_DIGIT",
+            format!("{name} 校验位错误 ({std}): expected {want}, got {}", b[17] as char),
+        ));
     }
     let province = digits(&b[0..2]).unwrap_or(0);
     if !valid_province(province) {
-        return Err(issue("REGION", format!("{name} 地址码错误 ({std}, GB/T 2260): province {province:02} does not exist")));
+        return Err(issue(
+            "REGION",
+            format!("{name} 地址码错误 ({std}, GB/T 2260): province {province:02} does not exist"),
+        ));
     }
-    let (y, m, d) = (digits(&b[6..10]).unwrap_or(0), digits(&b[10..12]).unwrap_or(0), digits(&b[12..14]).unwrap_or(0));
+    let (y, m, d) = (
+        digits(&b[6..10]).unwrap_or(0),
+        digits(&b[10..12]).unwrap_or(0),
+        digits(&b[12..14]).unwrap_or(0),
+    );
     if !valid_ymd(y, m, d) || y < 1800 {
-        return Err(issue("BIRTH_DATE", format!("{name} 出生日期错误 ({std}): {} is not a date", &v[6..14])));
+        return Err(issue(
+            "BIRTH_DATE",
+            format!("{name} 出生日期错误 ({std}): {} is not a date", &v[6..14]),
+        ));
     }
     Ok(Normalized { value: v, warnings })
 }
@@ -300,35 +351,57 @@ fn uscc(name: &str, raw: &str) -> Result<Normalized, Issue> {
     let std = "GB 32100";
     let n = v.chars().count();
     if n != 18 {
-        return Err(issue("LENGTH", format!("{name} 长度错误 ({std}): expected 18 characters, got {n}")));
+        return Err(issue(
+            "LENGTH",
+            format!("{name} 长度错误 ({std}): expected 18 characters, got {n}"),
+        ));
     }
     let b = v.as_bytes();
     if let Some(pos) = b.iter().position(|c| !USCC_CHARS.contains(c)) {
         return Err(issue(
             "FORMAT",
-            format!("{name} 第 {} 位字符 {} 不允许 ({std}): expected 0-9 or A-Z without I, O, Z, S, V", pos + 1, b[pos] as char),
+            format!(
+                "{name} 第 {} 位字符 {} 不允许 ({std}): expected 0-9 or A-Z without I, O, Z, S, V",
+                pos + 1,
+                b[pos] as char
+            ),
         ));
     }
     let Some(categories) = uscc_categories(b[0]) else {
-        return Err(issue("AUTHORITY", format!("{name} 登记管理部门代码 {} 不存在 ({std} 表 2)", b[0] as char)));
+        return Err(issue(
+            "AUTHORITY",
+            format!("{name} 登记管理部门代码 {} 不存在 ({std} 表 2)", b[0] as char),
+        ));
     };
     if !categories.contains(&b[1]) {
         return Err(issue(
             "CATEGORY",
-            format!("{name} 机构类别代码 {} 不属于登记管理部门 {} ({std} 表 3)", b[1] as char, b[0] as char),
+            format!(
+                "{name} 机构类别代码 {} 不属于登记管理部门 {} ({std} 表 3)",
+                b[1] as char, b[0] as char
+            ),
         ));
     }
     if !b[2..8].iter().all(u8::is_ascii_digit) {
-        return Err(issue("FORMAT", format!("{name} 第 3-8 位应为行政区划代码 ({std}): expected 6 digits")));
+        return Err(issue(
+            "FORMAT",
+            format!("{name} 第 3-8 位应为行政区划代码 ({std}): expected 6 digits"),
+        ));
     }
     // Checked above: every character is allowed.
     let want = uscc_check(&b[..17]).unwrap_or('?');
     if b[17] as char != want {
-        return Err(issue("CHECK_DIGIT", format!("{name} 校验码错误 ({std}): expected {want}, got {}", b[17] as char)));
+        return Err(issue(
+            "CHECK_DIGIT",
+            format!("{name} 校验码错误 ({std}): expected {want}, got {}", b[17] as char),
+        ));
     }
     let mut warnings = Vec::new();
     if let Some(w) = org_code(name, &v[8..17]).ok().and_then(|(_, bad)| bad) {
-        warnings.push(issue("ORG_CODE_CHECK", format!("{name} 内含的组织机构代码校验不符 (GB 11714): {}", w.message)));
+        warnings.push(issue(
+            "ORG_CODE_CHECK",
+            format!("{name} 内含的组织机构代码校验不符 (GB 11714): {}", w.message),
+        ));
     }
     Ok(Normalized { value: v, warnings })
 }
@@ -358,14 +431,27 @@ fn org_code(name: &str, raw: &str) -> Result<(String, Option<Issue>), Issue> {
     let v = compact_code(raw);
     let std = "GB 11714";
     if v.chars().count() != 9 {
-        return Err(issue("LENGTH", format!("{name} 长度错误 ({std}): expected 9 characters, got {}", v.chars().count())));
+        return Err(issue(
+            "LENGTH",
+            format!(
+                "{name} 长度错误 ({std}): expected 9 characters, got {}",
+                v.chars().count()
+            ),
+        ));
     }
     let b = v.as_bytes();
     let Some(want) = org_check(&b[..8]) else {
-        return Err(issue("FORMAT", format!("{name} 本体代码含非法字符 ({std}): expected 0-9 or A-Z")));
+        return Err(issue(
+            "FORMAT",
+            format!("{name} 本体代码含非法字符 ({std}): expected 0-9 or A-Z"),
+        ));
     };
-    let bad = (b[8] as char != want)
-        .then(|| issue("CHECK_DIGIT", format!("{name} 校验码错误 ({std}): expected {want}, got {}", b[8] as char)));
+    let bad = (b[8] as char != want).then(|| {
+        issue(
+            "CHECK_DIGIT",
+            format!("{name} 校验码错误 ({std}): expected {want}, got {}", b[8] as char),
+        )
+    });
     Ok((v, bad))
 }
 
@@ -390,10 +476,62 @@ fn gender(name: &str, raw: &str) -> Result<Normalized, Issue> {
 
 /// GB/T 3304 names, in code order from 01.
 const ETHNIC_GROUPS: [&str; 56] = [
-    "汉", "蒙古", "回", "藏", "维吾尔", "苗", "彝", "壮", "布依", "朝鲜", "满", "侗", "瑶", "白", "土家", "哈尼", "哈萨克", "傣",
-    "黎", "傈僳", "佤", "畲", "高山", "拉祜", "水", "东乡", "纳西", "景颇", "柯尔克孜", "土", "达斡尔", "仫佬", "羌", "布朗",
-    "撒拉", "毛南", "仡佬", "锡伯", "阿昌", "普米", "塔吉克", "怒", "乌孜别克", "俄罗斯", "鄂温克", "德昂", "保安", "裕固",
-    "京", "塔塔尔", "独龙", "鄂伦春", "赫哲", "门巴", "珞巴", "基诺",
+    "汉",
+    "蒙古",
+    "回",
+    "藏",
+    "维吾尔",
+    "苗",
+    "彝",
+    "壮",
+    "布依",
+    "朝鲜",
+    "满",
+    "侗",
+    "瑶",
+    "白",
+    "土家",
+    "哈尼",
+    "哈萨克",
+    "傣",
+    "黎",
+    "傈僳",
+    "佤",
+    "畲",
+    "高山",
+    "拉祜",
+    "水",
+    "东乡",
+    "纳西",
+    "景颇",
+    "柯尔克孜",
+    "土",
+    "达斡尔",
+    "仫佬",
+    "羌",
+    "布朗",
+    "撒拉",
+    "毛南",
+    "仡佬",
+    "锡伯",
+    "阿昌",
+    "普米",
+    "塔吉克",
+    "怒",
+    "乌孜别克",
+    "俄罗斯",
+    "鄂温克",
+    "德昂",
+    "保安",
+    "裕固",
+    "京",
+    "塔塔尔",
+    "独龙",
+    "鄂伦春",
+    "赫哲",
+    "门巴",
+    "珞巴",
+    "基诺",
 ];
 
 fn ethnicity(name: &str, raw: &str) -> Result<Normalized, Issue> {
@@ -417,7 +555,10 @@ fn ethnicity(name: &str, raw: &str) -> Result<Normalized, Issue> {
     match v {
         "其他" => Normalized::ok("97".into()),
         "外国血统中国籍人士" | "外国血统" => Normalized::ok("98".into()),
-        _ => Err(issue("CODE_SET", format!("{name} {v:?} 不在代码表中 (GB/T 3304): expected 01-56, 97, 98 or a name such as 汉族"))),
+        _ => Err(issue(
+            "CODE_SET",
+            format!("{name} {v:?} 不在代码表中 (GB/T 3304): expected 01-56, 97, 98 or a name such as 汉族"),
+        )),
     }
 }
 
@@ -427,11 +568,13 @@ fn digits(s: &[u8]) -> Option<u32> {
     if s.is_empty() {
         return None;
     }
-    s.iter().try_fold(0u32, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0')))
+    s.iter().try_fold(0u32, |acc, &c| {
+        c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+    })
 }
 
 pub fn valid_ymd(y: u32, m: u32, d: u32) -> bool {
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let leap = (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
     let days = match m {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,
@@ -444,14 +587,21 @@ pub fn valid_ymd(y: u32, m: u32, d: u32) -> bool {
 
 /// Chinese numerals in dates: 二〇一六年六月二十三日.
 fn chinese_digits(s: &str) -> Option<String> {
-    let digit = |c: char| "〇一二三四五六七八九".chars().position(|d| d == c).or((c == '零').then_some(0));
+    let digit = |c: char| {
+        "〇一二三四五六七八九"
+            .chars()
+            .position(|d| d == c)
+            .or((c == '零').then_some(0))
+    };
     let mut out = String::new();
     let mut parts = s.split_inclusive(['年', '月', '日']);
     for part in parts.by_ref() {
         let (num, sep) = part.split_at(part.len() - part.chars().last()?.len_utf8());
         let cs: Vec<char> = num.chars().collect();
         let value = if sep == "年" {
-            cs.iter().map(|&c| digit(c).map(|d| char::from(b'0' + d as u8))).collect::<Option<String>>()?
+            cs.iter()
+                .map(|&c| digit(c).map(|d| char::from(b'0' + d as u8)))
+                .collect::<Option<String>>()?
         } else {
             // 一 .. 三十一: optional tens with 十.
             let n = match cs.as_slice() {
@@ -493,7 +643,8 @@ fn date(name: &str, raw: &str) -> Result<(u32, u32, u32), Issue> {
         )
     };
     let mut v = fold_width(raw).trim().to_owned();
-    if !v.is_ascii() && v.chars().any(|c| "〇一二三四五六七八九十零".contains(c))
+    if !v.is_ascii()
+        && v.chars().any(|c| "〇一二三四五六七八九十零".contains(c))
         && let Some(converted) = chinese_digits(&v)
     {
         v = converted;
@@ -525,7 +676,9 @@ fn datetime(name: &str, raw: &str) -> Result<Normalized, Issue> {
     let bad = || {
         issue(
             "DATETIME",
-            format!("{name} 日期时间 {raw:?} 无效 (GB/T 7408): expected YYYYMMDDhhmmss, YYYY-MM-DD hh:mm:ss or YYYYMMDDThhmmss"),
+            format!(
+                "{name} 日期时间 {raw:?} 无效 (GB/T 7408): expected YYYYMMDDhhmmss, YYYY-MM-DD hh:mm:ss or YYYYMMDDThhmmss"
+            ),
         )
     };
     // Split the date from the time: at a space or a T, or after 8 digits.
@@ -539,18 +692,21 @@ fn datetime(name: &str, raw: &str) -> Result<Normalized, Issue> {
         return Err(bad());
     };
     let (y, mo, da) = date(name, d).map_err(|_| bad())?;
-    let t: String = t
-        .replace(['时', '分'], ":")
-        .trim_end_matches(['秒', ':'])
-        .to_owned();
+    let t: String = t.replace(['时', '分'], ":").trim_end_matches(['秒', ':']).to_owned();
     let fields: Vec<&str> = if t.contains(':') {
         t.split(':').collect()
     } else if t.len() == 6 || t.len() == 4 {
-        t.as_bytes().chunks(2).filter_map(|c| std::str::from_utf8(c).ok()).collect()
+        t.as_bytes()
+            .chunks(2)
+            .filter_map(|c| std::str::from_utf8(c).ok())
+            .collect()
     } else {
         return Err(bad());
     };
-    let nums: Option<Vec<u32>> = fields.iter().map(|f| (f.len() <= 2).then(|| digits(f.as_bytes())).flatten()).collect();
+    let nums: Option<Vec<u32>> = fields
+        .iter()
+        .map(|f| (f.len() <= 2).then(|| digits(f.as_bytes())).flatten())
+        .collect();
     let (h, mi, s) = match nums.as_deref() {
         Some([h, mi]) => (*h, *mi, 0),
         Some([h, mi, s]) => (*h, *mi, *s),
@@ -569,7 +725,10 @@ fn division(name: &str, raw: &str) -> Result<Normalized, Issue> {
     let std = "GB/T 2260";
     let b = v.as_bytes();
     if !(b.len() == 6 || b.len() == 9) || !b.iter().all(u8::is_ascii_digit) {
-        return Err(issue("FORMAT", format!("{name} {v:?} 无效 ({std}): expected 6 digits (or 9 with a township)")));
+        return Err(issue(
+            "FORMAT",
+            format!("{name} {v:?} 无效 ({std}): expected 6 digits (or 9 with a township)"),
+        ));
     }
     let province = digits(&b[0..2]).unwrap_or(0);
     if !valid_province(province) {
@@ -587,9 +746,7 @@ fn strict_mobile(v: &str) -> bool {
         "3" | "8" => true,
         "4" => matches!(p3, b'5' | b'7'),
         "5" | "9" => !matches!(p3, b'4'),
-        "6" => {
-            matches!(p3, b'2' | b'5' | b'6' | b'7') || p4 == "610"
-        }
+        "6" => matches!(p3, b'2' | b'5' | b'6' | b'7') || p4 == "610",
         "7" => matches!(p3, b'0'..=b'3' | b'5'..=b'8') || (p4 == "740" && matches!(b[4], b'0'..=b'5')),
         _ => false,
     }
@@ -611,11 +768,17 @@ fn mobile(name: &str, raw: &str) -> Result<Normalized, Issue> {
     let v = mobile_digits(raw);
     let b = v.as_bytes();
     if b.len() != 11 || !b.iter().all(u8::is_ascii_digit) || b[0] != b'1' || !(b'3'..=b'9').contains(&b[1]) {
-        return Err(issue("MOBILE", format!("{name} {raw:?} 不是手机号码: expected 11 digits 1[3-9]xxxxxxxxx, optionally +86")));
+        return Err(issue(
+            "MOBILE",
+            format!("{name} {raw:?} 不是手机号码: expected 11 digits 1[3-9]xxxxxxxxx, optionally +86"),
+        ));
     }
     let mut warnings = Vec::new();
     if !strict_mobile(&v) {
-        warnings.push(issue("MOBILE_PREFIX", format!("{name} 号段 {} 未见分配 (libphonenumber)", &v[..3])));
+        warnings.push(issue(
+            "MOBILE_PREFIX",
+            format!("{name} 号段 {} 未见分配 (libphonenumber)", &v[..3]),
+        ));
     }
     Ok(Normalized { value: v, warnings })
 }
@@ -634,7 +797,10 @@ fn phone(name: &str, raw: &str) -> Result<Normalized, Issue> {
         && !folded.starts_with('-')
         && !folded.ends_with('-');
     if !ok {
-        return Err(issue("PHONE", format!("{name} {raw:?} 不是电话号码: expected digits, optionally 0510-12345678")));
+        return Err(issue(
+            "PHONE",
+            format!("{name} {raw:?} 不是电话号码: expected digits, optionally 0510-12345678"),
+        ));
     }
     Normalized::ok(folded)
 }
@@ -642,20 +808,34 @@ fn phone(name: &str, raw: &str) -> Result<Normalized, Issue> {
 fn postcode(name: &str, raw: &str) -> Result<Normalized, Issue> {
     let v = compact_code(raw);
     if v.len() != 6 || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(issue("POSTCODE", format!("{name} {raw:?} 不是邮政编码: expected 6 digits")));
+        return Err(issue(
+            "POSTCODE",
+            format!("{name} {raw:?} 不是邮政编码: expected 6 digits"),
+        ));
     }
     Normalized::ok(v)
 }
 
 fn amount(name: &str, raw: &str, scale: u8) -> Result<Normalized, Issue> {
-    let v: String = fold_width(raw).chars().filter(|c| !c.is_whitespace() && *c != ',' && *c != '¥').collect();
-    let bad = |why: &str| issue("AMOUNT", format!("{name} 金额 {raw:?} 无效: {why}; expected at most 17 digits, {scale} after the point"));
+    let v: String = fold_width(raw)
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != ',' && *c != '¥')
+        .collect();
+    let bad = |why: &str| {
+        issue(
+            "AMOUNT",
+            format!("{name} 金额 {raw:?} 无效: {why}; expected at most 17 digits, {scale} after the point"),
+        )
+    };
     let (neg, body) = match v.strip_prefix('-') {
         Some(b) => (true, b),
         None => (false, v.strip_prefix('+').unwrap_or(&v)),
     };
     let (int, frac) = body.split_once('.').unwrap_or((body, ""));
-    if int.is_empty() && frac.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return Err(bad("not a number"));
     }
     if frac.trim_end_matches('0').len() > usize::from(scale) {
@@ -673,5 +853,9 @@ fn amount(name: &str, raw: &str, scale: u8) -> Result<Normalized, Issue> {
     }
     let zero = int == "0" && frac.bytes().all(|b| b == b'0');
     let sign = if neg && !zero { "-" } else { "" };
-    Normalized::ok(if scale == 0 { format!("{sign}{int}") } else { format!("{sign}{int}.{frac}") })
+    Normalized::ok(if scale == 0 {
+        format!("{sign}{int}")
+    } else {
+        format!("{sign}{int}.{frac}")
+    })
 }

@@ -28,18 +28,36 @@ struct SourceLabel {
     source: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabel {
+    resource: String,
+}
+
+type Freshness = Arc<Mutex<crate::freshness::Tracker>>;
+
 /// Counters and state of one source.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SourceStats {
     pub rows: Counter,
     pub records: Counter,
     pub quarantined: Counter,
+    /// Warnings that travel with valid records.
+    pub warnings: Counter,
     pub files_done: Counter,
     pub files_rejected: Counter,
     error: Mutex<Option<String>>,
+    freshness: Freshness,
 }
 
 impl SourceStats {
+    /// A committed change of `resource` at `at_us`.
+    pub fn changed(&self, resource: &str, at_us: i64) {
+        self.freshness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .changed(resource, at_us);
+    }
+
     pub fn set_error(&self, e: Option<String>) {
         *self.error.lock().unwrap_or_else(|p| p.into_inner()) = e;
     }
@@ -75,6 +93,9 @@ pub struct Health {
     link: Mutex<Link>,
     registry: Registry,
     families: Families,
+    freshness: Freshness,
+    last_change: Family<ResourceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    overdue: Family<ResourceLabel, Gauge>,
     pub records_sent: Counter,
     pub records_acked: Counter,
     pub records_rejected: Counter,
@@ -86,6 +107,7 @@ pub struct Health {
 }
 
 struct Families {
+    warnings: Family<SourceLabel, Counter>,
     rows: Family<SourceLabel, Counter>,
     records: Family<SourceLabel, Counter>,
     quarantined: Family<SourceLabel, Counter>,
@@ -94,9 +116,10 @@ struct Families {
 }
 
 impl Health {
-    pub fn new(agency: &str, hub: &str, outbox: Outbox) -> Arc<Health> {
+    pub fn new(agency: &str, hub: &str, outbox: Outbox, freshness: crate::freshness::Tracker) -> Arc<Health> {
         let mut registry = Registry::with_prefix("qianzhi");
         let families = Families {
+            warnings: Family::default(),
             rows: Family::default(),
             records: Family::default(),
             quarantined: Family::default(),
@@ -113,6 +136,11 @@ impl Health {
             "source_quarantined",
             "Rows a source quarantined",
             families.quarantined.clone(),
+        );
+        registry.register(
+            "source_warnings",
+            "Warnings that travel with valid records of a source",
+            families.warnings.clone(),
         );
         registry.register(
             "source_files_done",
@@ -145,6 +173,9 @@ impl Health {
             quarantine_records: Gauge::default(),
             registry,
             families,
+            freshness: Arc::new(Mutex::new(freshness)),
+            last_change: Family::default(),
+            overdue: Family::default(),
         };
         let mut h = h;
         let r = &mut h.registry;
@@ -176,6 +207,16 @@ impl Health {
             "Records held in the local quarantine",
             h.quarantine_records.clone(),
         );
+        r.register(
+            "resource_last_change_timestamp_seconds",
+            "When a provided resource last changed (Unix time; 0 if never)",
+            h.last_change.clone(),
+        );
+        r.register(
+            "resource_overdue",
+            "1 while a provided resource is late for its update cycle (article 30)",
+            h.overdue.clone(),
+        );
         Arc::new(h)
     }
 
@@ -195,7 +236,9 @@ impl Health {
             quarantined: f.quarantined.get_or_create(&l).clone(),
             files_done: f.files_done.get_or_create(&l).clone(),
             files_rejected: f.files_rejected.get_or_create(&l).clone(),
+            warnings: f.warnings.get_or_create(&l).clone(),
             error: Mutex::default(),
+            freshness: self.freshness.clone(),
         });
         sources.push((name.to_owned(), s.clone()));
         s
@@ -270,6 +313,11 @@ impl Health {
                 error: q.error,
             },
             quarantine: q.quarantined,
+            resources: self
+                .freshness
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .report(crate::outbox::now_us()),
             sources: sources
                 .iter()
                 .map(|(name, s)| SourceStatus {
@@ -277,6 +325,7 @@ impl Health {
                     rows: s.rows.get(),
                     records: s.records.get(),
                     quarantined: s.quarantined.get(),
+                    warnings: s.warnings.get(),
                     files_done: s.files_done.get(),
                     files_rejected: s.files_rejected.get(),
                     error: s.error(),
@@ -294,6 +343,18 @@ impl Health {
             q.oldest_us
                 .map_or(0.0, |us| ((crate::outbox::now_us() - us).max(0) as f64) / 1e6),
         );
+        for r in self
+            .freshness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .report(crate::outbox::now_us())
+        {
+            let l = ResourceLabel { resource: r.resource };
+            self.last_change
+                .get_or_create(&l)
+                .set(r.last_change_us.map_or(0.0, |us| us as f64 / 1e6));
+            self.overdue.get_or_create(&l).set(i64::from(r.overdue));
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -312,6 +373,8 @@ pub struct Status {
     pub link: LinkStatus,
     pub queue: QueueStatus,
     pub quarantine: u64,
+    /// Freshness of every resource this agency provides.
+    pub resources: Vec<crate::freshness::ResourceFreshness>,
     pub sources: Vec<SourceStatus>,
 }
 
@@ -345,6 +408,7 @@ pub struct SourceStatus {
     pub rows: u64,
     pub records: u64,
     pub quarantined: u64,
+    pub warnings: u64,
     pub files_done: u64,
     pub files_rejected: u64,
     pub error: Option<String>,
@@ -436,6 +500,21 @@ pub fn render(s: &Status) -> String {
             .map_or_else(|| "-".to_owned(), |a| format!("{a:.1}s old"))
     );
     let _ = writeln!(o, "quarantine {} records", s.quarantine);
+    for r in &s.resources {
+        let last = r.last_change_us.map_or_else(
+            || "no change yet".to_owned(),
+            |us| {
+                let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64);
+                humantime::format_rfc3339_seconds(t).to_string()
+            },
+        );
+        let late = if r.overdue { "; OVERDUE" } else { "" };
+        let _ = writeln!(
+            o,
+            "resource {} {} ({}): last change {last}{late}",
+            r.resource, r.name, r.cycle
+        );
+    }
     for src in &s.sources {
         let _ = writeln!(
             o,

@@ -25,11 +25,13 @@ pub mod catalog;
 pub mod check;
 pub mod config;
 pub mod element;
+pub mod freshness;
 pub mod health;
 pub mod link;
 pub mod normalize;
 pub mod outbox;
 pub mod pki;
+pub mod quarantine;
 pub mod signal;
 pub mod source;
 
@@ -68,7 +70,10 @@ pub async fn start(
         addr: config.health_listen,
         source,
     })?;
-    let health = health::Health::new(&config.agency, &config.hub.url, outbox.clone());
+    let (stored, since_us) = outbox.read_blocking(|r| Ok((r.positions(freshness::POSITIONS)?, r.created_us()?)))?;
+    let last = stored.into_iter().filter_map(|(k, v)| Some((k, v.parse().ok()?)));
+    let tracker = freshness::Tracker::new(&config.catalog, &config.agency, last, since_us);
+    let health = health::Health::new(&config.agency, &config.hub.url, outbox.clone(), tracker);
     tasks.spawn(health::serve(listener, health.clone(), token.clone()));
     source::spawn(&config, &outbox, &health, tasks, &token);
     let link = link::Link {

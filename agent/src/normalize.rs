@@ -10,8 +10,8 @@ use prost::Message;
 use proto::v1::{Operation, Record, SourcePosition};
 
 use crate::catalog::Resource;
-use crate::element::Issue;
 use crate::config::SourceConfig;
+use crate::element::Issue;
 use crate::outbox::Quarantined;
 
 #[cfg(test)]
@@ -43,7 +43,11 @@ pub struct Origin<'a> {
 /// The result of normalizing one row.
 #[derive(Debug)]
 pub enum Outcome {
-    Record(Vec<u8>),
+    /// An encoded record and how many warnings travel with it.
+    Record {
+        bytes: Vec<u8>,
+        warnings: usize,
+    },
     Quarantine(Quarantined),
 }
 
@@ -181,7 +185,11 @@ impl Mapping {
             // The rules above are those of `Resource::check`, which the hub
             // applies to every record; debug builds prove they agree.
             debug_assert_eq!(self.resource.check(&self.agency, &record), Ok(()));
-            return Outcome::Record(record.encode_to_vec());
+            let warnings = record.warnings.len();
+            return Outcome::Record {
+                bytes: record.encode_to_vec(),
+                warnings,
+            };
         }
         Outcome::Quarantine(self.quarantine(fields, origin, problems))
     }
@@ -199,16 +207,20 @@ impl Mapping {
         }
     }
 
+    /// A quarantine entry for a row with problems. Its raw values are a JSON
+    /// object of column → text; a value that had no text (undecodable bytes,
+    /// a number where an identifier belongs) is `{"error": CODE}`, so that a
+    /// retry can never take a placeholder for data.
     fn quarantine(&self, fields: &[Field<'_>], origin: Origin<'_>, reasons: Vec<String>) -> Quarantined {
         let raw: serde_json::Map<String, serde_json::Value> = self
             .columns()
             .zip(fields)
             .filter_map(|(c, f)| {
                 let v = match f.as_ref()? {
-                    Ok(v) => v.to_string(),
-                    Err(e) => format!("<{}>", e.code),
+                    Ok(v) => serde_json::Value::String(v.to_string()),
+                    Err(e) => serde_json::json!({ "error": e.code }),
                 };
-                Some((c.to_owned(), serde_json::Value::String(v)))
+                Some((c.to_owned(), v))
             })
             .collect();
         Quarantined {

@@ -58,6 +58,42 @@ pub enum Error {
     /// The writer thread has stopped (the outbox was closed).
     #[error("outbox is closed")]
     Closed,
+    /// Another process holds the data directory.
+    #[error("{path} is locked: a qianzhi agent is running with this data directory (stop it first)")]
+    Locked { path: PathBuf },
+    #[error("cannot lock {path}: {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
+}
+
+/// The data directory's lock: held by the running agent for its lifetime,
+/// and by offline tools that change the outbox.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+impl DirLock {
+    pub fn acquire(dir: &Path) -> Result<DirLock, Error> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join("agent.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| Error::Lock {
+                path: path.clone(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path }),
+            Err(std::fs::TryLockError::Error(source)) => Err(Error::Lock { path, source }),
+        }
+    }
 }
 
 impl Error {
@@ -81,8 +117,9 @@ pub struct Write {
     /// Encoded records, in order; each gets the next sequence number.
     pub records: Vec<Vec<u8>>,
     pub quarantine: Vec<Quarantined>,
-    /// The source's capture position after these records.
-    pub position: Option<PositionUpdate>,
+    /// The source's capture positions after these records (a file's
+    /// offset, a resource's last-change time).
+    pub positions: Vec<PositionUpdate>,
 }
 
 /// Sets (`value: Some`) or clears (`None`) one position of a source.
@@ -138,6 +175,8 @@ pub struct Outbox {
 }
 
 struct Inner {
+    /// Held while the outbox is open in this process.
+    _lock: DirLock,
     path: PathBuf,
     id: String,
     max_bytes: u64,
@@ -152,43 +191,14 @@ const GROUP_MAX_COMMANDS: usize = 256;
 impl Outbox {
     /// Opens (or creates) `DIR/outbox.db` and starts the writer thread.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Outbox, Error> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
-            path: dir.to_owned(),
-            source,
-        })?;
+        let lock = DirLock::acquire(dir)?;
         let path = dir.join("outbox.db");
         let sql = |source| Error::Sqlite {
             path: path.clone(),
             source,
         };
         let writer = open_connection(&path).map_err(sql)?;
-        writer
-            .execute_batch(
-                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-                 CREATE TABLE IF NOT EXISTS records (
-                     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                     enqueued_us INTEGER NOT NULL,
-                     data BLOB NOT NULL);
-                 CREATE TABLE IF NOT EXISTS positions (
-                     source TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
-                     PRIMARY KEY (source, key));
-                 CREATE TABLE IF NOT EXISTS quarantine (
-                     id INTEGER PRIMARY KEY,
-                     at_us INTEGER NOT NULL,
-                     source TEXT NOT NULL,
-                     object TEXT NOT NULL,
-                     line INTEGER NOT NULL,
-                     resource TEXT NOT NULL,
-                     reasons TEXT NOT NULL,
-                     raw TEXT NOT NULL);",
-            )
-            .map_err(sql)?;
-        writer
-            .execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('outbox_id', ?1)",
-                [uuid::Uuid::new_v4().to_string()],
-            )
-            .map_err(sql)?;
+        create_schema(&writer).map_err(sql)?;
         let id: String = writer
             .query_row("SELECT value FROM meta WHERE key = 'outbox_id'", [], |r| r.get(0))
             .map_err(sql)?;
@@ -207,6 +217,7 @@ impl Outbox {
             })?;
         Ok(Outbox {
             inner: Arc::new(Inner {
+                _lock: lock,
                 path,
                 id,
                 max_bytes,
@@ -341,7 +352,12 @@ impl Receipt {
 /// Read-only queries on the outbox's read connection.
 pub struct Reader<'a>(&'a Connection);
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    /// Queries on a connection of the caller's (tools reading the outbox).
+    pub fn new(conn: &'a Connection) -> Reader<'a> {
+        Reader(conn)
+    }
+
     /// Records with `seq >= from`, in order, at most `max_records` and about
     /// `max_bytes` (always at least one record if there is one).
     pub fn records_from(
@@ -373,6 +389,16 @@ impl Reader<'_> {
             .optional()
     }
 
+    /// When the outbox was created (µs since the epoch).
+    pub fn created_us(&self) -> rusqlite::Result<i64> {
+        self.0
+            .query_row("SELECT value FROM meta WHERE key = 'created_us'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()
+            .map(|v| v.and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
     /// The lowest queued sequence, if any.
     pub fn first_seq(&self) -> rusqlite::Result<Option<u64>> {
         self.0
@@ -386,6 +412,11 @@ impl Reader<'_> {
             .prepare_cached("SELECT key, value FROM positions WHERE source = ?1 ORDER BY key")?;
         let rows = stmt.query_map([source], |r| Ok((r.get(0)?, r.get(1)?)))?;
         rows.collect()
+    }
+
+    /// Quarantine entries matching a filter, with their ids, oldest first.
+    pub fn held(&self, filter: &QuarantineFilter) -> rusqlite::Result<Vec<Held>> {
+        held_entries(self.0, filter)
     }
 
     /// Quarantine entries, oldest first.
@@ -405,6 +436,183 @@ impl Reader<'_> {
             })
         })?;
         rows.collect()
+    }
+}
+
+fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS records (
+             seq INTEGER PRIMARY KEY AUTOINCREMENT,
+             enqueued_us INTEGER NOT NULL,
+             data BLOB NOT NULL);
+         CREATE TABLE IF NOT EXISTS positions (
+             source TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+             PRIMARY KEY (source, key));
+         CREATE TABLE IF NOT EXISTS quarantine (
+             id INTEGER PRIMARY KEY,
+             at_us INTEGER NOT NULL,
+             source TEXT NOT NULL,
+             object TEXT NOT NULL,
+             line INTEGER NOT NULL,
+             resource TEXT NOT NULL,
+             reasons TEXT NOT NULL,
+             raw TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS discarded (
+             id INTEGER PRIMARY KEY,
+             at_us INTEGER NOT NULL,
+             reason TEXT NOT NULL,
+             who TEXT NOT NULL,
+             entry TEXT NOT NULL);",
+    )?;
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('outbox_id', ?1)",
+        [uuid::Uuid::new_v4().to_string()],
+    )?;
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('created_us', ?1)",
+        [now_us().to_string()],
+    )?;
+    Ok(())
+}
+
+/// A quarantine entry as stored, with its id and time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub id: i64,
+    pub at_us: i64,
+    pub entry: Quarantined,
+}
+
+/// Which quarantine entries a command is about.
+#[derive(Debug, Clone, Default)]
+pub struct QuarantineFilter {
+    pub ids: Vec<i64>,
+    pub source: Option<String>,
+    pub resource: Option<String>,
+    /// A rule code such as `CHECK_DIGIT`: entries with a reason that starts
+    /// with it.
+    pub rule: Option<String>,
+}
+
+impl QuarantineFilter {
+    fn matches(&self, h: &Held) -> bool {
+        (self.ids.is_empty() || self.ids.contains(&h.id))
+            && self.source.as_ref().is_none_or(|s| *s == h.entry.source)
+            && self.resource.as_ref().is_none_or(|r| *r == h.entry.resource)
+            && self
+                .rule
+                .as_ref()
+                .is_none_or(|rule| h.entry.reasons.iter().any(|x| x.starts_with(&format!("{rule}:"))))
+    }
+}
+
+fn held_entries(conn: &Connection, filter: &QuarantineFilter) -> rusqlite::Result<Vec<Held>> {
+    let mut stmt =
+        conn.prepare("SELECT id, at_us, source, object, line, resource, reasons, raw FROM quarantine ORDER BY id")?;
+    let rows = stmt.query_map([], |r| {
+        let reasons: String = r.get(6)?;
+        Ok(Held {
+            id: r.get(0)?,
+            at_us: r.get(1)?,
+            entry: Quarantined {
+                source: r.get(2)?,
+                object: r.get(3)?,
+                line: r.get::<_, i64>(4)? as u64,
+                resource: r.get(5)?,
+                reasons: serde_json::from_str(&reasons).unwrap_or_else(|_| vec![reasons]),
+                raw: r.get(7)?,
+            },
+        })
+    })?;
+    let mut out = Vec::new();
+    for h in rows {
+        let h = h?;
+        if filter.matches(&h) {
+            out.push(h);
+        }
+    }
+    Ok(out)
+}
+
+/// The outbox opened by a tool while the agent is stopped, to change the
+/// quarantine. Holds the data directory's lock.
+pub struct Offline {
+    _lock: DirLock,
+    path: PathBuf,
+    conn: Connection,
+}
+
+impl Offline {
+    pub fn open(dir: &Path) -> Result<Offline, Error> {
+        let lock = DirLock::acquire(dir)?;
+        let path = dir.join("outbox.db");
+        let conn = open_connection(&path)
+            .and_then(|c| create_schema(&c).map(|()| c))
+            .map_err(|source| Error::Sqlite {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Offline {
+            _lock: lock,
+            path,
+            conn,
+        })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> Error {
+        Error::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub fn quarantine(&self, filter: &QuarantineFilter) -> Result<Vec<Held>, Error> {
+        held_entries(&self.conn, filter).map_err(|e| self.err(e))
+    }
+
+    /// In one transaction: queues the fixed records and drops their entries,
+    /// and rewrites the reasons of entries that still fail.
+    pub fn retry(&mut self, fixed: &[(i64, Vec<u8>)], still: &[(i64, Vec<String>)]) -> Result<(), Error> {
+        let run = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            let now = now_us();
+            for (id, record) in fixed {
+                tx.execute(
+                    "INSERT INTO records (enqueued_us, data) VALUES (?1, ?2)",
+                    params![now, record],
+                )?;
+                tx.execute("DELETE FROM quarantine WHERE id = ?1", [id])?;
+            }
+            for (id, reasons) in still {
+                let reasons = serde_json::to_string(reasons).unwrap_or_default();
+                tx.execute("UPDATE quarantine SET reasons = ?2 WHERE id = ?1", params![id, reasons])?;
+            }
+            tx.commit()
+        };
+        run(&mut self.conn).map_err(|e| self.err(e))
+    }
+
+    /// Drops entries for good, keeping each with the reason and who did it.
+    pub fn discard(&mut self, entries: &[Held], reason: &str, who: &str) -> Result<(), Error> {
+        let run = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            let now = now_us();
+            for h in entries {
+                let entry = serde_json::json!({
+                    "quarantine_id": h.id, "source": h.entry.source, "object": h.entry.object, "line": h.entry.line,
+                    "resource": h.entry.resource, "reasons": h.entry.reasons, "raw": h.entry.raw,
+                })
+                .to_string();
+                tx.execute(
+                    "INSERT INTO discarded (at_us, reason, who, entry) VALUES (?1, ?2, ?3, ?4)",
+                    params![now, reason, who, entry],
+                )?;
+                tx.execute("DELETE FROM quarantine WHERE id = ?1", [h.id])?;
+            }
+            tx.commit()
+        };
+        run(&mut self.conn).map_err(|e| self.err(e))
     }
 }
 
@@ -522,7 +730,7 @@ fn apply(conn: &mut Connection, group: &[Command], stats: &mut Stats) -> rusqlit
                     insert_quarantine(&tx, now, q)?;
                     stats.quarantined += 1;
                 }
-                if let Some(p) = &w.position {
+                for p in &w.positions {
                     match &p.value {
                         Some(v) => tx.execute(
                             "INSERT INTO positions (source, key, value) VALUES (?1, ?2, ?3)

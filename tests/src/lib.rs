@@ -217,7 +217,13 @@ pub fn people_source(name: &str, path: &str, extra: &str) -> String {
 /// about 20 million): the birth date counts thousands, the sequence the rest.
 pub fn citizen_id(i: u64) -> String {
     let k = i / 1000;
-    let body = format!("320282{:04}{:02}{:02}{:03}", 1950 + k / 336, 1 + (k / 28) % 12, 1 + k % 28, i % 1000);
+    let body = format!(
+        "320282{:04}{:02}{:02}{:03}",
+        1950 + k / 336,
+        1 + (k / 28) % 12,
+        1 + k % 28,
+        i % 1000
+    );
     let check = agent::element::citizen_check(body.as_bytes());
     format!("{body}{check}")
 }
@@ -340,6 +346,11 @@ pub struct Hub {
 
 impl Hub {
     pub async fn start(world: &World, port: u16) -> Hub {
+        Hub::start_with_catalog(world, port, CATALOG).await
+    }
+
+    /// A hub validating against `catalog` instead of the example catalog.
+    pub async fn start_with_catalog(world: &World, port: u16, catalog: &str) -> Hub {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind hub");
@@ -351,7 +362,7 @@ impl Hub {
         )
         .expect("hub tls");
         let store = Arc::new(Store::open(&world.store_path()).expect("store"));
-        let catalog = Arc::new(agent::catalog::Catalog::from_toml_str(CATALOG).expect("catalog"));
+        let catalog = Arc::new(agent::catalog::Catalog::from_toml_str(catalog).expect("catalog"));
         let token = CancellationToken::new();
         let t = token.clone();
         let task = tokio::spawn(async move {

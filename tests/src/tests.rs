@@ -3,4 +3,5 @@ mod crash;
 mod delivery;
 mod folder;
 mod normalization;
+mod quarantine;
 mod refusal;

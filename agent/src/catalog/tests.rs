@@ -88,7 +88,8 @@ fn canonical_forms() {
         (ItemType::Date, "2016-06-23", Some("20160623")),
         (ItemType::Date, "20000229", Some("20000229")),
         (ItemType::Date, "19000229", None),
-        (ItemType::Date, "2016-6-23", None),
+        (ItemType::Date, "2016-6-23", Some("20160623")),
+        (ItemType::Date, "16-6-23", None),
         (ItemType::Datetime, "2016-06-23 14:05:00", Some("20160623140500")),
         (ItemType::Datetime, "20160623250000", None),
     ];
@@ -143,5 +144,10 @@ element = "CPH"
     assert_eq!(norm("C", "苏B12345"), Ok("苏B12345".into()));
     assert_eq!(norm("C", "苏b12345"), Err("PATTERN"));
     let unknown = text.replace("element = \"CPH\"", "element = \"NOPE\"");
-    assert!(Catalog::from_toml_str(&unknown).unwrap_err().to_string().contains("NOPE"));
+    assert!(
+        Catalog::from_toml_str(&unknown)
+            .unwrap_err()
+            .to_string()
+            .contains("NOPE")
+    );
 }

@@ -6,7 +6,11 @@ use super::*;
 fn check(rule: Rule, raw: &str) -> String {
     match rule.normalize("x", raw) {
         Ok(n) if n.warnings.is_empty() => n.value,
-        Ok(n) => format!("{} ~{}", n.value, n.warnings.iter().map(|w| w.code).collect::<Vec<_>>().join(",")),
+        Ok(n) => format!(
+            "{} ~{}",
+            n.value,
+            n.warnings.iter().map(|w| w.code).collect::<Vec<_>>().join(",")
+        ),
         Err(e) => format!("!{}", e.code),
     }
 }
@@ -36,13 +40,21 @@ fn citizen_ids() {
         assert_eq!(check(Rule::CitizenId, raw), want, "{raw}");
     }
     // The normalization vector: full-width digits fold to this value.
-    assert_eq!(compact_code("３２０２８２１９０００１０１９９９Ｘ"), "32028219000101999X");
+    assert_eq!(
+        compact_code("３２０２８２１９０００１０１９９９Ｘ"),
+        "32028219000101999X"
+    );
 }
 
 #[test]
 fn check_digit_message_names_standard_and_expected() {
-    let e = Rule::CitizenId.normalize("公民身份号码", "320282199001019990").unwrap_err();
-    assert_eq!(e.to_string(), "CHECK_DIGIT: 公民身份号码 校验位错误 (GB 11643): expected 5, got 0");
+    let e = Rule::CitizenId
+        .normalize("公民身份号码", "320282199001019990")
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "CHECK_DIGIT: 公民身份号码 校验位错误 (GB 11643): expected 5, got 0"
+    );
 }
 
 #[test]
@@ -89,10 +101,24 @@ fn org_codes() {
 
 #[test]
 fn dates_and_times() {
-    for raw in ["2016年6月23日", "２０１６年６月２３日", "2016.6.23", "2016/06/23", "2016-06-23", "20160623", "二〇一六年六月二十三日"] {
+    for raw in [
+        "2016年6月23日",
+        "２０１６年６月２３日",
+        "2016.6.23",
+        "2016/06/23",
+        "2016-06-23",
+        "20160623",
+        "二〇一六年六月二十三日",
+    ] {
         assert_eq!(check(Rule::Date, raw), "20160623", "{raw}");
     }
-    for (raw, want) in [("1999-02-30", "!DATE"), ("2016-13-01", "!DATE"), ("16/6/23", "!DATE"), ("20000229", "20000229"), ("19000229", "!DATE")] {
+    for (raw, want) in [
+        ("1999-02-30", "!DATE"),
+        ("2016-13-01", "!DATE"),
+        ("16/6/23", "!DATE"),
+        ("20000229", "20000229"),
+        ("19000229", "!DATE"),
+    ] {
         assert_eq!(check(Rule::Date, raw), want, "{raw}");
     }
     for (raw, want) in [
@@ -188,19 +214,36 @@ fn random_uscc(g: &mut Gen) -> String {
 /// Full-width, spaced and lower-case variants of a code.
 fn variants(v: &str) -> Vec<String> {
     let full: String = v.chars().map(|c| char::from_u32(c as u32 + 0xFEE0).unwrap()).collect();
-    let spaced: String = v.chars().enumerate().flat_map(|(i, c)| if i % 4 == 3 { vec![c, ' '] } else { vec![c] }).collect();
-    vec![v.to_owned(), full, format!(" {spaced}\u{3000}"), v.to_lowercase(), format!("{}-{}", &v[..6], &v[6..])]
+    let spaced: String = v
+        .chars()
+        .enumerate()
+        .flat_map(|(i, c)| if i % 4 == 3 { vec![c, ' '] } else { vec![c] })
+        .collect();
+    vec![
+        v.to_owned(),
+        full,
+        format!(" {spaced}\u{3000}"),
+        v.to_lowercase(),
+        format!("{}-{}", &v[..6], &v[6..]),
+    ]
 }
 
 #[test]
 fn valid_codes_round_trip_and_their_variants_agree() {
     let mut g = Gen(0x9E37_79B9_7F4A_7C15);
     for _ in 0..2000 {
-        for (rule, v) in [(Rule::CitizenId, random_citizen_id(&mut g)), (Rule::Uscc, random_uscc(&mut g))] {
+        for (rule, v) in [
+            (Rule::CitizenId, random_citizen_id(&mut g)),
+            (Rule::Uscc, random_uscc(&mut g)),
+        ] {
             let canonical = rule.normalize("x", &v).unwrap_or_else(|e| panic!("{v}: {e}")).value;
             assert_eq!(canonical, v);
             for variant in variants(&v) {
-                assert_eq!(rule.normalize("x", &variant).map(|n| n.value), Ok(v.clone()), "{variant:?}");
+                assert_eq!(
+                    rule.normalize("x", &variant).map(|n| n.value),
+                    Ok(v.clone()),
+                    "{variant:?}"
+                );
             }
         }
     }
@@ -209,14 +252,29 @@ fn valid_codes_round_trip_and_their_variants_agree() {
 #[test]
 fn no_input_panics_and_canonical_values_are_fixed_points() {
     let mut g = Gen(42);
-    let alphabet: Vec<char> = "0123456789Xx-/. 年月日时分秒:T+E,一二〇十ＡＢ１２　\u{200B}汉族男".chars().collect();
+    let alphabet: Vec<char> = "0123456789Xx-/. 年月日时分秒:T+E,一二〇十ＡＢ１２　\u{200B}汉族男"
+        .chars()
+        .collect();
     let rules = [
-        Rule::CitizenId, Rule::Uscc, Rule::OrgCode, Rule::Gender, Rule::Ethnicity, Rule::Date, Rule::DateTime, Rule::Division,
-        Rule::Mobile, Rule::Phone, Rule::Postcode, Rule::Text, Rule::Amount(2),
+        Rule::CitizenId,
+        Rule::Uscc,
+        Rule::OrgCode,
+        Rule::Gender,
+        Rule::Ethnicity,
+        Rule::Date,
+        Rule::DateTime,
+        Rule::Division,
+        Rule::Mobile,
+        Rule::Phone,
+        Rule::Postcode,
+        Rule::Text,
+        Rule::Amount(2),
     ];
     for _ in 0..20_000 {
         let len = g.next(24) as usize;
-        let s: String = (0..len).map(|_| alphabet[g.next(alphabet.len() as u64) as usize]).collect();
+        let s: String = (0..len)
+            .map(|_| alphabet[g.next(alphabet.len() as u64) as usize])
+            .collect();
         for rule in rules {
             if let Ok(n) = rule.normalize("x", &s) {
                 let again = rule.normalize("x", &n.value).map(|m| m.value);

@@ -1,9 +1,9 @@
 use std::borrow::Cow;
 
 use super::*;
-use crate::element::Issue;
 use crate::catalog::Catalog;
 use crate::config::{AfterDone, Completion, Encoding, FileFormat, SourceConfig, SourceKind};
+use crate::element::Issue;
 
 fn mapping(op_column: Option<&str>) -> Mapping {
     let catalog = Catalog::from_toml_str(include_str!("../../../deploy/catalog.example.toml")).unwrap();
@@ -38,11 +38,16 @@ fn check(row: &[Option<&str>], op_column: Option<&str>) -> String {
         },
         0,
     ) {
-        Outcome::Record(bytes) => {
+        Outcome::Record { bytes, .. } => {
             let r = Record::decode(bytes.as_slice()).unwrap();
             let mut items: Vec<_> = r.items.into_iter().collect();
             items.sort();
-            format!("{:?} {:?} {items:?} {:?}", Operation::try_from(r.op).unwrap(), r.key, r.warnings)
+            format!(
+                "{:?} {:?} {items:?} {:?}",
+                Operation::try_from(r.op).unwrap(),
+                r.key,
+                r.warnings
+            )
         }
         Outcome::Quarantine(q) => format!("quarantine {}", q.reasons.join(" | ")),
     }
@@ -55,7 +60,11 @@ fn rows() {
     type Case<'a> = (&'a [Option<&'a str>], Option<&'a str>, &'a str);
     let cases: &[Case<'_>] = &[
         (
-            &[Some(" 320282199001019995\u{3000}"), Some(" 张伟 "), Some("1990年1月1日")],
+            &[
+                Some(" 320282199001019995\u{3000}"),
+                Some(" 张伟 "),
+                Some("1990年1月1日"),
+            ],
             None,
             r#"Upsert ["320282199001019995"] [("DE00001", "320282199001019995"), ("DE00002", "张伟"), ("DE00004", "19900101")] []"#,
         ),
@@ -64,16 +73,32 @@ fn rows() {
             None,
             r#"Upsert ["320282198001011235"] [("DE00001", "320282198001011235"), ("DE00002", "张伟")] ["UPGRADED_15: 公民身份号码 由 15 位升级为 18 位 (GB 11643): 320282800101123 → 320282198001011235 (列 id → DE00001)"]"#,
         ),
-        (&[Some(ID), Some(""), None], None, "quarantine MISSING_REQUIRED: 必填项 姓名 (DE00002) 为空"),
-        (&[None, Some("x"), None], None, "quarantine MISSING_KEY: 主键项 公民身份号码 (DE00001) 为空"),
+        (
+            &[Some(ID), Some(""), None],
+            None,
+            "quarantine MISSING_REQUIRED: 必填项 姓名 (DE00002) 为空",
+        ),
+        (
+            &[None, Some("x"), None],
+            None,
+            "quarantine MISSING_KEY: 主键项 公民身份号码 (DE00001) 为空",
+        ),
         (
             &[Some("320282199001019990"), Some("x"), Some("1999-02-30")],
             None,
             "quarantine CHECK_DIGIT: 公民身份号码 校验位错误 (GB 11643): expected 5, got 0 (列 id → DE00001) | \
              DATE: 出生日期 日期 \"1999-02-30\" 无效 (GB/T 7408): no such day; expected YYYYMMDD, YYYY-MM-DD, YYYY/M/D, YYYY.M.D or YYYY年M月D日 (列 born → DE00004)",
         ),
-        (&[Some(ID), None, None, Some("D")], Some("op"), r#"Delete ["320282199001019995"] [("DE00001", "320282199001019995")] []"#),
-        (&[Some(ID), Some("x"), None, Some("删除")], Some("op"), r#"Delete ["320282199001019995"] [("DE00001", "320282199001019995")] []"#),
+        (
+            &[Some(ID), None, None, Some("D")],
+            Some("op"),
+            r#"Delete ["320282199001019995"] [("DE00001", "320282199001019995")] []"#,
+        ),
+        (
+            &[Some(ID), Some("x"), None, Some("删除")],
+            Some("op"),
+            r#"Delete ["320282199001019995"] [("DE00001", "320282199001019995")] []"#,
+        ),
         (
             &[Some(ID), Some("x"), None, Some("X")],
             Some("op"),
@@ -96,7 +121,11 @@ fn undecodable_field_is_quarantined_with_raw_values() {
         code: "UNDECODABLE",
         message: "无法解码: invalid UTF-8 at byte 2".into(),
     };
-    let fields: Vec<Field<'_>> = vec![Some(Ok(Cow::Borrowed("320282199001019995"))), Some(Err(undecodable)), None];
+    let fields: Vec<Field<'_>> = vec![
+        Some(Ok(Cow::Borrowed("320282199001019995"))),
+        Some(Err(undecodable)),
+        None,
+    ];
     let Outcome::Quarantine(q) = mapping(None).normalize(
         &fields,
         Origin {
@@ -108,6 +137,9 @@ fn undecodable_field_is_quarantined_with_raw_values() {
         panic!("expected a quarantine entry");
     };
     assert_eq!(q.line, 9);
-    assert_eq!(q.reasons[0], "UNDECODABLE: 无法解码: invalid UTF-8 at byte 2 (列 name → DE00002)");
+    assert_eq!(
+        q.reasons[0],
+        "UNDECODABLE: 无法解码: invalid UTF-8 at byte 2 (列 name → DE00002)"
+    );
     assert!(q.raw.contains("\"id\":\"320282199001019995\""), "{}", q.raw);
 }

@@ -81,11 +81,11 @@ async fn position_records_and_quarantine_commit_together() {
     ob.write(Write {
         records: records(2, "a"),
         quarantine: vec![q.clone()],
-        position: Some(PositionUpdate {
+        positions: vec![PositionUpdate {
             source: "s".into(),
             key: "file:f.csv".into(),
             value: Some("p1".into()),
-        }),
+        }],
     })
     .await
     .unwrap();
@@ -94,11 +94,11 @@ async fn position_records_and_quarantine_commit_together() {
     assert_eq!(ob.read(|r| r.quarantine(10)).await.unwrap(), vec![q]);
     assert_eq!(ob.stats().quarantined, 1);
     ob.write(Write {
-        position: Some(PositionUpdate {
+        positions: vec![PositionUpdate {
             source: "s".into(),
             key: "file:f.csv".into(),
             value: None,
-        }),
+        }],
         ..Write::default()
     })
     .await

@@ -139,11 +139,11 @@ impl Folder {
             if !self.config.path.join(name).exists() {
                 self.outbox
                     .write(Write {
-                        position: Some(PositionUpdate {
+                        positions: vec![PositionUpdate {
                             source: self.config.name.clone(),
                             key,
                             value: None,
-                        }),
+                        }],
                         ..Write::default()
                     })
                     .await?;
@@ -280,11 +280,11 @@ impl Folder {
                 self.finish(name, &path).await?;
                 self.outbox
                     .write(Write {
-                        position: Some(PositionUpdate {
+                        positions: vec![PositionUpdate {
                             source,
                             key,
                             value: None,
-                        }),
+                        }],
                         ..Write::default()
                     })
                     .await
@@ -423,6 +423,7 @@ impl FileJob {
         let mut receipts: std::collections::VecDeque<Receipt> = Default::default();
         let mut write = Write::default();
         let mut bytes = 0;
+        let mut warnings = 0u64;
         let mut pos = from;
         loop {
             let now = outbox::now_us();
@@ -434,9 +435,10 @@ impl FileJob {
                 pos = next;
                 self.stats.rows.inc();
                 match row {
-                    Row::Outcome(Outcome::Record(r)) => {
+                    Row::Outcome(Outcome::Record { bytes: r, warnings: w }) => {
                         bytes += r.len();
                         write.records.push(r);
+                        warnings += w as u64;
                     }
                     Row::Outcome(Outcome::Quarantine(q)) | Row::Unreadable(q) => {
                         bytes += q.raw.len();
@@ -447,7 +449,15 @@ impl FileJob {
             let full = write.records.len() + write.quarantine.len() >= CHUNK_ROWS || bytes >= CHUNK_BYTES;
             if full || done {
                 let (records, quarantined) = (write.records.len() as u64, write.quarantine.len() as u64);
-                write.position = Some(PositionUpdate {
+                if records > 0 {
+                    // The resource changed: its freshness commits with the records.
+                    write.positions.push(PositionUpdate {
+                        source: crate::freshness::POSITIONS.to_owned(),
+                        key: self.mapping.resource().code.clone(),
+                        value: Some(now.to_string()),
+                    });
+                }
+                write.positions.push(PositionUpdate {
                     source: self.config.name.clone(),
                     key: self.key.clone(),
                     value: Some(
@@ -482,6 +492,10 @@ impl FileJob {
                 }
                 self.stats.records.inc_by(records);
                 self.stats.quarantined.inc_by(quarantined);
+                self.stats.warnings.inc_by(std::mem::take(&mut warnings));
+                if records > 0 {
+                    self.stats.changed(&self.mapping.resource().code, now);
+                }
                 if done {
                     return Ok(());
                 }

@@ -87,7 +87,8 @@ impl CsvRows {
             } else {
                 field
             };
-            let name = decode(field, charset).map_err(|e| Unreadable(format!("header column {}: {}", i + 1, e.message)))?;
+            let name =
+                decode(field, charset).map_err(|e| Unreadable(format!("header column {}: {}", i + 1, e.message)))?;
             names.push(crate::normalize::trim(&name).to_owned());
         }
         let index = bind_header(mapping, &names)?;
@@ -267,7 +268,12 @@ impl XlsxRows {
             return Err(Unreadable("empty worksheet: no header row".into()));
         }
         let names: Vec<String> = (0..range.width())
-            .map(|c| range.get((0, c)).map(|d| crate::normalize::trim(&d.to_string()).to_owned()).unwrap_or_default())
+            .map(|c| {
+                range
+                    .get((0, c))
+                    .map(|d| crate::normalize::trim(&d.to_string()).to_owned())
+                    .unwrap_or_default()
+            })
             .collect();
         let index = bind_header(mapping, &names)?;
         Ok(XlsxRows {
@@ -282,8 +288,11 @@ impl XlsxRows {
         while self.row < self.range.height() {
             let r = self.row;
             self.row += 1;
-            let cells: Vec<Option<&calamine::Data>> =
-                self.index.iter().map(|i| i.and_then(|c| self.range.get((r, c)))).collect();
+            let cells: Vec<Option<&calamine::Data>> = self
+                .index
+                .iter()
+                .map(|i| i.and_then(|c| self.range.get((r, c))))
+                .collect();
             if cells.iter().all(|c| c.is_none_or(|d| *d == calamine::Data::Empty)) {
                 continue;
             }
@@ -295,9 +304,15 @@ impl XlsxRows {
                 line: line + 1,
                 rows: self.rows,
             };
-            let fields: Vec<Field<'_>> =
-                cells.iter().zip(mapping.column_items()).map(|(c, item)| c.and_then(|d| cell(d, item))).collect();
-            return Ok(Some((Row::Outcome(mapping.normalize(&fields, Origin { object, line }, now_us)), pos)));
+            let fields: Vec<Field<'_>> = cells
+                .iter()
+                .zip(mapping.column_items())
+                .map(|(c, item)| c.and_then(|d| cell(d, item)))
+                .collect();
+            return Ok(Some((
+                Row::Outcome(mapping.normalize(&fields, Origin { object, line }, now_us)),
+                pos,
+            )));
         }
         Ok(None)
     }
@@ -357,7 +372,12 @@ pub fn cell(d: &calamine::Data, item: Option<&crate::catalog::Item>) -> Field<'s
 /// Finds each mapped column in a header, or says which are missing.
 fn bind_header(mapping: &Mapping, names: &[String]) -> Result<Vec<Option<usize>>, Unreadable> {
     let index: Vec<Option<usize>> = mapping.columns().map(|c| names.iter().position(|n| n == c)).collect();
-    let missing: Vec<&str> = mapping.columns().zip(&index).filter(|(_, i)| i.is_none()).map(|(c, _)| c).collect();
+    let missing: Vec<&str> = mapping
+        .columns()
+        .zip(&index)
+        .filter(|(_, i)| i.is_none())
+        .map(|(c, _)| c)
+        .collect();
     if !missing.is_empty() {
         return Err(Unreadable(format!(
             "header lacks mapped column(s) {}; the header has: {}",

@@ -103,7 +103,14 @@ fn bench_normalize(rows: u64) {
     for n in 0..rows {
         let row = &inputs[(n % distinct) as usize];
         let fields: Vec<Field<'_>> = row.iter().map(|v| Some(Ok(Cow::Borrowed(v.as_str())))).collect();
-        if let Outcome::Record(r) = mapping.normalize(&fields, Origin { object: "bench.csv", line: n }, 0) {
+        if let Outcome::Record { bytes: r, .. } = mapping.normalize(
+            &fields,
+            Origin {
+                object: "bench.csv",
+                line: n,
+            },
+            0,
+        ) {
             ok += 1;
             bytes += r.len();
         }
@@ -121,10 +128,16 @@ fn bench_normalize(rows: u64) {
 #[tokio::main]
 async fn main() {
     if std::env::args().nth(1).as_deref() == Some("normalize") {
-        let rows = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(2_000_000);
+        let rows = std::env::args()
+            .nth(2)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(2_000_000);
         return bench_normalize(rows);
     }
-    let rows: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let rows: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let w = World::new();
     println!("scratch folder {}", w.dir.path().display());
     let hub_port = free_port();

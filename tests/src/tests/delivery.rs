@@ -45,6 +45,21 @@ async fn dropped_files_reach_the_hub_once_in_every_format() {
     assert_hub_holds(&w.store_path(), 0..700);
     assert_eq!(w.files_in("drop/people/done"), ["a.csv", "b.csv", "c.jsonl"]);
     assert_eq!(agent.status().quarantine, 0);
+
+    // Freshness: the people resource changed just now; the legal-person
+    // resource is another agency's and not listed.
+    let resources = agent.status().resources;
+    assert_eq!(resources.len(), 1);
+    let people = &resources[0];
+    assert_eq!(
+        (people.resource.as_str(), people.cycle.as_str(), people.overdue),
+        (PEOPLE, "实时", false)
+    );
+    let changed = people.last_change_us.expect("a change is recorded");
+    // It survives a restart (it is committed with the records).
+    agent.stop().await;
+    let agent = Agent::start(&w.path("agent.toml")).await;
+    assert_eq!(agent.status().resources[0].last_change_us, Some(changed));
     agent.stop().await;
     hub.stop().await;
 }
@@ -75,6 +90,10 @@ async fn queue_grows_while_the_hub_is_down_and_drains_in_order() {
     let metrics = agent::health::fetch(&addr, "/metrics").unwrap();
     assert!(metrics.contains("qianzhi_outbox_records 3000"), "{metrics}");
     assert!(metrics.contains("qianzhi_link_up 0"), "{metrics}");
+    assert!(
+        metrics.contains("qianzhi_resource_overdue{resource=\"1010100/0001\"} 0"),
+        "{metrics}"
+    );
     assert_eq!(export(&w.store_path(), false).len(), 0);
 
     let hub = Hub::start(&w, hub_port).await;
