@@ -106,6 +106,9 @@ struct RawElement {
     /// The standard the element comes from, for messages.
     #[serde(default)]
     standard: Option<String>,
+    /// Digits after the point, for a decimal amount (`n..17,2` is 2).
+    #[serde(default)]
+    scale: Option<u8>,
 }
 
 /// A custom data element, compiled.
@@ -119,6 +122,7 @@ pub struct CustomElement {
     pub pattern: Option<regex::Regex>,
     pub codes: Option<Vec<String>>,
     pub standard: String,
+    pub scale: Option<u8>,
 }
 
 /// What an item's values are checked against.
@@ -218,6 +222,7 @@ impl Catalog {
                     max_len: e.max_len,
                     pattern,
                     codes: e.codes,
+                    scale: e.scale,
                 }),
             );
         }
@@ -318,7 +323,10 @@ impl Item {
                 (n, Some(self.max_len.map_or(e.max_len, |m| m.min(e.max_len))), None)
             }
             ValueRule::Custom(c) => {
-                let n = plain(c.kind, &self.name, raw)?;
+                let n = match (c.kind, c.scale) {
+                    (ItemType::Decimal, Some(scale)) => element::Rule::Amount(scale).normalize(&self.name, raw)?,
+                    (kind, _) => plain(kind, &self.name, raw)?,
+                };
                 if let Some(p) = &c.pattern
                     && !p.is_match(&n.value)
                 {

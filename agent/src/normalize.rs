@@ -23,8 +23,8 @@ pub struct Mapping {
     agency: String,
     source: String,
     resource: Resource,
-    /// (column, index of the item in `resource.items`).
-    columns: Vec<(String, usize)>,
+    /// (column, index of the item in `resource.items`, transforms).
+    columns: Vec<(String, usize, Vec<crate::config::Transform>)>,
     op_column: Option<String>,
 }
 
@@ -60,7 +60,11 @@ impl Mapping {
             .iter()
             .filter_map(|(col, element)| {
                 let idx = resource.items.iter().position(|i| i.id == *element)?;
-                Some((col.clone(), idx))
+                Some((
+                    col.clone(),
+                    idx,
+                    source.transforms.get(col).cloned().unwrap_or_default(),
+                ))
             })
             .collect();
         Mapping {
@@ -77,7 +81,7 @@ impl Mapping {
     pub fn columns(&self) -> impl Iterator<Item = &str> {
         self.columns
             .iter()
-            .map(|(c, _)| c.as_str())
+            .map(|(c, _, _)| c.as_str())
             .chain(self.op_column.as_deref())
     }
 
@@ -86,7 +90,7 @@ impl Mapping {
     pub fn column_items(&self) -> impl Iterator<Item = Option<&crate::catalog::Item>> {
         self.columns
             .iter()
-            .map(|(_, idx)| self.resource.items.get(*idx))
+            .map(|(_, idx, _)| self.resource.items.get(*idx))
             .chain(self.op_column.as_ref().map(|_| None))
     }
 
@@ -107,7 +111,7 @@ impl Mapping {
         let mut items = std::collections::BTreeMap::new();
         // Items whose value was present but bad: not reported again as missing.
         let mut bad: Vec<&str> = Vec::new();
-        for ((column, idx), field) in self.columns.iter().zip(fields) {
+        for ((column, idx, transforms), field) in self.columns.iter().zip(fields) {
             let item = &self.resource.items[*idx];
             match field {
                 None => {}
@@ -116,6 +120,13 @@ impl Mapping {
                     problems.push(format!("{e} (列 {column} → {})", item.id));
                 }
                 Some(Ok(raw)) => {
+                    let transformed;
+                    let raw: &str = if transforms.is_empty() {
+                        raw
+                    } else {
+                        transformed = transforms.iter().fold(trim(raw).to_owned(), |v, t| t.apply(&v));
+                        &transformed
+                    };
                     let v = trim(raw);
                     if v.is_empty() {
                         continue;

@@ -108,6 +108,12 @@ codes = ["111", "414"]
 standard = "GA/T 2000.156"
 
 [[element]]
+id = "FKJE"
+name = "罚款金额"
+type = "decimal"
+scale = 2
+
+[[element]]
 id = "CPH"
 name = "车牌号"
 pattern = "[京津沪渝苏浙][A-Z][A-Z0-9]{5}"
@@ -133,6 +139,10 @@ element = "ZJLX"
 id = "C"
 name = "车牌"
 element = "CPH"
+[[resource.item]]
+id = "D"
+name = "罚款"
+element = "FKJE"
 "#;
     let c = Catalog::from_toml_str(text).unwrap();
     let r = c.resource("R").unwrap();
@@ -143,6 +153,8 @@ element = "CPH"
     assert_eq!(norm("B", "999"), Err("CODE_SET"));
     assert_eq!(norm("C", "苏B12345"), Ok("苏B12345".into()));
     assert_eq!(norm("C", "苏b12345"), Err("PATTERN"));
+    assert_eq!(norm("D", "200"), Ok("200.00".into()));
+    assert_eq!(norm("D", "1.234"), Err("AMOUNT"));
     let unknown = text.replace("element = \"CPH\"", "element = \"NOPE\"");
     assert!(
         Catalog::from_toml_str(&unknown)

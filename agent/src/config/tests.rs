@@ -74,6 +74,28 @@ fn sources_are_checked_against_the_catalog() {
 }
 
 #[test]
+fn transforms_are_checked_when_the_config_loads() {
+    let with = |t: &str| format!("{GOOD}[source.transforms]\n{t}\n");
+    let c = parse(&with("\"姓名\" = [\"remove_spaces\", \"map:无=未知\"]")).unwrap();
+    let t = &c.sources[0].transforms["姓名"];
+    assert_eq!(
+        t,
+        &vec![Transform::RemoveSpaces, Transform::Map("无".into(), "未知".into())]
+    );
+    assert_eq!(t.iter().fold(" 无 ".to_owned(), |v, t| t.apply(&v)), "未知");
+    let m = message(&with("\"姓名\" = [\"reverse\"]"));
+    assert!(
+        m.contains("source.people.transforms.姓名") && m.contains("unknown transform") && m.contains(":19:"),
+        "{m}"
+    );
+    let m = message(&with("\"电话\" = [\"digits_only\"]"));
+    assert!(
+        m.contains("transforms.电话") && m.contains("not in source.people.columns"),
+        "{m}"
+    );
+}
+
+#[test]
 fn sizes_parse() {
     assert_eq!(parse_size("512MiB"), Some(512 << 20));
     assert_eq!(parse_size("2GB"), Some(2_000_000_000));

@@ -19,6 +19,11 @@ fn mapping(op_column: Option<&str>) -> Mapping {
         rescan: std::time::Duration::ZERO,
         after: AfterDone::Move,
         op_column: op_column.map(str::to_owned),
+        transforms: [(
+            "id".to_owned(),
+            vec![crate::config::Transform::StripPrefix("ID:".into())],
+        )]
+        .into(),
         columns: vec![
             ("id".into(), "DE00001".into()),
             ("name".into(), "DE00002".into()),
@@ -77,6 +82,11 @@ fn rows() {
             &[Some(ID), Some(""), None],
             None,
             "quarantine MISSING_REQUIRED: 必填项 姓名 (DE00002) 为空",
+        ),
+        (
+            &[Some("ID:320282199001019995"), Some("x"), None],
+            None,
+            r#"Upsert ["320282199001019995"] [("DE00001", "320282199001019995"), ("DE00002", "x")] []"#,
         ),
         (
             &[None, Some("x"), None],

@@ -404,3 +404,46 @@ impl Rows {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use calamine::{Data, ExcelDateTime, ExcelDateTimeType};
+
+    use super::*;
+
+    fn text(d: &Data, item: &str) -> Result<String, &'static str> {
+        let catalog =
+            crate::catalog::Catalog::from_toml_str(include_str!("../../../deploy/catalog.example.toml")).unwrap();
+        let item = catalog.resource("1010100/0001").unwrap().item(item).unwrap();
+        match cell(d, Some(item)) {
+            Some(Ok(v)) => Ok(v.into_owned()),
+            Some(Err(e)) => Err(e.code),
+            None => Err("empty"),
+        }
+    }
+
+    #[test]
+    fn excel_serial_dates_in_both_systems() {
+        // shared/standards.md: serials 42544 / 59 / 61 in the 1900 system.
+        assert_eq!(text(&Data::Float(42544.0), "DE00004"), Ok("2016-06-23".into()));
+        assert_eq!(text(&Data::Int(59), "DE00004"), Ok("1900-02-28".into()));
+        assert_eq!(text(&Data::Int(61), "DE00004"), Ok("1900-03-01".into()));
+        let d1904 = Data::DateTime(ExcelDateTime::new(0.0, ExcelDateTimeType::DateTime, true));
+        assert_eq!(text(&d1904, "DE00004"), Ok("1904-01-01".into()));
+        let d1900 = Data::DateTime(ExcelDateTime::new(42544.0, ExcelDateTimeType::DateTime, false));
+        assert_eq!(text(&d1900, "DE00008"), Ok("2016-06-23".into()));
+    }
+
+    #[test]
+    fn numbers_never_stand_for_identifiers() {
+        assert_eq!(
+            text(&Data::Float(3.20282199001019e17), "DE00001"),
+            Err("NUMERIC_IDENTIFIER")
+        );
+        assert_eq!(text(&Data::Int(214200), "DE00001"), Err("NUMERIC_IDENTIFIER"));
+        // A mobile number is exact as a number; a name is not an identifier.
+        assert_eq!(text(&Data::Float(13912345678.0), "DE00007"), Ok("13912345678".into()));
+        assert_eq!(text(&Data::Int(1), "DE00003"), Ok("1".into()));
+        assert_eq!(text(&Data::Empty, "DE00002"), Err("empty"));
+    }
+}
