@@ -102,3 +102,11 @@ fn sizes_parse() {
     assert_eq!(parse_size("10"), Some(10));
     assert_eq!(parse_size("1.5GB"), None);
 }
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let text = include_str!("../../../deploy/agent.example.toml");
+    let c = Config::from_toml_str(text, Path::new("/etc/qianzhi/agent.toml"), |_| Ok(CATALOG.to_owned())).unwrap();
+    assert_eq!(c.sources[0].columns.len(), 8);
+    assert_eq!(c.health_listen.to_string(), "127.0.0.1:9720");
+}
