@@ -34,6 +34,7 @@ pub mod pki;
 pub mod quarantine;
 pub mod signal;
 pub mod source;
+pub mod systemd;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +85,7 @@ pub async fn start(
         health: health.clone(),
     };
     tasks.spawn(link.run(token.clone()));
+    tasks.spawn(systemd::run(health.clone(), outbox.clone(), token.clone()));
     tracing::info!(
         agency = %config.agency,
         outbox = %outbox.id(),

@@ -291,14 +291,19 @@ async fn run(config: Config) -> ExitCode {
     let grace = config.shutdown_grace;
     let token = CancellationToken::new();
     let tasks = TaskTracker::new();
-    if let Err(e) = agent::start(config, &tasks, token.clone()).await {
-        eprintln!("qianzhi: cannot start: {e}");
-        return ExitCode::FAILURE;
-    }
+    let running = match agent::start(config, &tasks, token.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("qianzhi: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    agent::systemd::ready(&running.health);
     tokio::select! {
         () = agent::signal::shutdown() => info!("received shutdown signal"),
         () = token.cancelled() => warn!("fatal task error; shutting down"),
     }
+    agent::systemd::stopping();
     token.cancel();
     tasks.close();
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {

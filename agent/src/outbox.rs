@@ -166,6 +166,8 @@ enum Command {
     Write(Write, oneshot::Sender<Result<(), Error>>),
     Ack(u64, oneshot::Sender<Result<(), Error>>),
     Reject(u64, Quarantined, oneshot::Sender<Result<(), Error>>),
+    /// Answered by the writer thread at once: proves it is not stuck.
+    Ping(oneshot::Sender<Result<(), Error>>),
 }
 
 /// A handle to the outbox; cheap to clone.
@@ -306,6 +308,18 @@ impl Outbox {
         self.inner
             .commands
             .send(Command::Reject(seq, entry, tx))
+            .await
+            .map_err(|_| Error::Closed)?;
+        Receipt(rx).committed().await
+    }
+
+    /// Resolves once the writer thread has taken a command off its queue:
+    /// the watchdog's proof that the outbox is not stuck.
+    pub async fn ping(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Ping(tx))
             .await
             .map_err(|_| Error::Closed)?;
         Receipt(rx).committed().await
@@ -690,7 +704,7 @@ fn writer_loop(mut conn: Connection, path: PathBuf, mut rx: mpsc::Receiver<Comma
         };
         for command in group {
             let reply = match command {
-                Command::Write(_, r) | Command::Ack(_, r) | Command::Reject(_, _, r) => r,
+                Command::Write(_, r) | Command::Ack(_, r) | Command::Reject(_, _, r) | Command::Ping(r) => r,
             };
             let outcome = match &failure {
                 None => Ok(()),
@@ -758,6 +772,7 @@ fn apply(conn: &mut Connection, group: &[Command], stats: &mut Stats) -> rusqlit
                 }
                 stats.acked_seq = stats.acked_seq.max(*seq);
             }
+            Command::Ping(_) => {}
             Command::Reject(seq, q, _) => {
                 let bytes: Option<i64> = tx
                     .query_row("SELECT length(data) FROM records WHERE seq = ?1", [*seq as i64], |r| {
