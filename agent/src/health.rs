@@ -291,6 +291,7 @@ impl Health {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             outbox_id: self.outbox.id().to_owned(),
             ready,
+            degraded: q.recovered.iter().cloned().collect(),
             link: LinkStatus {
                 hub: self.hub.clone(),
                 state: link.state,
@@ -370,6 +371,8 @@ pub struct Status {
     pub outbox_id: String,
     /// "ok", or why the agent is not ready.
     pub ready: String,
+    /// Conditions an operator must know about while the agent keeps working.
+    pub degraded: Vec<String>,
     pub link: LinkStatus,
     pub queue: QueueStatus,
     pub quarantine: u64,
@@ -470,6 +473,9 @@ pub fn render(s: &Status) -> String {
         s.agency, s.version, s.outbox_id
     );
     let _ = writeln!(o, "ready    {}", s.ready);
+    for d in &s.degraded {
+        let _ = writeln!(o, "WARNING  {d}");
+    }
     let state = match s.link.state {
         LinkState::Up => "up",
         LinkState::Connecting => "connecting",

@@ -57,13 +57,6 @@ pub enum Error {
     /// The hub broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
-    /// The hub holds more of this outbox than the outbox ever wrote: the data
-    /// directory was restored from an old backup.
-    #[error(
-        "the hub holds sequence {hub} of outbox {outbox_id} but this outbox only reached {local}: \
-         the data directory looks restored from an old backup; move it aside to start a new outbox"
-    )]
-    HubAhead { outbox_id: String, hub: u64, local: u64 },
     #[error(transparent)]
     Outbox(#[from] outbox::Error),
 }
@@ -73,7 +66,7 @@ impl Error {
     /// operator may fix the cause), but at the slowest backoff.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Tls(_) | Error::Handshake(_) | Error::HubAhead { .. } => false,
+            Error::Tls(_) | Error::Handshake(_) => false,
             Error::Status(s) => !matches!(
                 s.code(),
                 tonic::Code::PermissionDenied
@@ -301,11 +294,16 @@ impl Link {
         };
         let local = self.outbox.stats().last_seq;
         if welcome.last_seq > local {
-            return Err(Error::HubAhead {
-                outbox_id: self.outbox.id().to_owned(),
-                hub: welcome.last_seq,
+            // The outbox lost its tail (damage) or is an older backup: what
+            // the hub holds was delivered; new records must follow it, or the
+            // hub would take them for replays.
+            error!(
+                hub = welcome.last_seq,
                 local,
-            });
+                outbox = %self.outbox.id(),
+                "the hub holds more of this outbox than it remembers; continuing after the hub's sequence"
+            );
+            self.outbox.advance_to(welcome.last_seq).await?;
         }
         if welcome.catalog_digest != self.catalog_digest {
             warn!(hub = %welcome.catalog_digest, agent = %self.catalog_digest, "hub and agent catalogs differ");

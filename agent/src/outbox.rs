@@ -160,6 +160,9 @@ pub struct Stats {
     pub quarantined: u64,
     /// The last commit failure, cleared by the next success.
     pub error: Option<String>,
+    /// Set when the outbox was found damaged at start and rebuilt: what was
+    /// moved aside and what was recovered.
+    pub recovered: Option<String>,
 }
 
 enum Command {
@@ -168,6 +171,8 @@ enum Command {
     Reject(u64, Quarantined, oneshot::Sender<Result<(), Error>>),
     /// Answered by the writer thread at once: proves it is not stuck.
     Ping(oneshot::Sender<Result<(), Error>>),
+    /// Moves the sequence past a value (the hub holds it already).
+    Advance(u64, oneshot::Sender<Result<(), Error>>),
 }
 
 /// A handle to the outbox; cheap to clone.
@@ -177,8 +182,6 @@ pub struct Outbox {
 }
 
 struct Inner {
-    /// Held while the outbox is open in this process.
-    _lock: DirLock,
     path: PathBuf,
     id: String,
     max_bytes: u64,
@@ -199,12 +202,18 @@ impl Outbox {
             path: path.clone(),
             source,
         };
-        let writer = open_connection(&path).map_err(sql)?;
-        create_schema(&writer).map_err(sql)?;
-        let id: String = writer
-            .query_row("SELECT value FROM meta WHERE key = 'outbox_id'", [], |r| r.get(0))
-            .map_err(sql)?;
-        let stats = initial_stats(&writer).map_err(sql)?;
+        let (writer, id, stats) = match open_checked(&path) {
+            Ok(opened) => opened,
+            Err(e) if is_damage(&e) => {
+                // Never a crash loop: move the file aside, keep what can be read.
+                let report = recover(&path, &e).map_err(sql)?;
+                tracing::error!(path = %path.display(), "{report}");
+                let (writer, id, mut stats) = open_checked(&path).map_err(sql)?;
+                stats.recovered = Some(report);
+                (writer, id, stats)
+            }
+            Err(e) => return Err(sql(e)),
+        };
         let reader = open_connection(&path).map_err(sql)?;
 
         let (stats_tx, stats_rx) = watch::channel(stats);
@@ -212,14 +221,19 @@ impl Outbox {
         let thread_path = path.clone();
         std::thread::Builder::new()
             .name("outbox-writer".into())
-            .spawn(move || writer_loop(writer, thread_path, rx, stats_tx))
+            .spawn(move || {
+                writer_loop(writer, thread_path, rx, stats_tx);
+                // The lock goes last, after the writer's connection closed
+                // (the read connection closed before: its owner dropped the
+                // last sender, which ended the loop).
+                drop(lock);
+            })
             .map_err(|source| Error::CreateDir {
                 path: dir.to_owned(),
                 source,
             })?;
         Ok(Outbox {
             inner: Arc::new(Inner {
-                _lock: lock,
                 path,
                 id,
                 max_bytes,
@@ -308,6 +322,19 @@ impl Outbox {
         self.inner
             .commands
             .send(Command::Reject(seq, entry, tx))
+            .await
+            .map_err(|_| Error::Closed)?;
+        Receipt(rx).committed().await
+    }
+
+    /// Makes the next sequence follow `seq`: the hub already holds every
+    /// sequence up to it (the outbox lost its tail, or was restored from an
+    /// older backup). Queued records at or below it were delivered before.
+    pub async fn advance_to(&self, seq: u64) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Advance(seq, tx))
             .await
             .map_err(|_| Error::Closed)?;
         Receipt(rx).committed().await
@@ -451,6 +478,133 @@ impl<'a> Reader<'a> {
         })?;
         rows.collect()
     }
+}
+
+/// Opens the outbox file, checks it, and gives back the writer connection,
+/// its identity and its figures.
+fn open_checked(path: &Path) -> rusqlite::Result<(Connection, String, Stats)> {
+    let conn = open_connection(path)?;
+    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    if check != "ok" {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            Some(format!("quick_check: {check}")),
+        ));
+    }
+    create_schema(&conn)?;
+    let id: String = conn.query_row("SELECT value FROM meta WHERE key = 'outbox_id'", [], |r| r.get(0))?;
+    let stats = initial_stats(&conn)?;
+    Ok((conn, id, stats))
+}
+
+/// True for errors that mean the file itself is damaged (not, say, a full
+/// disk or a permission problem, which must not make us move it aside).
+fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase))
+}
+
+/// Moves a damaged outbox aside, salvages what can still be read into a new
+/// file at `path` (the identity, queued records with their sequences,
+/// positions and quarantine entries), and says what happened.
+fn recover(path: &Path, damage: &rusqlite::Error) -> rusqlite::Result<String> {
+    let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
+        .to_string()
+        .replace(':', "");
+    let aside = path.with_file_name(format!("outbox.db.damaged-{stamp}"));
+    std::fs::rename(path, &aside).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    for ext in ["-wal", "-shm"] {
+        let side = PathBuf::from(format!("{}{ext}", path.display()));
+        if side.exists() {
+            let _ = std::fs::rename(&side, PathBuf::from(format!("{}{ext}", aside.display())));
+        }
+    }
+    let old = Connection::open_with_flags(
+        &aside,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    );
+    let fresh = open_connection(path)?;
+    create_schema(&fresh)?;
+    let (mut records, mut positions, mut quarantined, mut max_seq) = (0u64, 0u64, 0u64, 0i64);
+    if let Ok(old) = old {
+        // Each table is read as far as it can be; a read error ends that table.
+        let meta: Vec<(String, String)> = rows(&old, "SELECT key, value FROM meta", |r| Ok((r.get(0)?, r.get(1)?)));
+        for (k, v) in meta {
+            fresh.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                params![k, v],
+            )?;
+        }
+        let tx = fresh.unchecked_transaction()?;
+        for (seq, at, data) in rows(&old, "SELECT seq, enqueued_us, data FROM records ORDER BY seq", |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?))
+        }) {
+            tx.execute(
+                "INSERT INTO records (seq, enqueued_us, data) VALUES (?1, ?2, ?3)",
+                params![seq, at, data],
+            )?;
+            records += 1;
+            max_seq = max_seq.max(seq);
+        }
+        let old_max: i64 = old
+            .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'records'", [], |r| {
+                r.get(0)
+            })
+            .unwrap_or(0);
+        tx.execute(
+            "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'records'",
+            [max_seq.max(old_max)],
+        )?;
+        for (s, k, v) in rows(&old, "SELECT source, key, value FROM positions", |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+        }) {
+            tx.execute(
+                "INSERT OR REPLACE INTO positions (source, key, value) VALUES (?1, ?2, ?3)",
+                params![s, k, v],
+            )?;
+            positions += 1;
+        }
+        type Row = (i64, String, String, i64, String, String, String);
+        for (at, s, o, l, res, why, raw) in rows::<Row>(
+            &old,
+            "SELECT at_us, source, object, line, resource, reasons, raw FROM quarantine ORDER BY id",
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            },
+        ) {
+            tx.execute(
+                "INSERT INTO quarantine (at_us, source, object, line, resource, reasons, raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![at, s, o, l, res, why, raw],
+            )?;
+            quarantined += 1;
+        }
+        tx.commit()?;
+    }
+    Ok(format!(
+        "the outbox was damaged ({damage}) and moved to {}; recovered {records} queued records, \
+         {positions} positions and {quarantined} quarantine entries; records lost with the damage are not \
+         known here: compare the hub's export with the sources",
+        aside.display()
+    ))
+}
+
+/// Every row of a query up to the first error.
+fn rows<T>(conn: &Connection, sql: &str, f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>) -> Vec<T> {
+    let Ok(mut stmt) = conn.prepare(sql) else {
+        return Vec::new();
+    };
+    let Ok(iter) = stmt.query_map([], f) else {
+        return Vec::new();
+    };
+    iter.map_while(Result::ok).collect()
 }
 
 fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
@@ -664,6 +818,7 @@ fn initial_stats(conn: &Connection) -> rusqlite::Result<Stats> {
         acked_seq: 0,
         quarantined: quarantined as u64,
         error: None,
+        recovered: None,
     })
 }
 
@@ -704,7 +859,11 @@ fn writer_loop(mut conn: Connection, path: PathBuf, mut rx: mpsc::Receiver<Comma
         };
         for command in group {
             let reply = match command {
-                Command::Write(_, r) | Command::Ack(_, r) | Command::Reject(_, _, r) | Command::Ping(r) => r,
+                Command::Write(_, r)
+                | Command::Ack(_, r)
+                | Command::Reject(_, _, r)
+                | Command::Ping(r)
+                | Command::Advance(_, r) => r,
             };
             let outcome = match &failure {
                 None => Ok(()),
@@ -773,6 +932,21 @@ fn apply(conn: &mut Connection, group: &[Command], stats: &mut Stats) -> rusqlit
                 stats.acked_seq = stats.acked_seq.max(*seq);
             }
             Command::Ping(_) => {}
+            Command::Advance(seq, _) => {
+                if *seq > stats.last_seq {
+                    let n = tx.execute(
+                        "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'records'",
+                        [*seq as i64],
+                    )?;
+                    if n == 0 {
+                        tx.execute(
+                            "INSERT INTO sqlite_sequence (name, seq) VALUES ('records', ?1)",
+                            [*seq as i64],
+                        )?;
+                    }
+                    stats.last_seq = *seq;
+                }
+            }
             Command::Reject(seq, q, _) => {
                 let bytes: Option<i64> = tx
                     .query_row("SELECT length(data) FROM records WHERE seq = ?1", [*seq as i64], |r| {

@@ -1,5 +1,6 @@
 mod bad_input;
 mod crash;
+mod damage;
 mod delivery;
 mod folder;
 mod normalization;
