@@ -94,6 +94,21 @@ impl DirLock {
             Err(std::fs::TryLockError::Error(source)) => Err(Error::Lock { path, source }),
         }
     }
+
+    /// Like [`DirLock::acquire`], but waits up to `patience` for a holder
+    /// that is closing (an outbox of this process whose writer thread is
+    /// still finishing).
+    pub fn acquire_within(dir: &Path, patience: std::time::Duration) -> Result<DirLock, Error> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match DirLock::acquire(dir) {
+                Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
 }
 
 impl Error {
@@ -196,7 +211,7 @@ const GROUP_MAX_COMMANDS: usize = 256;
 impl Outbox {
     /// Opens (or creates) `DIR/outbox.db` and starts the writer thread.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Outbox, Error> {
-        let lock = DirLock::acquire(dir)?;
+        let lock = DirLock::acquire_within(dir, std::time::Duration::from_secs(10))?;
         let path = dir.join("outbox.db");
         let sql = |source| Error::Sqlite {
             path: path.clone(),
