@@ -143,6 +143,10 @@ struct RawHub {
 #[serde(deny_unknown_fields)]
 struct RawHealth {
     listen: Option<SocketAddr>,
+    link_down_after: Option<HumanDuration>,
+    queue_age_after: Option<HumanDuration>,
+    disk_min_free: Option<ByteSize>,
+    cert_warn_days: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -301,6 +305,19 @@ impl Transform {
     }
 }
 
+/// When the agent counts as degraded (/status `degraded`).
+#[derive(Debug, Clone)]
+pub struct Thresholds {
+    /// The link has been down this long.
+    pub link_down_after: Duration,
+    /// The oldest unacknowledged record is this old.
+    pub queue_age_after: Duration,
+    /// The data directory's filesystem has less free space than this.
+    pub disk_min_free: u64,
+    /// The agency certificate expires within this many days.
+    pub cert_warn_days: u32,
+}
+
 /// A validated agent config.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -314,6 +331,8 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub hub: HubConfig,
     pub health_listen: SocketAddr,
+    /// When /status reports a degraded condition.
+    pub thresholds: Thresholds,
     pub log_format: LogFormat,
     pub log_level: String,
     pub sources: Vec<SourceConfig>,
@@ -565,6 +584,12 @@ impl Config {
             outbox: OutboxConfig { max_bytes },
             hub,
             health_listen: raw.health.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9720))),
+            thresholds: Thresholds {
+                link_down_after: raw.health.link_down_after.map_or(Duration::from_secs(60), |d| d.0),
+                queue_age_after: raw.health.queue_age_after.map_or(Duration::from_secs(300), |d| d.0),
+                disk_min_free: raw.health.disk_min_free.map_or(1 << 30, |b| b.0),
+                cert_warn_days: raw.health.cert_warn_days.unwrap_or(30),
+            },
             log_format: raw.log.format.unwrap_or(LogFormat::Text),
             log_level: raw.log.level.unwrap_or_else(|| "info".into()),
             sources,

@@ -80,6 +80,9 @@ pub enum LinkState {
 struct Link {
     state: LinkState,
     since: SystemTime,
+    /// Since when the link has not been up (through every reconnect
+    /// attempt); `None` while it is up.
+    down_since: Option<SystemTime>,
     last_ack: Option<SystemTime>,
     error: Option<String>,
 }
@@ -93,6 +96,8 @@ pub struct Health {
     link: Mutex<Link>,
     registry: Registry,
     families: Families,
+    watch: Option<Watch>,
+    trend: Mutex<QuarantineTrend>,
     freshness: Freshness,
     last_change: Family<ResourceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     overdue: Family<ResourceLabel, Gauge>,
@@ -116,7 +121,13 @@ struct Families {
 }
 
 impl Health {
-    pub fn new(agency: &str, hub: &str, outbox: Outbox, freshness: crate::freshness::Tracker) -> Arc<Health> {
+    pub fn new(
+        agency: &str,
+        hub: &str,
+        outbox: Outbox,
+        freshness: crate::freshness::Tracker,
+        watch: Option<Watch>,
+    ) -> Arc<Health> {
         let mut registry = Registry::with_prefix("qianzhi");
         let families = Families {
             warnings: Family::default(),
@@ -160,6 +171,7 @@ impl Health {
             link: Mutex::new(Link {
                 state: LinkState::Connecting,
                 since: SystemTime::now(),
+                down_since: Some(SystemTime::now()),
                 last_ack: None,
                 error: None,
             }),
@@ -174,6 +186,8 @@ impl Health {
             registry,
             families,
             freshness: Arc::new(Mutex::new(freshness)),
+            watch,
+            trend: Mutex::default(),
             last_change: Family::default(),
             overdue: Family::default(),
         };
@@ -250,6 +264,11 @@ impl Health {
             link.state = state;
             link.since = SystemTime::now();
         }
+        if state == LinkState::Up {
+            link.down_since = None;
+        } else if link.down_since.is_none() {
+            link.down_since = Some(SystemTime::now());
+        }
         if error.is_some() || state == LinkState::Up {
             link.error = error;
         }
@@ -291,7 +310,7 @@ impl Health {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             outbox_id: self.outbox.id().to_owned(),
             ready,
-            degraded: q.recovered.iter().cloned().collect(),
+            degraded: self.degraded(&q, link.down_since, link.error.as_deref()),
             link: LinkStatus {
                 hub: self.hub.clone(),
                 state: link.state,
@@ -553,4 +572,150 @@ pub fn fetch(addr: &str, path: &str) -> std::io::Result<String> {
         ));
     }
     Ok(body.to_owned())
+}
+
+/// What the degraded checks need to know, beyond the counters.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    pub thresholds: crate::config::Thresholds,
+    pub data_dir: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+}
+
+/// How long ago the quarantine last grew, noticed by [`Health::sample`].
+#[derive(Debug, Default)]
+struct QuarantineTrend {
+    count: u64,
+    grew_at: Option<SystemTime>,
+    grew_by: u64,
+}
+
+/// How long a growing quarantine stays in the degraded list.
+const QUARANTINE_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Free bytes for unprivileged users on the filesystem holding `dir`.
+pub fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let s = rustix::fs::statvfs(dir)?;
+    Ok(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+/// When the first certificate of a PEM file expires (seconds since the epoch).
+fn cert_not_after(path: &std::path::Path) -> Result<i64, String> {
+    let certs = crate::link::tls::read_certs(path).map_err(|e| e.to_string())?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&certs[0]).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+impl Health {
+    /// Notes changes that only show over time (the quarantine growing).
+    /// Called every few seconds by the systemd task.
+    pub fn sample(&self) {
+        let count = self.outbox.stats().quarantined;
+        let mut t = self.trend.lock().unwrap_or_else(|p| p.into_inner());
+        if count > t.count {
+            let recent = t
+                .grew_at
+                .is_some_and(|at| at.elapsed().unwrap_or_default() < QUARANTINE_WINDOW);
+            t.grew_by = if recent {
+                t.grew_by + (count - t.count)
+            } else {
+                count - t.count
+            };
+            t.grew_at = Some(SystemTime::now());
+        }
+        t.count = count;
+    }
+
+    /// Conditions an operator must know about, each with its reason.
+    fn degraded(
+        &self,
+        q: &crate::outbox::Stats,
+        link_down_since: Option<SystemTime>,
+        link_error: Option<&str>,
+    ) -> Vec<String> {
+        let mut out: Vec<String> = q.recovered.iter().cloned().collect();
+        let Some(w) = &self.watch else { return out };
+        let t = &w.thresholds;
+        let down_for = link_down_since.map(|s| s.elapsed().unwrap_or_default());
+        if let Some(down_for) = down_for
+            && down_for >= t.link_down_after
+        {
+            out.push(format!(
+                "LINK_DOWN: no link to the hub for {}s{}",
+                down_for.as_secs(),
+                link_error.map_or_else(String::new, |e| format!(": {e}"))
+            ));
+        }
+        if let Some(us) = q.oldest_us {
+            let age = ((crate::outbox::now_us() - us).max(0) / 1_000_000) as u64;
+            if age >= t.queue_age_after.as_secs() {
+                out.push(format!("QUEUE_AGE: the oldest unacknowledged record is {age}s old"));
+            }
+        }
+        match free_bytes(&w.data_dir) {
+            Ok(free) if free < t.disk_min_free => out.push(format!(
+                "DISK_LOW: {} MiB free on the filesystem of {} (below {} MiB)",
+                free >> 20,
+                w.data_dir.display(),
+                t.disk_min_free >> 20
+            )),
+            Ok(_) => {}
+            Err(e) => out.push(format!(
+                "DISK_UNKNOWN: cannot read free space of {}: {e}",
+                w.data_dir.display()
+            )),
+        }
+        match cert_not_after(&w.cert) {
+            Ok(not_after) => {
+                let now = SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                let days = (not_after - now).div_euclid(86_400);
+                if days < i64::from(t.cert_warn_days) {
+                    let when = humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(not_after.max(0) as u64),
+                    );
+                    out.push(if days < 0 {
+                        format!(
+                            "CERT_EXPIRED: the agency certificate {} expired at {when}",
+                            w.cert.display()
+                        )
+                    } else {
+                        format!(
+                            "CERT_EXPIRING: the agency certificate {} expires at {when} (in {days} days)",
+                            w.cert.display()
+                        )
+                    });
+                }
+            }
+            Err(e) => out.push(format!("CERT_UNREADABLE: {e}")),
+        }
+        {
+            let trend = self.trend.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(at) = trend.grew_at
+                && at.elapsed().unwrap_or_default() < QUARANTINE_WINDOW
+            {
+                out.push(format!(
+                    "QUARANTINE_GROWING: {} records quarantined in the last {} minutes ({} held); see qianzhi quarantine list",
+                    trend.grew_by,
+                    QUARANTINE_WINDOW.as_secs() / 60,
+                    q.quarantined
+                ));
+            }
+        }
+        for r in self
+            .freshness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .report(crate::outbox::now_us())
+        {
+            if r.overdue {
+                out.push(format!(
+                    "RESOURCE_OVERDUE: {} {} has not changed within its update cycle ({}; article 30)",
+                    r.resource, r.name, r.cycle
+                ));
+            }
+        }
+        out
+    }
 }

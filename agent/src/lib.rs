@@ -74,7 +74,12 @@ pub async fn start(
     let (stored, since_us) = outbox.read_blocking(|r| Ok((r.positions(freshness::POSITIONS)?, r.created_us()?)))?;
     let last = stored.into_iter().filter_map(|(k, v)| Some((k, v.parse().ok()?)));
     let tracker = freshness::Tracker::new(&config.catalog, &config.agency, last, since_us);
-    let health = health::Health::new(&config.agency, &config.hub.url, outbox.clone(), tracker);
+    let watch = health::Watch {
+        thresholds: config.thresholds.clone(),
+        data_dir: config.data_dir.clone(),
+        cert: config.hub.cert.clone(),
+    };
+    let health = health::Health::new(&config.agency, &config.hub.url, outbox.clone(), tracker, Some(watch));
     tasks.spawn(health::serve(listener, health.clone(), token.clone()));
     source::spawn(&config, &outbox, &health, tasks, &token);
     let link = link::Link {

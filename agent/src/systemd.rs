@@ -52,6 +52,7 @@ pub async fn run(health: Arc<Health>, outbox: Outbox, token: CancellationToken) 
             () = token.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
+        health.sample();
         let status = status_line(&health);
         let alive = match watchdog {
             Some(w) => matches!(tokio::time::timeout(w / 2, outbox.ping()).await, Ok(Ok(()))),

@@ -1,6 +1,7 @@
 mod bad_input;
 mod crash;
 mod damage;
+mod degraded;
 mod delivery;
 mod folder;
 mod normalization;
