@@ -120,6 +120,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawOutbox {
     max_bytes: Option<Spanned<ByteSize>>,
+    reserve_free: Option<ByteSize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -342,6 +343,9 @@ pub struct Config {
 pub struct OutboxConfig {
     /// Sources pause while the queue holds more than this many bytes.
     pub max_bytes: u64,
+    /// Sources pause while the data directory's filesystem has less free
+    /// space than this, which keeps room for acks, checkpoints and SQLite.
+    pub reserve_free: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -581,7 +585,10 @@ impl Config {
             catalog_path,
             catalog,
             shutdown_grace: raw.shutdown_grace.map_or(Duration::from_secs(10), |d| d.0),
-            outbox: OutboxConfig { max_bytes },
+            outbox: OutboxConfig {
+                max_bytes,
+                reserve_free: raw.outbox.reserve_free.map_or(256 << 20, |b| b.0),
+            },
             hub,
             health_listen: raw.health.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9720))),
             thresholds: Thresholds {

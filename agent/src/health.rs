@@ -593,12 +593,6 @@ struct QuarantineTrend {
 /// How long a growing quarantine stays in the degraded list.
 const QUARANTINE_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Free bytes for unprivileged users on the filesystem holding `dir`.
-pub fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
-    let s = rustix::fs::statvfs(dir)?;
-    Ok(s.f_bavail.saturating_mul(s.f_frsize))
-}
-
 /// When the first certificate of a PEM file expires (seconds since the epoch).
 fn cert_not_after(path: &std::path::Path) -> Result<i64, String> {
     let certs = crate::link::tls::read_certs(path).map_err(|e| e.to_string())?;
@@ -634,6 +628,11 @@ impl Health {
         link_error: Option<&str>,
     ) -> Vec<String> {
         let mut out: Vec<String> = q.recovered.iter().cloned().collect();
+        if q.disk_low {
+            out.push(
+                "SOURCES_PAUSED: the data directory's filesystem is below outbox.reserve_free; delivery goes on".into(),
+            );
+        }
         let Some(w) = &self.watch else { return out };
         let t = &w.thresholds;
         let down_for = link_down_since.map(|s| s.elapsed().unwrap_or_default());
@@ -652,7 +651,7 @@ impl Health {
                 out.push(format!("QUEUE_AGE: the oldest unacknowledged record is {age}s old"));
             }
         }
-        match free_bytes(&w.data_dir) {
+        match crate::disk::free_bytes(&w.data_dir) {
             Ok(free) if free < t.disk_min_free => out.push(format!(
                 "DISK_LOW: {} MiB free on the filesystem of {} (below {} MiB)",
                 free >> 20,

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 pub mod catalog;
 pub mod check;
 pub mod config;
+pub mod disk;
 pub mod element;
 pub mod freshness;
 pub mod health;
@@ -91,6 +92,12 @@ pub async fn start(
     };
     tasks.spawn(link.run(token.clone()));
     tasks.spawn(systemd::run(health.clone(), outbox.clone(), token.clone()));
+    tasks.spawn(disk::watch(
+        outbox.clone(),
+        config.data_dir.clone(),
+        config.outbox.reserve_free,
+        token.clone(),
+    ));
     tracing::info!(
         agency = %config.agency,
         outbox = %outbox.id(),

@@ -178,6 +178,9 @@ pub struct Stats {
     /// Set when the outbox was found damaged at start and rebuilt: what was
     /// moved aside and what was recovered.
     pub recovered: Option<String>,
+    /// True while the data directory's filesystem is below its reserve:
+    /// sources are paused.
+    pub disk_low: bool,
 }
 
 enum Command {
@@ -188,6 +191,10 @@ enum Command {
     Ping(oneshot::Sender<Result<(), Error>>),
     /// Moves the sequence past a value (the hub holds it already).
     Advance(u64, oneshot::Sender<Result<(), Error>>),
+    /// Marks the disk below (true) or back above its reserve. Going low
+    /// also checkpoints the WAL into the database and truncates it, which
+    /// gives disk space back.
+    DiskLow(bool, oneshot::Sender<Result<(), Error>>),
 }
 
 /// A handle to the outbox; cheap to clone.
@@ -281,13 +288,29 @@ impl Outbox {
         self.inner.stats.clone()
     }
 
-    /// Waits while the queue holds `max_bytes` or more (backpressure).
+    /// Waits while the queue holds `max_bytes` or more, or the disk is
+    /// below its reserve (backpressure).
     pub async fn room(&self) {
         let max = self.inner.max_bytes;
         let mut rx = self.inner.stats.clone();
         // The sender lives as long as the writer thread; if it is gone, the
         // next write reports `Closed`.
-        let _ = rx.wait_for(|s| s.bytes < max).await;
+        let _ = rx.wait_for(|s| s.bytes < max && !s.disk_low).await;
+    }
+
+    /// Marks the disk as below (or back above) its reserve. Going low also
+    /// checkpoints and truncates the WAL, which gives space back.
+    pub async fn set_disk_low(&self, low: bool) -> Result<(), Error> {
+        if self.inner.stats.borrow().disk_low == low {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::DiskLow(low, tx))
+            .await
+            .map_err(|_| Error::Closed)?;
+        Receipt(rx).committed().await
     }
 
     /// True while the queue is at or over `max_bytes`.
@@ -443,6 +466,14 @@ impl<'a> Reader<'a> {
         self.0
             .query_row("SELECT data FROM records WHERE seq = ?1", [seq as i64], |r| r.get(0))
             .optional()
+    }
+
+    /// Bytes of free pages inside the database file: space the outbox
+    /// reuses before it grows the file (a file never shrinks on delete).
+    pub fn reusable_bytes(&self) -> rusqlite::Result<u64> {
+        let pages: i64 = self.0.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        let size: i64 = self.0.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        Ok((pages.max(0) * size.max(0)) as u64)
     }
 
     /// When the outbox was created (µs since the epoch).
@@ -804,9 +835,12 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    // Checkpoint every 32 MiB of WAL, not 4 MiB: fewer copies of the pages
-    // a queue rewrites over and over.
-    conn.pragma_update(None, "wal_autocheckpoint", 8192)?;
+    // Checkpoint every 16 MiB of WAL, not 4 MiB: fewer copies of the pages
+    // a queue rewrites over and over. It stays far below the disk reserve
+    // (outbox.reserve_free), so a checkpoint can always complete, and the
+    // WAL file is cut back to that size afterwards.
+    conn.pragma_update(None, "wal_autocheckpoint", 4096)?;
+    conn.pragma_update(None, "journal_size_limit", 16 << 20)?;
     conn.pragma_update(None, "cache_size", -8192)?;
     Ok(conn)
 }
@@ -834,6 +868,7 @@ fn initial_stats(conn: &Connection) -> rusqlite::Result<Stats> {
         quarantined: quarantined as u64,
         error: None,
         recovered: None,
+        disk_low: false,
     })
 }
 
@@ -858,8 +893,22 @@ fn writer_loop(mut conn: Connection, path: PathBuf, mut rx: mpsc::Receiver<Comma
                 Err(_) => break,
             }
         }
+        // The disk flag is set before anything else, and whatever the commit
+        // does: pausing must not depend on a disk that may be full.
+        let disk_low = group.iter().rev().find_map(|c| match c {
+            Command::DiskLow(low, _) => Some(*low),
+            _ => None,
+        });
+        if let Some(low) = disk_low {
+            stats.send_modify(|s| s.disk_low = low);
+        }
         let mut next = stats.borrow().clone();
         let result = apply(&mut conn, &group, &mut next);
+        if result.is_ok() && disk_low == Some(true) {
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "cannot checkpoint the outbox WAL");
+            }
+        }
         let failure = match result {
             Ok(()) => {
                 next.error = None;
@@ -878,7 +927,8 @@ fn writer_loop(mut conn: Connection, path: PathBuf, mut rx: mpsc::Receiver<Comma
                 | Command::Ack(_, r)
                 | Command::Reject(_, _, r)
                 | Command::Ping(r)
-                | Command::Advance(_, r) => r,
+                | Command::Advance(_, r)
+                | Command::DiskLow(_, r) => r,
             };
             let outcome = match &failure {
                 None => Ok(()),
@@ -946,7 +996,7 @@ fn apply(conn: &mut Connection, group: &[Command], stats: &mut Stats) -> rusqlit
                 }
                 stats.acked_seq = stats.acked_seq.max(*seq);
             }
-            Command::Ping(_) => {}
+            Command::Ping(_) | Command::DiskLow(..) => {}
             Command::Advance(seq, _) => {
                 if *seq > stats.last_seq {
                     let n = tx.execute(

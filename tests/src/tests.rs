@@ -3,6 +3,7 @@ mod crash;
 mod damage;
 mod degraded;
 mod delivery;
+mod disk;
 mod folder;
 mod normalization;
 mod quarantine;
