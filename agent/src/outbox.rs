@@ -904,10 +904,11 @@ fn writer_loop(mut conn: Connection, path: PathBuf, mut rx: mpsc::Receiver<Comma
         }
         let mut next = stats.borrow().clone();
         let result = apply(&mut conn, &group, &mut next);
-        if result.is_ok() && disk_low == Some(true) {
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "cannot checkpoint the outbox WAL");
-            }
+        if result.is_ok()
+            && disk_low == Some(true)
+            && let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::warn!(error = %e, "cannot checkpoint the outbox WAL");
         }
         let failure = match result {
             Ok(()) => {
