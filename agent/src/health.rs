@@ -137,32 +137,29 @@ impl Health {
             files_done: Family::default(),
             files_rejected: Family::default(),
         };
-        registry.register("source_rows", "Rows read by a source", families.rows.clone());
-        registry.register(
-            "source_records",
-            "Records a source committed to the outbox",
-            families.records.clone(),
-        );
-        registry.register(
-            "source_quarantined",
-            "Rows a source quarantined",
-            families.quarantined.clone(),
-        );
-        registry.register(
-            "source_warnings",
-            "Warnings that travel with valid records of a source",
-            families.warnings.clone(),
-        );
-        registry.register(
-            "source_files_done",
-            "Files a source finished",
-            families.files_done.clone(),
-        );
-        registry.register(
-            "source_files_rejected",
-            "Files a source moved to rejected/",
-            families.files_rejected.clone(),
-        );
+        let per_source = [
+            ("source_rows", "Rows read by a source", &families.rows),
+            (
+                "source_records",
+                "Records a source committed to the outbox",
+                &families.records,
+            ),
+            ("source_quarantined", "Rows a source quarantined", &families.quarantined),
+            (
+                "source_warnings",
+                "Warnings that travel with valid records of a source",
+                &families.warnings,
+            ),
+            ("source_files_done", "Files a source finished", &families.files_done),
+            (
+                "source_files_rejected",
+                "Files a source moved to rejected/",
+                &families.files_rejected,
+            ),
+        ];
+        for (name, help, family) in per_source {
+            registry.register(name, help, family.clone());
+        }
         let h = Health {
             agency: agency.to_owned(),
             hub: hub.to_owned(),

@@ -10,17 +10,22 @@ fn records(n: usize, tag: &str) -> Vec<Vec<u8>> {
     (0..n).map(|i| format!("{tag}-{i}").into_bytes()).collect()
 }
 
+/// Queues `n` records tagged `tag` and waits for the commit.
+async fn queue(ob: &Outbox, n: usize, tag: &str) {
+    ob.write(Write {
+        records: records(n, tag),
+        ..Write::default()
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn records_survive_reopen_and_leave_only_on_ack() {
     let d = dir("reopen");
     {
         let ob = Outbox::open(&d, 1 << 30).unwrap();
-        ob.write(Write {
-            records: records(10, "a"),
-            ..Write::default()
-        })
-        .await
-        .unwrap();
+        queue(&ob, 10, "a").await;
         assert_eq!(ob.stats().records, 10);
         assert_eq!(ob.stats().last_seq, 10);
         ob.ack(4).await.unwrap();
@@ -39,24 +44,14 @@ async fn sequences_are_never_reused_and_identity_is_kept() {
     let d = dir("seq");
     let id = {
         let ob = Outbox::open(&d, 1 << 30).unwrap();
-        ob.write(Write {
-            records: records(3, "a"),
-            ..Write::default()
-        })
-        .await
-        .unwrap();
+        queue(&ob, 3, "a").await;
         ob.ack(3).await.unwrap();
         assert_eq!(ob.stats().records, 0);
         ob.id().to_owned()
     };
     let ob = Outbox::open(&d, 1 << 30).unwrap();
     assert_eq!(ob.id(), id);
-    ob.write(Write {
-        records: records(1, "b"),
-        ..Write::default()
-    })
-    .await
-    .unwrap();
+    queue(&ob, 1, "b").await;
     assert_eq!(ob.read(|r| r.first_seq()).await.unwrap(), Some(4));
     std::fs::remove_dir_all(&d).unwrap();
     // A recreated outbox has a new identity and starts again at 1.
@@ -111,12 +106,7 @@ async fn position_records_and_quarantine_commit_together() {
 async fn reject_moves_one_record_to_quarantine() {
     let d = dir("reject");
     let ob = Outbox::open(&d, 1 << 30).unwrap();
-    ob.write(Write {
-        records: records(3, "a"),
-        ..Write::default()
-    })
-    .await
-    .unwrap();
+    queue(&ob, 3, "a").await;
     ob.reject(
         2,
         Quarantined {
