@@ -104,6 +104,8 @@ pub struct Health {
     pub records_sent: Counter,
     pub records_acked: Counter,
     pub records_rejected: Counter,
+    /// From the outbox commit of a batch's first record to the hub's ack.
+    pub commit_to_ack: prometheus_client::metrics::histogram::Histogram,
     link_up: Gauge,
     outbox_records: Gauge,
     outbox_bytes: Gauge,
@@ -175,6 +177,9 @@ impl Health {
             records_sent: Counter::default(),
             records_acked: Counter::default(),
             records_rejected: Counter::default(),
+            commit_to_ack: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16),
+            ),
             link_up: Gauge::default(),
             outbox_records: Gauge::default(),
             outbox_bytes: Gauge::default(),
@@ -202,6 +207,12 @@ impl Health {
             h.records_rejected.clone(),
         );
         r.register("link_up", "1 while the stream to the hub is up", h.link_up.clone());
+        r.register_with_unit(
+            "commit_to_ack",
+            "From a record's commit to the outbox to the hub's durable ack (first record of each batch)",
+            prometheus_client::registry::Unit::Seconds,
+            h.commit_to_ack.clone(),
+        );
         r.register(
             "outbox_records",
             "Records waiting in the outbox for the hub's ack",

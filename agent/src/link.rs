@@ -172,7 +172,9 @@ pub struct Link {
 }
 
 /// Batches sent and not yet acknowledged: (last seq, records, window slot).
-type InFlight = Arc<Mutex<VecDeque<(u64, u64, OwnedSemaphorePermit)>>>;
+/// Batches sent and not yet acknowledged: (last seq, records, commit time of
+/// the first record, window slot).
+type InFlight = Arc<Mutex<VecDeque<(u64, u64, i64, OwnedSemaphorePermit)>>>;
 
 impl Link {
     /// Runs sessions until the token is cancelled.
@@ -355,8 +357,12 @@ impl Link {
                 });
                 let mut acked = 0;
                 let mut q = in_flight.lock().unwrap_or_else(|p| p.into_inner());
-                while q.front().is_some_and(|(end, _, _)| *end <= ack.upto_seq) {
-                    if let Some((_, n, permit)) = q.pop_front() {
+                let now = outbox::now_us();
+                while q.front().is_some_and(|(end, _, _, _)| *end <= ack.upto_seq) {
+                    if let Some((_, n, committed_us, permit)) = q.pop_front() {
+                        self.health
+                            .commit_to_ack
+                            .observe((now - committed_us).max(0) as f64 / 1e6);
                         acked += n;
                         drop(permit);
                     }
@@ -423,12 +429,12 @@ impl Link {
                 .wait_for(|s| s.last_seq >= cursor)
                 .await
                 .map_err(|_| outbox::Error::Closed)?;
-            let mut batch = self.read_batch(cursor).await?;
+            let (mut batch, mut oldest_us) = self.read_batch(cursor).await?;
             if batch.len() < self.hub.batch_records && !self.hub.linger.is_zero() {
                 // A short linger lets a burst fill the batch; a trickle
                 // still leaves within milliseconds.
                 tokio::time::sleep(self.hub.linger).await;
-                batch = self.read_batch(cursor).await?;
+                (batch, oldest_us) = self.read_batch(cursor).await?;
             }
             let Some(&(last, _)) = batch.last() else { continue };
             let n = batch.len() as u64;
@@ -436,7 +442,7 @@ impl Link {
             in_flight
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push_back((last, n, permit));
+                .push_back((last, n, oldest_us, permit));
             let entries = batch.into_iter().map(|(seq, record)| Entry { seq, record }).collect();
             tx.send(AgentMessage {
                 body: Some(agent_message::Body::Batch(Batch { entries })),
@@ -447,8 +453,19 @@ impl Link {
         }
     }
 
-    async fn read_batch(&self, cursor: u64) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+    /// A batch from `cursor`, and when its first record was committed.
+    async fn read_batch(&self, cursor: u64) -> Result<(Vec<(u64, Vec<u8>)>, i64), Error> {
         let (max, bytes) = (self.hub.batch_records, self.hub.batch_bytes);
-        Ok(self.outbox.read(move |r| r.records_from(cursor, max, bytes)).await?)
+        Ok(self
+            .outbox
+            .read(move |r| {
+                let batch = r.records_from(cursor, max, bytes)?;
+                let first = match batch.first() {
+                    Some(&(seq, _)) => r.enqueued_us(seq)?.unwrap_or_else(outbox::now_us),
+                    None => outbox::now_us(),
+                };
+                Ok((batch, first))
+            })
+            .await?)
     }
 }

@@ -257,6 +257,24 @@ fn quarantine(config: &Config, command: QuarantineCommand) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
+/// Red for what needs action, yellow for warnings, green for a healthy link.
+fn colour(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            let code = if l.starts_with("WARNING") {
+                "33"
+            } else if ["DOWN", "OVERDUE", "ERROR", "FULL"].iter().any(|w| l.contains(w)) {
+                "31"
+            } else if l.starts_with("link     up") || l == "ready    ok" {
+                "32"
+            } else {
+                return format!("{l}\n");
+            };
+            format!("\x1b[{code}m{l}\x1b[0m\n")
+        })
+        .collect()
+}
+
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("qianzhi: config error: {e}");
@@ -331,7 +349,12 @@ fn status(config_path: &std::path::Path, json: bool, addr: Option<String>) -> Ex
     }
     match serde_json::from_str::<agent::health::Status>(&body) {
         Ok(s) => {
-            print!("{}", agent::health::render(&s));
+            let text = agent::health::render(&s);
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                print!("{}", colour(&text));
+            } else {
+                print!("{text}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -462,6 +462,14 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    /// When the record `seq` was committed (µs since the epoch).
+    pub fn enqueued_us(&self, seq: u64) -> rusqlite::Result<Option<i64>> {
+        self.0
+            .prepare_cached("SELECT enqueued_us FROM records WHERE seq = ?1")?
+            .query_row([seq as i64], |r| r.get(0))
+            .optional()
+    }
+
     pub fn record(&self, seq: u64) -> rusqlite::Result<Option<Vec<u8>>> {
         self.0
             .query_row("SELECT data FROM records WHERE seq = ?1", [seq as i64], |r| r.get(0))

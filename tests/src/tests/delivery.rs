@@ -88,6 +88,7 @@ async fn queue_grows_while_the_hub_is_down_and_drains_in_order() {
     assert!(status.queue.oldest_age_seconds.is_some());
     assert!(status.link.error.is_some(), "the link error is shown");
     let metrics = agent::health::fetch(&addr, "/metrics").unwrap();
+
     assert!(metrics.contains("qianzhi_outbox_records 3000"), "{metrics}");
     assert!(metrics.contains("qianzhi_link_up 0"), "{metrics}");
     assert!(
@@ -105,6 +106,13 @@ async fn queue_grows_while_the_hub_is_down_and_drains_in_order() {
     })
     .await;
     assert_hub_holds(&w.store_path(), 0..3000);
+    // Commit-to-ack latency was measured for the delivered batches.
+    let metrics = agent::health::fetch(&addr, "/metrics").unwrap();
+    let count = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("qianzhi_commit_to_ack_seconds_count "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(count.is_some_and(|c| c > 0), "{metrics}");
     // In order: the history follows the files and their lines.
     let order: Vec<String> = export(&w.store_path(), true)
         .iter()
