@@ -348,7 +348,7 @@ pub struct OutboxConfig {
     pub reserve_free: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HubConfig {
     pub url: String,
     /// The name the hub's certificate must carry; defaults to the URL's host.
@@ -365,7 +365,7 @@ pub struct HubConfig {
     pub backoff_max: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SourceConfig {
     pub name: String,
     pub kind: SourceKind,

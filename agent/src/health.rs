@@ -98,6 +98,8 @@ pub struct Health {
     families: Families,
     watch: Option<Watch>,
     trend: Mutex<QuarantineTrend>,
+    /// Why the last config reload was refused, until one succeeds.
+    reload_error: Mutex<Option<String>>,
     freshness: Freshness,
     last_change: Family<ResourceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     overdue: Family<ResourceLabel, Gauge>,
@@ -190,6 +192,7 @@ impl Health {
             freshness: Arc::new(Mutex::new(freshness)),
             watch,
             trend: Mutex::default(),
+            reload_error: Mutex::default(),
             last_change: Family::default(),
             overdue: Family::default(),
         };
@@ -240,6 +243,18 @@ impl Health {
             h.overdue.clone(),
         );
         Arc::new(h)
+    }
+
+    pub fn set_reload_error(&self, e: Option<String>) {
+        *self.reload_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+
+    /// Forgets a source that was removed from the config.
+    pub fn remove_source(&self, name: &str) {
+        self.sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(n, _)| n != name);
     }
 
     /// The stats of a source, created on first use.
@@ -636,6 +651,11 @@ impl Health {
         link_error: Option<&str>,
     ) -> Vec<String> {
         let mut out: Vec<String> = q.recovered.iter().cloned().collect();
+        if let Some(e) = self.reload_error.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            out.push(format!(
+                "RELOAD_REFUSED: the new config was refused, the previous one runs: {e}"
+            ));
+        }
         if q.disk_low {
             out.push(
                 "SOURCES_PAUSED: the data directory's filesystem is below outbox.reserve_free; delivery goes on".into(),

@@ -52,6 +52,87 @@ pub struct Running {
     pub outbox: outbox::Outbox,
     /// The bound health port (useful when the config asked for port 0).
     pub health_addr: SocketAddr,
+    reload: tokio::sync::Mutex<Reloadable>,
+}
+
+/// What a config reload can change while the agent runs.
+struct Reloadable {
+    config: config::Config,
+    sources: source::Sources,
+    link: (CancellationToken, tokio::task::JoinHandle<()>),
+    tasks: TaskTracker,
+    token: CancellationToken,
+}
+
+/// Why a new config was refused on reload (the running one stays).
+#[derive(Debug, thiserror::Error)]
+#[error("`{key}` cannot change while the agent runs (restart the service to change it)")]
+pub struct ReloadError {
+    pub key: &'static str,
+}
+
+fn spawn_link(
+    config: &config::Config,
+    outbox: &outbox::Outbox,
+    health: &Arc<health::Health>,
+    tasks: &TaskTracker,
+    token: &CancellationToken,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let link = link::Link {
+        hub: config.hub.clone(),
+        agency: config.agency.clone(),
+        catalog_digest: config.catalog.digest().to_owned(),
+        outbox: outbox.clone(),
+        health: health.clone(),
+    };
+    let token = token.child_token();
+    let task = tasks.spawn(link.run(token.clone()));
+    (token, task)
+}
+
+impl Running {
+    /// Applies a new, already validated config: sources added, removed or
+    /// changed, the link restarted if the hub settings or the catalog
+    /// changed. The queue is untouched. Settings that need a restart (the
+    /// agency, the data directory, the health port, the outbox limits) are
+    /// refused, and the running config stays.
+    pub async fn reload(&self, new: config::Config) -> Result<String, ReloadError> {
+        let mut r = self.reload.lock().await;
+        let old = &r.config;
+        let fixed = [
+            ("agency", old.agency != new.agency),
+            ("data_dir", old.data_dir != new.data_dir),
+            ("health.listen", old.health_listen != new.health_listen),
+            ("outbox.max_bytes", old.outbox.max_bytes != new.outbox.max_bytes),
+            (
+                "outbox.reserve_free",
+                old.outbox.reserve_free != new.outbox.reserve_free,
+            ),
+        ];
+        if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
+            self.health
+                .set_reload_error(Some(format!("`{key}` cannot change while the agent runs")));
+            return Err(ReloadError { key });
+        }
+        let relink = old.hub != new.hub || old.catalog.digest() != new.catalog.digest();
+        let (started, stopped) = r.sources.apply(&new.sources, &new.catalog).await;
+        if relink {
+            // The old session ends (its in-flight acks collected) before the
+            // new one starts: one stream per outbox at a time.
+            r.link.0.cancel();
+            let finished = &mut r.link.1;
+            let _ = finished.await;
+            r.link = spawn_link(&new, &self.outbox, &self.health, &r.tasks, &r.token);
+        }
+        r.config = new;
+        self.health.set_reload_error(None);
+        Ok(format!(
+            "sources started: [{}]; stopped: [{}]; link {}",
+            started.join(", "),
+            stopped.join(", "),
+            if relink { "restarted" } else { "unchanged" }
+        ))
+    }
 }
 
 /// Opens the outbox, binds the health port and spawns every task on
@@ -82,15 +163,9 @@ pub async fn start(
     };
     let health = health::Health::new(&config.agency, &config.hub.url, outbox.clone(), tracker, Some(watch));
     tasks.spawn(health::serve(listener, health.clone(), token.clone()));
-    source::spawn(&config, &outbox, &health, tasks, &token);
-    let link = link::Link {
-        hub: config.hub.clone(),
-        agency: config.agency.clone(),
-        catalog_digest: config.catalog.digest().to_owned(),
-        outbox: outbox.clone(),
-        health: health.clone(),
-    };
-    tasks.spawn(link.run(token.clone()));
+    let mut sources = source::Sources::new(&config.agency, &outbox, &health, tasks, &token);
+    sources.apply(&config.sources, &config.catalog).await;
+    let link = spawn_link(&config, &outbox, &health, tasks, &token);
     tasks.spawn(systemd::run(health.clone(), outbox.clone(), token.clone()));
     tasks.spawn(disk::watch(
         outbox.clone(),
@@ -109,5 +184,12 @@ pub async fn start(
         health,
         outbox,
         health_addr,
+        reload: tokio::sync::Mutex::new(Reloadable {
+            config,
+            sources,
+            link,
+            tasks: tasks.clone(),
+            token,
+        }),
     })
 }

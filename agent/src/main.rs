@@ -8,7 +8,7 @@ use agent::config::{self, Config, LogFormat};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Exit codes (sysexits.h).
 const EX_USAGE: u8 = 64;
@@ -198,7 +198,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_tracing(config.log_format, &config.log_level);
-            runtime().block_on(run(config))
+            runtime().block_on(run(&cli.config, config))
         }
     }
 }
@@ -305,7 +305,7 @@ fn init_tracing(format: LogFormat, level: &str) {
     }
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(path: &std::path::Path, config: Config) -> ExitCode {
     let grace = config.shutdown_grace;
     let token = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -317,9 +317,21 @@ async fn run(config: Config) -> ExitCode {
         }
     };
     agent::systemd::ready(&running.health);
-    tokio::select! {
-        () = agent::signal::shutdown() => info!("received shutdown signal"),
-        () = token.cancelled() => warn!("fatal task error; shutting down"),
+    let shutdown = agent::signal::shutdown();
+    tokio::pin!(shutdown);
+    let mut reloads = agent::signal::reloads();
+    loop {
+        tokio::select! {
+            () = &mut shutdown => {
+                info!("received shutdown signal");
+                break;
+            }
+            () = token.cancelled() => {
+                warn!("fatal task error; shutting down");
+                break;
+            }
+            Some(()) = reloads.recv() => reload(path, &running).await,
+        }
     }
     agent::systemd::stopping();
     token.cancel();
@@ -329,6 +341,24 @@ async fn run(config: Config) -> ExitCode {
     }
     info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// SIGHUP: read and validate the config again, and apply it; a bad config is
+/// refused with the reason and the running one stays.
+async fn reload(path: &std::path::Path, running: &agent::Running) {
+    info!(config = %path.display(), "received SIGHUP: reloading the config");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+    match Config::load(path) {
+        Err(e) => {
+            error!(error = %e, "config reload refused; the running config stays");
+            running.health.set_reload_error(Some(e.to_string()));
+        }
+        Ok(config) => match running.reload(config).await {
+            Ok(summary) => info!(%summary, "config reloaded"),
+            Err(e) => error!(error = %e, "config reload refused; the running config stays"),
+        },
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 }
 
 /// `qianzhi status`: one GET of /status on the local health port.

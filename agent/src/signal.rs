@@ -17,3 +17,21 @@ pub async fn shutdown() {
         }
     }
 }
+
+/// SIGHUP, as a stream of reload requests. If the signal cannot be watched
+/// the stream simply never yields (reload then needs a restart).
+pub fn reloads() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    // A reload already pending covers this one too.
+                    let _ = tx.try_send(());
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot watch SIGHUP; config reload needs a restart"),
+    }
+    rx
+}

@@ -252,3 +252,85 @@ fn the_unit_file_verifies_and_is_hardened() {
         .any(|w| ["PERFECT", "SAFE", "OK"].contains(&w));
     assert!(rated_ok, "{overall}");
 }
+
+#[test]
+fn sighup_reloads_and_a_bad_config_is_refused() {
+    let d = scratch();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = write_config(d.path(), "", port);
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let status = || -> Option<serde_json::Value> {
+        let out = Command::new(BIN)
+            .args(["status", "--json", "--addr", &addr])
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let wait_for = |what: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = status()
+                && f(&s)
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "timed out waiting for {what}: {:?}",
+                status()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("the agent", &|s| s["sources"].as_array().is_some_and(|a| a.is_empty()));
+    let hup = || {
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+
+    // A source added to the file appears after SIGHUP.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let with_source = format!(
+        "{text}[[source]]\nname = \"people\"\ntype = \"folder\"\nresource = \"1010100/0001\"\npath = \"drop\"\n\
+         [source.columns]\n\"公民身份号码\" = \"DE00001\"\n\"姓名\" = \"DE00002\"\n"
+    );
+    std::fs::write(&config, &with_source).unwrap();
+    hup();
+    wait_for("the new source", &|s| s["sources"][0]["name"] == "people");
+
+    // A broken file is refused with its reason; the agent keeps running.
+    std::fs::write(&config, format!("{with_source}bogus = 1\n")).unwrap();
+    hup();
+    wait_for("the refusal", &|s| {
+        s["degraded"].as_array().is_some_and(|d| {
+            d.iter().any(|x| {
+                x.as_str()
+                    .is_some_and(|x| x.contains("RELOAD_REFUSED") && x.contains("bogus"))
+            })
+        })
+    });
+    assert!(child.try_wait().unwrap().is_none(), "the agent must keep running");
+    assert_eq!(status().unwrap()["sources"][0]["name"], "people");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

@@ -8,3 +8,4 @@ mod folder;
 mod normalization;
 mod quarantine;
 mod refusal;
+mod reload;
