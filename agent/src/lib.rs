@@ -119,9 +119,17 @@ impl Running {
         if relink {
             // The old session ends (its in-flight acks collected) before the
             // new one starts: one stream per outbox at a time.
+            // Bounded: aborting a session is safe (the outbox keeps every
+            // record until an ack, and the hub drops what it has).
             r.link.0.cancel();
             let finished = &mut r.link.1;
-            let _ = finished.await;
+            if tokio::time::timeout(std::time::Duration::from_secs(10), &mut *finished)
+                .await
+                .is_err()
+            {
+                finished.abort();
+                tracing::warn!("the old hub session did not end within 10s; aborted");
+            }
             r.link = spawn_link(&new, &self.outbox, &self.health, &r.tasks, &r.token);
         }
         r.config = new;
