@@ -11,6 +11,27 @@ fn scratch() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("qianzhi-cli-").tempdir().unwrap()
 }
 
+/// A port that was free a moment ago, for the agent's health port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `qianzhi --config CONFIG run` as a child process.
+fn run_agent(config: &std::path::Path, stderr: Stdio) -> std::process::Child {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
 fn write_config(dir: &std::path::Path, extra_hub: &str, health_port: u16) -> std::path::PathBuf {
     std::fs::write(
         dir.join("catalog.toml"),
@@ -103,20 +124,9 @@ fn pki_dev_keeps_private_keys_private() {
 #[test]
 fn status_reads_the_running_agent_and_sigterm_stops_it_cleanly() {
     let d = scratch();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let config = write_config(d.path(), "", port);
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = run_agent(&config, Stdio::piped());
     // Ready once the health port answers.
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -256,20 +266,9 @@ fn the_unit_file_verifies_and_is_hardened() {
 #[test]
 fn sighup_reloads_and_a_bad_config_is_refused() {
     let d = scratch();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let config = write_config(d.path(), "", port);
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = run_agent(&config, Stdio::null());
     let addr = format!("127.0.0.1:{port}");
     let status = || -> Option<serde_json::Value> {
         let out = Command::new(BIN)
