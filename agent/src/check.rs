@@ -1,5 +1,6 @@
 //! `qianzhi check`: proves that a config will work before it is deployed:
-//! the data directory and every drop folder are usable, and a TLS handshake
+//! the data directory and every drop folder are usable, every database
+//! source connects and finds its table and columns, and a TLS handshake
 //! with the hub succeeds with the configured certificates.
 
 use std::path::Path;
@@ -28,10 +29,19 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         outcome: writable_dir(&config.data_dir),
     });
     for s in &config.sources {
-        out.push(Finding {
-            what: format!("source {}: drop folder {}", s.name, s.path.display()),
-            outcome: writable_dir(&s.path),
-        });
+        match &s.db {
+            None => out.push(Finding {
+                what: format!("source {}: drop folder {}", s.name, s.path.display()),
+                outcome: writable_dir(&s.path),
+            }),
+            Some(db) => out.push(Finding {
+                what: format!(
+                    "source {}: {:?} table {} ({:?} capture)",
+                    s.name, s.kind, db.table, db.capture
+                ),
+                outcome: crate::source::db::check(s).await.map_err(|e| e.to_string()),
+            }),
+        }
     }
     out.push(Finding {
         what: format!("hub {}: TLS 1.3 handshake as {}", config.hub.url, config.agency),

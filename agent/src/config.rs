@@ -164,7 +164,16 @@ struct RawSource {
     #[serde(rename = "type")]
     kind: SourceKind,
     resource: Spanned<String>,
-    path: PathBuf,
+    path: Option<PathBuf>,
+    url: Option<Spanned<String>>,
+    password_file: Option<PathBuf>,
+    table: Option<Spanned<String>>,
+    capture: Option<CaptureMode>,
+    watermark: Option<Spanned<String>>,
+    lag: Option<HumanDuration>,
+    poll: Option<HumanDuration>,
+    install: Option<InstallMode>,
+    snapshot: Option<bool>,
     format: Option<FileFormat>,
     encoding: Option<Encoding>,
     complete: Option<Completion>,
@@ -197,6 +206,53 @@ pub enum LogFormat {
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
     Folder,
+    Sqlite,
+    Postgres,
+    Mysql,
+}
+
+/// How a database source captures changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMode {
+    /// Triggers write every insert, update and delete to a change-log table.
+    Changelog,
+    /// SELECT only: rows whose watermark column grew. Cannot see deletes.
+    Incremental,
+}
+
+/// Whether the agent creates the change-log table and triggers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstallMode {
+    /// At start, if they are missing or out of date.
+    Auto,
+    /// Only by `qianzhi source install NAME`, which a DBA may review with
+    /// `--dry-run`; the source reports an error until it is done.
+    Manual,
+}
+
+/// The database side of a database source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DbConfig {
+    /// `postgres://…` or `mysql://…` URL; for SQLite, the database file.
+    pub url: String,
+    /// A file holding the password, instead of writing it into the URL.
+    pub password_file: Option<PathBuf>,
+    /// The table, optionally `schema.table` (PostgreSQL).
+    pub table: String,
+    pub capture: CaptureMode,
+    /// Incremental: the watermark column (an update time or an increasing id).
+    pub watermark: Option<String>,
+    /// Incremental: rows are read only up to the highest watermark seen this
+    /// long ago, so that transactions still open when it was seen can commit.
+    pub lag: Duration,
+    /// How often to look for changes when no wake-up comes: the MySQL change
+    /// log and incremental mode; a fallback for SQLite and PostgreSQL.
+    pub poll: Duration,
+    pub install: InstallMode,
+    /// Send the rows already in the table before the first change.
+    pub snapshot: bool,
 }
 
 /// The format of files in a drop folder.
@@ -378,6 +434,8 @@ pub struct SourceConfig {
     pub rescan: Duration,
     pub after: AfterDone,
     pub op_column: Option<String>,
+    /// Database sources only.
+    pub db: Option<DbConfig>,
     /// Column or JSON field → data-element identifier, in file-column order
     /// of the config (BTreeMap order).
     pub columns: Vec<(String, String)>,
@@ -561,18 +619,32 @@ impl Config {
                 }
                 transforms.insert(column.get_ref().clone(), parsed);
             }
+            let db = match s.kind {
+                SourceKind::Folder => {
+                    if s.path.is_none() {
+                        return Err(invalid(
+                            s.name.span(),
+                            &key("path"),
+                            "a folder source needs `path`".into(),
+                        ));
+                    }
+                    None
+                }
+                kind => Some(db_config(&s, kind, &name, &columns, &resolve, &invalid)?),
+            };
             sources.push(SourceConfig {
                 name,
                 kind: s.kind,
                 resource: code.clone(),
-                path: resolve(&s.path),
+                path: s.path.as_deref().map(&resolve).unwrap_or_default(),
                 format: s.format.unwrap_or(FileFormat::Auto),
                 encoding: s.encoding.unwrap_or(Encoding::Auto),
                 complete: s.complete.unwrap_or(Completion::Rename),
                 settle: s.settle.map_or(Duration::from_secs(5), |d| d.0),
                 rescan: s.rescan.map_or(Duration::from_secs(10), |d| d.0),
                 after: s.after.unwrap_or(AfterDone::Move),
-                op_column: s.op_column,
+                op_column: if db.is_some() { None } else { s.op_column },
+                db,
                 transforms,
                 columns,
             });
@@ -602,6 +674,117 @@ impl Config {
             sources,
         })
     }
+}
+
+/// Validates the database keys of a database source.
+fn db_config(
+    s: &RawSource,
+    kind: SourceKind,
+    name: &str,
+    columns: &[(String, String)],
+    resolve: &impl Fn(&Path) -> PathBuf,
+    invalid: &impl Fn(std::ops::Range<usize>, &str, String) -> Error,
+) -> Result<DbConfig, Error> {
+    let key = |k: &str| format!("source.{name}.{k}");
+    let url = match (kind, &s.path, &s.url) {
+        (SourceKind::Sqlite, Some(p), None) => resolve(p).to_string_lossy().into_owned(),
+        (SourceKind::Sqlite, _, _) => {
+            return Err(invalid(
+                s.name.span(),
+                &key("path"),
+                "a sqlite source needs `path` (the database file) and no `url`".into(),
+            ));
+        }
+        (_, None, Some(u)) => {
+            let scheme = if kind == SourceKind::Postgres {
+                "postgres"
+            } else {
+                "mysql"
+            };
+            let text = u.get_ref();
+            let ok = text.starts_with(&format!("{scheme}://"))
+                || (kind == SourceKind::Postgres && text.starts_with("postgresql://"));
+            if !ok {
+                return Err(invalid(
+                    u.span(),
+                    &key("url"),
+                    format!("expected a {scheme}://user@host:port/database URL"),
+                ));
+            }
+            text.clone()
+        }
+        _ => {
+            return Err(invalid(
+                s.name.span(),
+                &key("url"),
+                "a database server source needs `url` and no `path`".into(),
+            ));
+        }
+    };
+    let Some(table) = &s.table else {
+        return Err(invalid(
+            s.name.span(),
+            &key("table"),
+            "a database source needs `table`".into(),
+        ));
+    };
+    let identifier = |v: &str| !v.is_empty() && !v.contains(['"', '`', '\\', '\0', '\'']) && v.len() <= 63;
+    let parts: Vec<&str> = table.get_ref().split('.').collect();
+    if parts.len() > 2 || !parts.iter().all(|p| identifier(p)) {
+        return Err(invalid(
+            table.span(),
+            &key("table"),
+            format!(
+                "{:?} is not a table name (NAME or SCHEMA.NAME, without quotes)",
+                table.get_ref()
+            ),
+        ));
+    }
+    if let Some((column, _)) = columns.iter().find(|(c, _)| !identifier(c)) {
+        return Err(invalid(
+            s.columns.span(),
+            &key("columns"),
+            format!("{column:?} is not a column name (no quotes or backslashes)"),
+        ));
+    }
+    let capture = s.capture.unwrap_or(CaptureMode::Changelog);
+    let watermark = match (&s.watermark, capture) {
+        (Some(w), CaptureMode::Incremental) if identifier(w.get_ref()) => Some(w.get_ref().clone()),
+        (Some(w), CaptureMode::Incremental) => {
+            return Err(invalid(
+                w.span(),
+                &key("watermark"),
+                format!("{:?} is not a column name", w.get_ref()),
+            ));
+        }
+        (None, CaptureMode::Incremental) => {
+            return Err(invalid(s.name.span(), &key("watermark"), "capture = \"incremental\" needs a watermark column (an update time or an increasing id); it cannot see deletes".into()));
+        }
+        (Some(w), CaptureMode::Changelog) => {
+            return Err(invalid(
+                w.span(),
+                &key("watermark"),
+                "only for capture = \"incremental\"".into(),
+            ));
+        }
+        (None, CaptureMode::Changelog) => None,
+    };
+    let default_poll = match (kind, capture) {
+        (_, CaptureMode::Incremental) => Duration::from_secs(1),
+        (SourceKind::Mysql, _) => Duration::from_millis(100),
+        _ => Duration::from_secs(5),
+    };
+    Ok(DbConfig {
+        url,
+        password_file: s.password_file.as_deref().map(resolve),
+        table: table.get_ref().clone(),
+        capture,
+        watermark,
+        lag: s.lag.map_or(Duration::from_secs(5), |d| d.0),
+        poll: s.poll.map_or(default_poll, |d| d.0).max(Duration::from_millis(10)),
+        install: s.install.unwrap_or(InstallMode::Auto),
+        snapshot: s.snapshot.unwrap_or(true),
+    })
 }
 
 /// 1-based line of a byte offset.

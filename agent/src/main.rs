@@ -44,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         command: QuarantineCommand,
     },
+    /// Database sources: install or remove the change-log triggers.
+    Source {
+        #[command(subcommand)]
+        command: SourceCommand,
+    },
     /// Certificates.
     Pki {
         #[command(subcommand)]
@@ -113,6 +118,24 @@ enum QuarantineCommand {
 }
 
 #[derive(Subcommand)]
+enum SourceCommand {
+    /// Create the change-log table and the triggers of a source's table.
+    Install {
+        /// The source's name in the config.
+        name: String,
+        /// Print the SQL for a DBA to review instead of running it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Drop the triggers of a source's table and its pending changes.
+    Uninstall {
+        name: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum PkiCommand {
     /// Make a development CA, a hub certificate and agency certificates.
     Dev {
@@ -159,6 +182,48 @@ fn main() -> ExitCode {
             }
         },
         Command::Status { json, addr } => status(&cli.config, json, addr),
+        Command::Source { command } => {
+            let config = match load(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let (name, dry_run, install) = match command {
+                SourceCommand::Install { name, dry_run } => (name, dry_run, true),
+                SourceCommand::Uninstall { name, dry_run } => (name, dry_run, false),
+            };
+            let Some(source) = config.sources.iter().find(|s| s.name == name) else {
+                eprintln!("qianzhi: no source {name:?} in {}", cli.config.display());
+                return ExitCode::from(EX_USAGE);
+            };
+            let sql = match agent::source::db::statements(source, install) {
+                Ok(sql) => sql,
+                Err(e) => {
+                    eprintln!("qianzhi: source {name}: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            if dry_run {
+                for s in sql {
+                    println!("{s};\n");
+                }
+                return ExitCode::SUCCESS;
+            }
+            init_tracing(LogFormat::Text, "warn");
+            match runtime().block_on(agent::source::db::apply(source, install)) {
+                Ok(()) => {
+                    let did = if install { "installed" } else { "removed" };
+                    println!(
+                        "source {name}: change log {did} on table {}",
+                        source.db.as_ref().map_or("", |d| d.table.as_str())
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("qianzhi: source {name}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Quarantine { command } => {
             let config = match load(&cli.config) {
                 Ok(c) => c,

@@ -106,6 +106,27 @@ impl Mapping {
     /// `None` when the row lacks the column, `Some(Err)` when its bytes could
     /// not be decoded.
     pub fn normalize(&self, fields: &[Field<'_>], origin: Origin<'_>, captured_at_us: i64) -> Outcome {
+        self.normalize_as(fields, origin, captured_at_us, None)
+    }
+
+    /// The mapped columns that hold key items.
+    pub fn key_columns(&self) -> impl Iterator<Item = &str> {
+        self.columns
+            .iter()
+            .filter(|(_, idx, _)| self.resource.items[*idx].key)
+            .map(|(c, _, _)| c.as_str())
+    }
+
+    /// Like [`Mapping::normalize`], with the operation given by the source
+    /// (a database change) rather than read from a column. A delete is
+    /// judged by its key alone.
+    pub fn normalize_as(
+        &self,
+        fields: &[Field<'_>],
+        origin: Origin<'_>,
+        captured_at_us: i64,
+        given: Option<Operation>,
+    ) -> Outcome {
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
         let mut items = std::collections::BTreeMap::new();
@@ -113,6 +134,9 @@ impl Mapping {
         let mut bad: Vec<&str> = Vec::new();
         for ((column, idx, transforms), field) in self.columns.iter().zip(fields) {
             let item = &self.resource.items[*idx];
+            if given == Some(Operation::Delete) && !item.key {
+                continue;
+            }
             match field {
                 None => {}
                 Some(Err(e)) => {
@@ -145,6 +169,7 @@ impl Mapping {
             }
         }
         let op = match self.op_column.as_ref().map(|_| fields.get(self.columns.len())) {
+            _ if given.is_some() => given.unwrap_or(Operation::Upsert),
             None | Some(None | Some(None)) => Operation::Upsert,
             Some(Some(Some(Ok(v)))) => match parse_op(trim(v)) {
                 Some(op) => op,

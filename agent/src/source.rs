@@ -23,6 +23,7 @@ use crate::health::Health;
 use crate::normalize::Mapping;
 use crate::outbox::Outbox;
 
+pub mod db;
 pub mod folder;
 mod format;
 
@@ -102,6 +103,10 @@ impl Sources {
                 SourceKind::Folder => {
                     let folder = folder::Folder::new(config.clone(), mapping, self.outbox.clone(), stats);
                     self.tasks.spawn(folder.run(token.clone()))
+                }
+                SourceKind::Sqlite | SourceKind::Postgres | SourceKind::Mysql => {
+                    let source = db::DbSource::new(config.clone(), mapping, self.outbox.clone(), stats);
+                    self.tasks.spawn(source.run(token.clone()))
                 }
             };
             self.running.insert(

@@ -23,6 +23,8 @@ use hub_stub::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod db;
+
 #[cfg(test)]
 mod tests;
 

@@ -1,11 +1,13 @@
 mod bad_input;
 mod crash;
 mod damage;
+mod database;
 mod degraded;
 mod delivery;
 mod disk;
 mod folder;
 mod normalization;
+mod package;
 mod quarantine;
 mod refusal;
 mod reload;

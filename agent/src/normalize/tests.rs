@@ -19,6 +19,7 @@ fn mapping(op_column: Option<&str>) -> Mapping {
         rescan: std::time::Duration::ZERO,
         after: AfterDone::Move,
         op_column: op_column.map(str::to_owned),
+        db: None,
         transforms: [(
             "id".to_owned(),
             vec![crate::config::Transform::StripPrefix("ID:".into())],

@@ -1,0 +1,321 @@
+//! MySQL and MariaDB (and TiDB, OceanBase, GBase in MySQL mode): triggers
+//! write `JSON_OBJECT` row images; the source polls the change log with an
+//! indexed query every `poll` (MySQL has no LISTEN).
+
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder};
+use tokio::sync::mpsc;
+
+use super::{Backend, CHUNK, Change, DbError, LOG_TABLE, Target, literal, missing_columns, quote};
+use crate::config::SourceKind;
+
+pub struct Mysql {
+    conn: Conn,
+    target: Target,
+    place: String,
+}
+
+/// An error in words, naming the privilege where one is missing.
+fn err<'a>(place: &'a str, what: &'a str) -> impl Fn(mysql_async::Error) -> DbError + 'a {
+    move |e| match &e {
+        mysql_async::Error::Server(s) => match s.code {
+            // Table, column, database or global privilege denied.
+            1142 | 1143 | 1044 | 1227 | 1370 => DbError(format!(
+                "{place}: missing privilege to {what} (server says: {} [{}])",
+                s.message, s.code
+            )),
+            // Binary logging is on: creating a trigger needs SUPER, or
+            // log_bin_trust_function_creators = 1.
+            1419 => DbError(format!(
+                "{place}: cannot {what}: {} (grant SUPER, or set log_bin_trust_function_creators = 1)",
+                s.message
+            )),
+            1045 => DbError(format!("{place}: authentication failed: {}", s.message)),
+            _ => DbError(format!("{place}: {what}: {} [{}]", s.message, s.code)),
+        },
+        _ => DbError(format!("{place}: {what}: {e}")),
+    }
+}
+
+impl Mysql {
+    fn table(&self) -> String {
+        quote(SourceKind::Mysql, &self.target.table)
+    }
+
+    fn mark(&self) -> String {
+        quote(SourceKind::Mysql, self.target.watermark.as_deref().unwrap_or("id"))
+    }
+
+    fn image_sql(target: &Target, row: &str) -> String {
+        let pairs: Vec<String> = target
+            .columns
+            .iter()
+            .map(|c| format!("{}, {row}{}", literal(c), quote(SourceKind::Mysql, c)))
+            .collect();
+        format!("JSON_OBJECT({})", pairs.join(", "))
+    }
+
+    /// (trigger name, CREATE statement, body as the server stores it).
+    fn triggers(target: &Target) -> Vec<(String, String, String)> {
+        let base = target.trigger_base();
+        let table = quote(SourceKind::Mysql, &target.table);
+        let tbl = literal(target.log_name());
+        let new = Self::image_sql(target, "NEW.");
+        let old = Self::image_sql(target, "OLD.");
+        [
+            ("ins", "INSERT", format!("(tbl, op, new) VALUES ({tbl}, 'I', {new})")),
+            (
+                "upd",
+                "UPDATE",
+                format!("(tbl, op, old, new) VALUES ({tbl}, 'U', {old}, {new})"),
+            ),
+            ("del", "DELETE", format!("(tbl, op, old) VALUES ({tbl}, 'D', {old})")),
+        ]
+        .into_iter()
+        .map(|(suffix, event, values)| {
+            let name = format!("{base}_{suffix}");
+            let body = format!("INSERT INTO {LOG_TABLE} {values}");
+            let create = format!(
+                "CREATE TRIGGER {} AFTER {event} ON {table} FOR EACH ROW {body}",
+                quote(SourceKind::Mysql, &name)
+            );
+            (name, create, body)
+        })
+        .collect()
+    }
+}
+
+impl Backend for Mysql {
+    async fn connect(target: &Target) -> Result<Self, DbError> {
+        let opts = Opts::from_url(&target.url)
+            .map_err(|e| DbError(format!("source {}: url is not a MySQL URL: {e}", target.source)))?;
+        let place = format!(
+            "MySQL {}:{}/{}",
+            opts.ip_or_hostname(),
+            opts.tcp_port(),
+            opts.db_name().unwrap_or("")
+        );
+        let mut builder = OptsBuilder::from_opts(opts)
+            .conn_ttl(None::<Duration>)
+            .tcp_keepalive(Some(30_000u32))
+            .init(vec!["SET NAMES utf8mb4"]);
+        if let Some(p) = &target.password {
+            builder = builder.pass(Some(p.clone()));
+        }
+        let conn = tokio::time::timeout(Duration::from_secs(10), Conn::new(builder))
+            .await
+            .map_err(|_| DbError(format!("{place}: connect: timed out after 10s")))?
+            .map_err(err(&place, "connect"))?;
+        let mut m = Mysql {
+            conn,
+            target: target.clone(),
+            place,
+        };
+        let have: Vec<String> = m
+            .conn
+            .exec(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
+                 AND TABLE_NAME = ?",
+                (target.table.clone(),),
+            )
+            .await
+            .map_err(err(&m.place, "read the table's columns"))?;
+        missing_columns(target, &have).map_err(|e| DbError(format!("{}: {e}", m.place)))?;
+        let probe = format!("SELECT 1 FROM {} LIMIT 0", m.table());
+        m.conn
+            .query_drop(probe)
+            .await
+            .map_err(err(&m.place, &format!("SELECT from {}", target.table)))?;
+        Ok(m)
+    }
+
+    fn install_sql(target: &Target) -> Vec<String> {
+        let mut sql = vec![format!(
+            "CREATE TABLE IF NOT EXISTS {LOG_TABLE} (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
+             tbl VARCHAR(191) NOT NULL, op CHAR(1) NOT NULL, old LONGTEXT NULL, new LONGTEXT NULL, \
+             at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), KEY {LOG_TABLE}_tbl (tbl, id)) \
+             ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+        )];
+        for (name, create, _) in Self::triggers(target) {
+            sql.push(format!("DROP TRIGGER IF EXISTS {}", quote(SourceKind::Mysql, &name)));
+            sql.push(create);
+        }
+        sql
+    }
+
+    fn uninstall_sql(target: &Target) -> Vec<String> {
+        let mut sql: Vec<String> = Self::triggers(target)
+            .into_iter()
+            .map(|(name, _, _)| format!("DROP TRIGGER IF EXISTS {}", quote(SourceKind::Mysql, &name)))
+            .collect();
+        sql.push(format!(
+            "DELETE FROM {LOG_TABLE} WHERE tbl = {}",
+            literal(target.log_name())
+        ));
+        sql
+    }
+
+    async fn execute(&mut self, sql: &[String]) -> Result<(), DbError> {
+        // DDL commits implicitly in MySQL: the statements run one by one.
+        for s in sql {
+            if s.starts_with("DELETE FROM") {
+                let exists: Option<i64> = self
+                    .conn
+                    .exec_first(
+                        "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+                        (LOG_TABLE,),
+                    )
+                    .await
+                    .map_err(err(&self.place, "look for the change log"))?;
+                if exists.is_none() {
+                    continue;
+                }
+            }
+            let what = format!("run `{s}` (needs CREATE on the database and TRIGGER on the table)");
+            self.conn.query_drop(s).await.map_err(err(&self.place, &what))?;
+        }
+        Ok(())
+    }
+
+    async fn installed(&mut self) -> Result<bool, DbError> {
+        let log: Option<i64> = self
+            .conn
+            .exec_first(
+                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+                (LOG_TABLE,),
+            )
+            .await
+            .map_err(err(&self.place, "look for the change log"))?;
+        if log.is_none() {
+            return Ok(false);
+        }
+        for (name, _, body) in Self::triggers(&self.target) {
+            let have: Option<String> = self
+                .conn
+                .exec_first(
+                    "SELECT ACTION_STATEMENT FROM information_schema.TRIGGERS \
+                     WHERE TRIGGER_SCHEMA = DATABASE() AND TRIGGER_NAME = ?",
+                    (name,),
+                )
+                .await
+                .map_err(err(&self.place, "look for the triggers"))?;
+            if have.as_deref() != Some(body.as_str()) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn changes(&mut self, limit: usize) -> Result<Vec<Change>, DbError> {
+        let rows: Vec<(i64, String, Option<String>, Option<String>)> = self
+            .conn
+            .exec(
+                format!("SELECT id, op, old, new FROM {LOG_TABLE} WHERE tbl = ? ORDER BY id LIMIT ?"),
+                (self.target.log_name(), limit as u64),
+            )
+            .await
+            .map_err(err(&self.place, "read the change log"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, op, old, new)| Change { id, op, old, new })
+            .collect())
+    }
+
+    async fn forget(&mut self, ids: &[i64]) -> Result<(), DbError> {
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        self.conn
+            .query_drop(format!("DELETE FROM {LOG_TABLE} WHERE id IN ({list})"))
+            .await
+            .map_err(err(&self.place, "delete consumed changes"))
+    }
+
+    async fn snapshot(&mut self, rows: mpsc::Sender<Vec<String>>) -> Result<Vec<i64>, DbError> {
+        let image = Self::image_sql(&self.target, "");
+        let table = self.table();
+        let place = self.place.clone();
+        let tbl = self.target.log_name().to_owned();
+        let c = &mut self.conn;
+        c.query_drop("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .map_err(err(&place, "begin snapshot"))?;
+        // The consistent snapshot starts here: the rows, and the change-log
+        // ids they already reflect.
+        c.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            .await
+            .map_err(err(&place, "begin snapshot"))?;
+        let visible: Vec<i64> = c
+            .exec(format!("SELECT id FROM {LOG_TABLE} WHERE tbl = ?"), (tbl,))
+            .await
+            .map_err(err(&place, "snapshot the change log"))?;
+        {
+            let mut result = c
+                .query_iter(format!("SELECT {image} FROM {table}"))
+                .await
+                .map_err(err(&place, "snapshot the table"))?;
+            let mut chunk = Vec::with_capacity(CHUNK);
+            while let Some(row) = result.next().await.map_err(err(&place, "snapshot the table"))? {
+                let text: String =
+                    mysql_async::from_row_opt(row).map_err(|e| DbError(format!("{place}: snapshot: {e}")))?;
+                chunk.push(text);
+                if chunk.len() == CHUNK && rows.send(std::mem::take(&mut chunk)).await.is_err() {
+                    return Err(DbError("snapshot stopped".into()));
+                }
+            }
+            if !chunk.is_empty() && rows.send(chunk).await.is_err() {
+                return Err(DbError("snapshot stopped".into()));
+            }
+        }
+        c.query_drop("COMMIT").await.map_err(err(&place, "end snapshot"))?;
+        Ok(visible)
+    }
+
+    async fn max_watermark(&mut self) -> Result<Option<String>, DbError> {
+        let sql = format!("SELECT CAST(MAX({}) AS CHAR) FROM {}", self.mark(), self.table());
+        let v: Option<Option<String>> = self
+            .conn
+            .query_first(sql)
+            .await
+            .map_err(err(&self.place, "read the watermark"))?;
+        Ok(v.flatten())
+    }
+
+    async fn rows_between(
+        &mut self,
+        after: Option<String>,
+        upto: String,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, DbError> {
+        let (wm, table) = (self.mark(), self.table());
+        let image = Self::image_sql(&self.target, "");
+        let rows = match after {
+            Some(a) => {
+                let sql = format!(
+                    "SELECT {image}, CAST({wm} AS CHAR) FROM {table} WHERE {wm} > ? AND {wm} <= ? ORDER BY {wm} LIMIT ?"
+                );
+                self.conn.exec(sql, (a, upto, limit as u64)).await
+            }
+            None => {
+                let sql =
+                    format!("SELECT {image}, CAST({wm} AS CHAR) FROM {table} WHERE {wm} <= ? ORDER BY {wm} LIMIT ?");
+                self.conn.exec(sql, (upto, limit as u64)).await
+            }
+        };
+        rows.map_err(err(&self.place, "incremental read"))
+    }
+
+    async fn rows_at(&mut self, at: String) -> Result<Vec<(String, String)>, DbError> {
+        let (wm, table) = (self.mark(), self.table());
+        let image = Self::image_sql(&self.target, "");
+        let sql = format!("SELECT {image}, CAST({wm} AS CHAR) FROM {table} WHERE {wm} = ?");
+        self.conn
+            .exec(sql, (at,))
+            .await
+            .map_err(err(&self.place, "incremental read"))
+    }
+
+    async fn wait(&mut self, timeout: Duration) {
+        tokio::time::sleep(timeout).await;
+    }
+}

@@ -1,0 +1,370 @@
+//! PostgreSQL (and KingbaseES, openGauss): the trigger function writes the
+//! row images with `to_jsonb` and sends `NOTIFY qianzhi_changes`; the
+//! source `LISTEN`s on its connection, so a change travels without a poll.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use super::{Backend, CHANNEL, CHUNK, Change, DbError, LOG_TABLE, Target, literal, missing_columns, quote};
+use crate::config::SourceKind;
+
+pub struct Postgres {
+    client: Client,
+    target: Target,
+    /// The watermark column's type, for casting text positions.
+    mark_type: String,
+    wake: Arc<Notify>,
+    driver: JoinHandle<()>,
+    place: String,
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// An error in words, naming the privilege where one is missing.
+fn err<'a>(place: &'a str, what: &'a str) -> impl Fn(tokio_postgres::Error) -> DbError + 'a {
+    move |e| {
+        let Some(db) = e.as_db_error() else {
+            return DbError(format!("{place}: {what}: {e}"));
+        };
+        let code = db.code();
+        let message = db.message();
+        if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+            DbError(format!(
+                "{place}: missing privilege to {what} (PostgreSQL says: {message})"
+            ))
+        } else if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
+            DbError(format!(
+                "{place}: authentication failed: {message} (check the user, password and pg_hba.conf)"
+            ))
+        } else {
+            DbError(format!("{place}: {what}: {message} (SQLSTATE {})", code.code()))
+        }
+    }
+}
+
+impl Postgres {
+    fn table(&self) -> String {
+        quote(SourceKind::Postgres, &self.target.table)
+    }
+
+    fn mark(&self) -> String {
+        quote(SourceKind::Postgres, self.target.watermark.as_deref().unwrap_or("ctid"))
+    }
+
+    async fn require(&self, privilege: &str, on: &str, sql: &str) -> Result<(), DbError> {
+        let ok: Option<bool> = self
+            .client
+            .query_one(sql, &[&on, &privilege])
+            .await
+            .map_err(err(&self.place, "check privileges"))?
+            .get(0);
+        if ok == Some(false) {
+            return Err(DbError(format!(
+                "{}: missing privilege: {privilege} on {on} (GRANT {privilege} ON {on} TO the agent's user)",
+                self.place
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Backend for Postgres {
+    async fn connect(target: &Target) -> Result<Self, DbError> {
+        let mut config: tokio_postgres::Config = target
+            .url
+            .parse()
+            .map_err(|e| DbError(format!("source {}: url is not a PostgreSQL URL: {e}", target.source)))?;
+        if let Some(p) = &target.password {
+            config.password(p);
+        }
+        config.application_name("qianzhi");
+        config.connect_timeout(Duration::from_secs(10));
+        config.keepalives_idle(Duration::from_secs(30));
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let place = format!(
+            "PostgreSQL {host}:{}/{}",
+            config.get_ports().first().copied().unwrap_or(5432),
+            config.get_dbname().unwrap_or("")
+        );
+        let (client, mut connection) = config.connect(NoTls).await.map_err(err(&place, "connect"))?;
+        let wake = Arc::new(Notify::new());
+        let w = wake.clone();
+        let driver = tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(_))) => w.notify_one(),
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                }
+            }
+            // Wake the source so that its next query reports the loss.
+            w.notify_one();
+        });
+        let mut pg = Postgres {
+            client,
+            target: target.clone(),
+            mark_type: String::new(),
+            wake,
+            driver,
+            place,
+        };
+        let table = pg.table();
+        let have: Vec<String> = pg
+            .client
+            .query(
+                "SELECT attname::text FROM pg_attribute WHERE attrelid = to_regclass($1) \
+                 AND attnum > 0 AND NOT attisdropped",
+                &[&table],
+            )
+            .await
+            .map_err(err(&pg.place, "read the table's columns"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        missing_columns(target, &have).map_err(|e| DbError(format!("{}: {e}", pg.place)))?;
+        pg.require("SELECT", &table, "SELECT has_table_privilege(to_regclass($1), $2)")
+            .await?;
+        if let Some(wm) = &target.watermark {
+            pg.mark_type = pg
+                .client
+                .query_one(
+                    "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+                     WHERE attrelid = to_regclass($1) AND attname = $2",
+                    &[&table, wm],
+                )
+                .await
+                .map_err(err(&pg.place, "read the watermark column's type"))?
+                .get(0);
+        } else {
+            pg.client
+                .batch_execute(&format!("LISTEN {CHANNEL}"))
+                .await
+                .map_err(err(&pg.place, "LISTEN"))?;
+        }
+        Ok(pg)
+    }
+
+    fn install_sql(target: &Target) -> Vec<String> {
+        let table = quote(SourceKind::Postgres, &target.table);
+        let tbl = literal(target.log_name());
+        vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {LOG_TABLE} (id bigserial PRIMARY KEY, tbl text NOT NULL, \
+                 op char(1) NOT NULL, old jsonb, new jsonb, at timestamptz NOT NULL DEFAULT clock_timestamp())"
+            ),
+            format!("CREATE INDEX IF NOT EXISTS {LOG_TABLE}_tbl ON {LOG_TABLE} (tbl, id)"),
+            // SECURITY DEFINER: the business system's users need no
+            // privilege on the change log.
+            format!(
+                "CREATE OR REPLACE FUNCTION qianzhi_capture() RETURNS trigger LANGUAGE plpgsql \
+                 SECURITY DEFINER SET search_path FROM CURRENT AS $qianzhi$\n\
+                 BEGIN\n\
+                 \x20 IF TG_OP = 'INSERT' THEN\n\
+                 \x20   INSERT INTO {LOG_TABLE} (tbl, op, new) VALUES (TG_ARGV[0], 'I', to_jsonb(NEW));\n\
+                 \x20 ELSIF TG_OP = 'UPDATE' THEN\n\
+                 \x20   INSERT INTO {LOG_TABLE} (tbl, op, old, new) VALUES (TG_ARGV[0], 'U', to_jsonb(OLD), to_jsonb(NEW));\n\
+                 \x20 ELSE\n\
+                 \x20   INSERT INTO {LOG_TABLE} (tbl, op, old) VALUES (TG_ARGV[0], 'D', to_jsonb(OLD));\n\
+                 \x20 END IF;\n\
+                 \x20 PERFORM pg_notify('{CHANNEL}', TG_ARGV[0]);\n\
+                 \x20 RETURN NULL;\n\
+                 END\n$qianzhi$"
+            ),
+            format!(
+                "CREATE OR REPLACE TRIGGER qianzhi_capture AFTER INSERT OR UPDATE OR DELETE ON {table} \
+                 FOR EACH ROW EXECUTE FUNCTION qianzhi_capture({tbl})"
+            ),
+        ]
+    }
+
+    fn uninstall_sql(target: &Target) -> Vec<String> {
+        let table = quote(SourceKind::Postgres, &target.table);
+        let tbl = literal(target.log_name());
+        vec![
+            format!("DROP TRIGGER IF EXISTS qianzhi_capture ON {table}"),
+            format!(
+                "DO $qianzhi$ BEGIN IF to_regclass('{LOG_TABLE}') IS NOT NULL THEN \
+                 DELETE FROM {LOG_TABLE} WHERE tbl = {tbl}; END IF; END $qianzhi$"
+            ),
+        ]
+    }
+
+    async fn execute(&mut self, sql: &[String]) -> Result<(), DbError> {
+        let tx = self.client.transaction().await.map_err(err(&self.place, "begin"))?;
+        for s in sql {
+            let what = format!(
+                "run `{}` (creating the change log needs CREATE on the schema; a trigger needs TRIGGER \
+                 on the table or its ownership)",
+                s.lines().next().unwrap_or_default()
+            );
+            tx.batch_execute(s).await.map_err(err(&self.place, &what))?;
+        }
+        tx.commit().await.map_err(err(&self.place, "commit"))
+    }
+
+    async fn installed(&mut self) -> Result<bool, DbError> {
+        let table = self.table();
+        let row = self
+            .client
+            .query_one(
+                "SELECT to_regclass($2) IS NOT NULL AND EXISTS (SELECT 1 FROM pg_trigger \
+                 WHERE tgrelid = to_regclass($1) AND tgname = 'qianzhi_capture' AND NOT tgisinternal)",
+                &[&table, &LOG_TABLE],
+            )
+            .await
+            .map_err(err(&self.place, "look for the change log"))?;
+        let installed: bool = row.get(0);
+        if installed {
+            self.require(
+                "SELECT, DELETE",
+                LOG_TABLE,
+                "SELECT has_table_privilege(to_regclass($1), $2)",
+            )
+            .await?;
+        }
+        Ok(installed)
+    }
+
+    async fn changes(&mut self, limit: usize) -> Result<Vec<Change>, DbError> {
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "SELECT id, op::text, old::text, new::text FROM {LOG_TABLE} WHERE tbl = $1 ORDER BY id LIMIT $2"
+                ),
+                &[&self.target.log_name(), &(limit as i64)],
+            )
+            .await
+            .map_err(err(&self.place, "read the change log"))?;
+        Ok(rows
+            .iter()
+            .map(|r| Change {
+                id: r.get(0),
+                op: r.get(1),
+                old: r.get(2),
+                new: r.get(3),
+            })
+            .collect())
+    }
+
+    async fn forget(&mut self, ids: &[i64]) -> Result<(), DbError> {
+        self.client
+            .execute(&format!("DELETE FROM {LOG_TABLE} WHERE id = ANY($1)"), &[&ids])
+            .await
+            .map(drop)
+            .map_err(err(&self.place, "delete consumed changes"))
+    }
+
+    async fn snapshot(&mut self, rows: mpsc::Sender<Vec<String>>) -> Result<Vec<i64>, DbError> {
+        let table = self.table();
+        let place = self.place.clone();
+        let c = &self.client;
+        c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(err(&place, "begin snapshot"))?;
+        // Both reads see one snapshot: the rows, and the change-log ids
+        // they already reflect.
+        let visible: Vec<i64> = c
+            .query(
+                &format!("SELECT id FROM {LOG_TABLE} WHERE tbl = $1"),
+                &[&self.target.log_name()],
+            )
+            .await
+            .map_err(err(&place, "snapshot the change log"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        c.batch_execute(&format!(
+            "DECLARE qianzhi_snapshot NO SCROLL CURSOR FOR SELECT to_jsonb(t)::text FROM {table} t"
+        ))
+        .await
+        .map_err(err(&place, "snapshot the table"))?;
+        loop {
+            let chunk: Vec<String> = c
+                .query(&format!("FETCH {CHUNK} FROM qianzhi_snapshot"), &[])
+                .await
+                .map_err(err(&place, "snapshot the table"))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if chunk.is_empty() {
+                break;
+            }
+            if rows.send(chunk).await.is_err() {
+                return Err(DbError("snapshot stopped".into()));
+            }
+        }
+        c.batch_execute("COMMIT").await.map_err(err(&place, "end snapshot"))?;
+        Ok(visible)
+    }
+
+    async fn max_watermark(&mut self) -> Result<Option<String>, DbError> {
+        let sql = format!("SELECT max(t.{})::text FROM {} t", self.mark(), self.table());
+        self.client
+            .query_one(&sql, &[])
+            .await
+            .map(|r| r.get(0))
+            .map_err(err(&self.place, "read the watermark"))
+    }
+
+    async fn rows_between(
+        &mut self,
+        after: Option<String>,
+        upto: String,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, DbError> {
+        let (wm, ty) = (self.mark(), &self.mark_type);
+        let lower = if after.is_some() {
+            format!("t.{wm} > $3::text::{ty} AND ")
+        } else {
+            String::new()
+        };
+        let sql = format!(
+            "SELECT to_jsonb(t)::text, t.{wm}::text FROM {} t WHERE {lower}t.{wm} <= $1::text::{ty} \
+             ORDER BY t.{wm} LIMIT $2",
+            self.table()
+        );
+        let limit = limit as i64;
+        let rows = match &after {
+            Some(a) => self.client.query(&sql, &[&upto, &limit, a]).await,
+            None => self.client.query(&sql, &[&upto, &limit]).await,
+        }
+        .map_err(err(&self.place, "incremental read"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn rows_at(&mut self, at: String) -> Result<Vec<(String, String)>, DbError> {
+        let (wm, ty) = (self.mark(), &self.mark_type);
+        let sql = format!(
+            "SELECT to_jsonb(t)::text, t.{wm}::text FROM {} t WHERE t.{wm} = $1::text::{ty}",
+            self.table()
+        );
+        let rows = self
+            .client
+            .query(&sql, &[&at])
+            .await
+            .map_err(err(&self.place, "incremental read"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn wait(&mut self, timeout: Duration) {
+        tokio::select! {
+            () = self.wake.notified() => {}
+            () = tokio::time::sleep(timeout) => {}
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! SQLite: one long-lived connection (calls on the blocking pool), woken by
+//! a file watch on the database and its -wal file and confirmed by
+//! `PRAGMA data_version`, which changes when another connection commits.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use notify::Watcher;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use tokio::sync::{Notify, mpsc};
+
+use super::{Backend, CHUNK, Change, DbError, LOG_TABLE, Target, literal, missing_columns, quote};
+use crate::config::SourceKind;
+
+pub struct Sqlite {
+    conn: Arc<Mutex<Connection>>,
+    target: Target,
+    /// `PRAGMA data_version` when the source last looked.
+    version: i64,
+    wake: Arc<Notify>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+fn err(what: &str) -> impl Fn(rusqlite::Error) -> DbError + '_ {
+    move |e| {
+        let text = e.to_string();
+        let hint = if text.contains("readonly") || text.contains("permission") {
+            " (the service user needs write access to the database file and its folder)"
+        } else {
+            ""
+        };
+        DbError(format!("SQLite: {what}: {text}{hint}"))
+    }
+}
+
+impl Sqlite {
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, DbError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut c)
+        })
+        .await
+        .map_err(|e| DbError(format!("SQLite task failed: {e}")))?
+    }
+
+    fn image_sql(target: &Target, row: &str) -> String {
+        let pairs: Vec<String> = target
+            .columns
+            .iter()
+            .map(|c| format!("{}, {row}{}", literal(c), quote(SourceKind::Sqlite, c)))
+            .collect();
+        format!("json_object({})", pairs.join(", "))
+    }
+
+    fn triggers(target: &Target) -> Vec<(String, String)> {
+        let base = target.trigger_base();
+        let table = quote(SourceKind::Sqlite, &target.table);
+        let tbl = literal(target.log_name());
+        let new = Self::image_sql(target, "NEW.");
+        let old = Self::image_sql(target, "OLD.");
+        [
+            ("ins", "INSERT", format!("(tbl, op, new) VALUES ({tbl}, 'I', {new})")),
+            (
+                "upd",
+                "UPDATE",
+                format!("(tbl, op, old, new) VALUES ({tbl}, 'U', {old}, {new})"),
+            ),
+            ("del", "DELETE", format!("(tbl, op, old) VALUES ({tbl}, 'D', {old})")),
+        ]
+        .into_iter()
+        .map(|(suffix, event, values)| {
+            let name = format!("{base}_{suffix}");
+            let sql = format!(
+                "CREATE TRIGGER {} AFTER {event} ON {table} BEGIN INSERT INTO {LOG_TABLE} {values}; END",
+                quote(SourceKind::Sqlite, &name)
+            );
+            (name, sql)
+        })
+        .collect()
+    }
+
+    fn watch(path: &Path, wake: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
+        let dir = path.parent()?.to_owned();
+        let name = path.file_name()?.to_string_lossy().into_owned();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(e) = event else { return };
+            if matches!(e.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+            let ours = e.paths.iter().any(|p| {
+                p.file_name()
+                    .is_some_and(|f| f.to_string_lossy().starts_with(name.as_str()))
+            });
+            if ours {
+                wake.notify_one();
+            }
+        })
+        .ok()?;
+        watcher.watch(&dir, notify::RecursiveMode::NonRecursive).ok()?;
+        Some(watcher)
+    }
+}
+
+impl Backend for Sqlite {
+    async fn connect(target: &Target) -> Result<Self, DbError> {
+        let path = PathBuf::from(&target.url);
+        if !path.is_file() {
+            return Err(DbError(format!("SQLite database {} does not exist", path.display())));
+        }
+        let t = target.clone();
+        let conn = tokio::task::spawn_blocking(move || {
+            let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+                .map_err(err("cannot open the database"))?;
+            // The business system may hold the write lock for a while.
+            conn.busy_timeout(Duration::from_secs(10))
+                .map_err(err("busy_timeout"))?;
+            let table = quote(SourceKind::Sqlite, &t.table);
+            let mut stmt = conn
+                .prepare(&format!("SELECT name FROM pragma_table_info({})", literal(&t.table)))
+                .map_err(err(&format!("cannot read the columns of {table}")))?;
+            let have: Vec<String> = stmt
+                .query_map([], |r| r.get(0))
+                .and_then(|rows| rows.collect())
+                .map_err(err("table_info"))?;
+            drop(stmt);
+            missing_columns(&t, &have)?;
+            Ok::<_, DbError>(conn)
+        })
+        .await
+        .map_err(|e| DbError(format!("SQLite task failed: {e}")))??;
+        let wake = Arc::new(Notify::new());
+        let watcher = Self::watch(Path::new(&target.url), wake.clone());
+        Ok(Sqlite {
+            conn: Arc::new(Mutex::new(conn)),
+            target: target.clone(),
+            version: -1,
+            wake,
+            _watcher: watcher,
+        })
+    }
+
+    fn install_sql(target: &Target) -> Vec<String> {
+        let mut sql = vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {LOG_TABLE} (id INTEGER PRIMARY KEY AUTOINCREMENT, \
+                 tbl TEXT NOT NULL, op TEXT NOT NULL, old TEXT, new TEXT)"
+            ),
+            format!("CREATE INDEX IF NOT EXISTS {LOG_TABLE}_tbl ON {LOG_TABLE} (tbl, id)"),
+        ];
+        for (name, create) in Self::triggers(target) {
+            sql.push(format!("DROP TRIGGER IF EXISTS {}", quote(SourceKind::Sqlite, &name)));
+            sql.push(create);
+        }
+        sql
+    }
+
+    fn uninstall_sql(target: &Target) -> Vec<String> {
+        let mut sql: Vec<String> = Self::triggers(target)
+            .into_iter()
+            .map(|(name, _)| format!("DROP TRIGGER IF EXISTS {}", quote(SourceKind::Sqlite, &name)))
+            .collect();
+        sql.push(format!(
+            "DELETE FROM {LOG_TABLE} WHERE tbl = {}",
+            literal(target.log_name())
+        ));
+        sql
+    }
+
+    async fn execute(&mut self, sql: &[String]) -> Result<(), DbError> {
+        let sql = sql.to_vec();
+        self.call(move |c| {
+            let tx = c.transaction().map_err(err("begin"))?;
+            for s in &sql {
+                if s.starts_with("DELETE FROM") {
+                    // The log may not exist when uninstalling twice.
+                    let exists: Option<i64> = tx
+                        .query_row(
+                            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                            [LOG_TABLE],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(err("sqlite_master"))?;
+                    if exists.is_none() {
+                        continue;
+                    }
+                }
+                tx.execute_batch(s).map_err(err(s))?;
+            }
+            tx.commit().map_err(err("commit"))
+        })
+        .await
+    }
+
+    async fn installed(&mut self) -> Result<bool, DbError> {
+        let wanted = Self::triggers(&self.target);
+        self.call(move |c| {
+            let log: Option<String> = c
+                .query_row(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    [LOG_TABLE],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(err("sqlite_master"))?;
+            if log.is_none() {
+                return Ok(false);
+            }
+            for (name, create) in &wanted {
+                let have: Option<String> = c
+                    .query_row(
+                        "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
+                        [name],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(err("sqlite_master"))?;
+                if have.as_deref() != Some(create.as_str()) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn changes(&mut self, limit: usize) -> Result<Vec<Change>, DbError> {
+        let tbl = self.target.log_name().to_owned();
+        self.call(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT id, op, old, new FROM {LOG_TABLE} WHERE tbl = ?1 ORDER BY id LIMIT ?2"
+                ))
+                .map_err(err("read the change log"))?;
+            let rows = stmt
+                .query_map(rusqlite::params![tbl, limit as i64], |r| {
+                    Ok(Change {
+                        id: r.get(0)?,
+                        op: r.get(1)?,
+                        old: r.get(2)?,
+                        new: r.get(3)?,
+                    })
+                })
+                .and_then(|rows| rows.collect())
+                .map_err(err("read the change log"))?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn forget(&mut self, ids: &[i64]) -> Result<(), DbError> {
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        self.call(move |c| {
+            c.execute(&format!("DELETE FROM {LOG_TABLE} WHERE id IN ({list})"), [])
+                .map(drop)
+                .map_err(err("delete consumed changes"))
+        })
+        .await
+    }
+
+    async fn snapshot(&mut self, rows: mpsc::Sender<Vec<String>>) -> Result<Vec<i64>, DbError> {
+        let image = Self::image_sql(&self.target, "");
+        let table = quote(SourceKind::Sqlite, &self.target.table);
+        let tbl = self.target.log_name().to_owned();
+        self.call(move |c| {
+            // One read transaction: the rows and the change-log ids they
+            // already reflect.
+            let tx = c.transaction().map_err(err("begin snapshot"))?;
+            let mut stmt = tx
+                .prepare(&format!("SELECT id FROM {LOG_TABLE} WHERE tbl = ?1"))
+                .map_err(err("snapshot"))?;
+            let visible: Vec<i64> = stmt
+                .query_map([&tbl], |r| r.get(0))
+                .and_then(|r| r.collect())
+                .map_err(err("snapshot"))?;
+            drop(stmt);
+            let mut stmt = tx
+                .prepare(&format!("SELECT {image} FROM {table}"))
+                .map_err(err("snapshot"))?;
+            let mut cursor = stmt.query([]).map_err(err("snapshot"))?;
+            let mut chunk = Vec::with_capacity(CHUNK);
+            while let Some(row) = cursor.next().map_err(err("snapshot"))? {
+                chunk.push(row.get::<_, String>(0).map_err(err("snapshot"))?);
+                if chunk.len() == CHUNK && rows.blocking_send(std::mem::take(&mut chunk)).is_err() {
+                    return Err(DbError("snapshot stopped".into()));
+                }
+            }
+            if !chunk.is_empty() && rows.blocking_send(chunk).is_err() {
+                return Err(DbError("snapshot stopped".into()));
+            }
+            drop(cursor);
+            drop(stmt);
+            tx.commit().map_err(err("end snapshot"))?;
+            Ok(visible)
+        })
+        .await
+    }
+
+    async fn max_watermark(&mut self) -> Result<Option<String>, DbError> {
+        let (table, wm) = self.mark();
+        self.call(move |c| {
+            c.query_row(&format!("SELECT CAST(MAX({wm}) AS TEXT) FROM {table}"), [], |r| {
+                r.get(0)
+            })
+            .map_err(err("read the watermark"))
+        })
+        .await
+    }
+
+    async fn rows_between(
+        &mut self,
+        after: Option<String>,
+        upto: String,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, DbError> {
+        let (table, wm) = self.mark();
+        let image = Self::image_sql(&self.target, "");
+        let lower = if after.is_some() {
+            format!("{wm} > ?3 AND ")
+        } else {
+            String::new()
+        };
+        let sql =
+            format!("SELECT {image}, CAST({wm} AS TEXT) FROM {table} WHERE {lower}{wm} <= ?1 ORDER BY {wm} LIMIT ?2");
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(&sql).map_err(err("incremental read"))?;
+            let limit = limit as i64;
+            let read = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?));
+            let rows = match &after {
+                Some(a) => stmt.query_map(rusqlite::params![upto, limit, a], read),
+                None => stmt.query_map(rusqlite::params![upto, limit], read),
+            };
+            rows.and_then(|r| r.collect()).map_err(err("incremental read"))
+        })
+        .await
+    }
+
+    async fn rows_at(&mut self, at: String) -> Result<Vec<(String, String)>, DbError> {
+        let (table, wm) = self.mark();
+        let image = Self::image_sql(&self.target, "");
+        self.call(move |c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT {image}, CAST({wm} AS TEXT) FROM {table} WHERE {wm} = ?1"
+                ))
+                .map_err(err("incremental read"))?;
+            stmt.query_map([at], |r| Ok((r.get(0)?, r.get(1)?)))
+                .and_then(|r| r.collect())
+                .map_err(err("incremental read"))
+        })
+        .await
+    }
+
+    async fn wait(&mut self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let version = self
+                .call(|c| {
+                    c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+                        .map_err(err("data_version"))
+                })
+                .await;
+            match version {
+                Ok(v) if v != self.version => {
+                    self.version = v;
+                    return;
+                }
+                Ok(_) => {}
+                // Let the next read report it.
+                Err(_) => return,
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+}
+
+impl Sqlite {
+    fn mark(&self) -> (String, String) {
+        (
+            quote(SourceKind::Sqlite, &self.target.table),
+            quote(SourceKind::Sqlite, self.target.watermark.as_deref().unwrap_or("rowid")),
+        )
+    }
+}
