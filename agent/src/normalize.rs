@@ -168,9 +168,10 @@ impl Mapping {
                 }
             }
         }
-        let op = match self.op_column.as_ref().map(|_| fields.get(self.columns.len())) {
-            _ if given.is_some() => given.unwrap_or(Operation::Upsert),
-            None | Some(None | Some(None)) => Operation::Upsert,
+        // A source that knows the operation (a database change) overrides the column.
+        let from_column = if given.is_some() { None } else { self.op_column.as_ref() };
+        let op = match from_column.map(|_| fields.get(self.columns.len())) {
+            None | Some(None | Some(None)) => given.unwrap_or(Operation::Upsert),
             Some(Some(Some(Ok(v)))) => match parse_op(trim(v)) {
                 Some(op) => op,
                 None => {

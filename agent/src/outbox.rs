@@ -885,7 +885,7 @@ fn oldest(conn: &Connection) -> rusqlite::Result<Option<i64>> {
         .optional()
 }
 
-pub(crate) fn now_us() -> i64 {
+pub fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)

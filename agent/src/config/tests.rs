@@ -110,3 +110,54 @@ fn the_shipped_example_config_is_valid() {
     assert_eq!(c.sources[0].columns.len(), 8);
     assert_eq!(c.health_listen.to_string(), "127.0.0.1:9720");
 }
+
+const DB: &str = r#"
+agency = "320282-gaj"
+data_dir = "data"
+catalog = "catalog.toml"
+[hub]
+url = "https://hub.example:7443"
+ca = "ca.pem"
+cert = "a.pem"
+key = "a.key"
+[[source]]
+name = "db"
+type = "postgres"
+resource = "1010100/0001"
+url = "postgres://qianzhi@127.0.0.1:5432/hukou"
+table = "hr.people"
+[source.columns]
+sfzh = "DE00001"
+xm = "DE00002"
+"#;
+
+#[test]
+fn database_source_gets_defaults() {
+    let c = parse(DB).unwrap();
+    let db = c.sources[0].db.as_ref().unwrap();
+    assert_eq!(db.capture, CaptureMode::Changelog);
+    assert_eq!(db.install, InstallMode::Auto);
+    assert!(db.snapshot);
+    assert_eq!(db.poll, Duration::from_secs(5));
+    assert_eq!(db.table, "hr.people");
+}
+
+#[test]
+fn database_source_errors_name_the_key() {
+    let m = message(&DB.replace(
+        "table = \"hr.people\"\n",
+        "table = \"hr.people\"\ncapture = \"incremental\"\n",
+    ));
+    assert!(
+        m.contains("source.db.watermark") && m.contains("cannot see deletes"),
+        "{m}"
+    );
+    let m = message(&DB.replace("postgres://", "mysql://"));
+    assert!(m.contains("source.db.url") && m.contains("postgres://"), "{m}");
+    let m = message(&DB.replace("table = \"hr.people\"", "table = \"a.b.c\""));
+    assert!(m.contains("source.db.table"), "{m}");
+    let m = message(&DB.replace("sfzh =", "\"s`x\" ="));
+    assert!(m.contains("source.db.columns"), "{m}");
+    let m = message(&DB.replace("url = \"postgres://qianzhi@127.0.0.1:5432/hukou\"\n", ""));
+    assert!(m.contains("needs `url`"), "{m}");
+}

@@ -50,6 +50,10 @@ mod sqlite;
 const CHUNK: usize = 4096;
 /// The change-log table, shared by all captured tables of a database.
 pub const LOG_TABLE: &str = "qianzhi_changes";
+/// Consumed change-log rows are deleted at least this often while busy...
+const FORGET_EVERY: Duration = Duration::from_secs(1);
+/// ...or once this many are consumed, and whenever the log is drained.
+const FORGET_IDS: usize = 16_384;
 /// The PostgreSQL notification channel.
 pub const CHANNEL: &str = "qianzhi_changes";
 
@@ -132,10 +136,15 @@ pub trait Backend: Send + Sized + 'static {
     /// Whether the change log and triggers are installed as `install_sql`
     /// would make them.
     fn installed(&mut self) -> impl Future<Output = Result<bool, DbError>> + Send;
-    /// Up to `limit` pending changes of the table, oldest first.
-    fn changes(&mut self, limit: usize) -> impl Future<Output = Result<Vec<Change>, DbError>> + Send;
-    /// Deletes consumed change-log rows.
-    fn forget(&mut self, ids: &[i64]) -> impl Future<Output = Result<(), DbError>> + Send;
+    /// Up to `limit` pending changes of the table, oldest first, leaving
+    /// out the id ranges `skip` (consumed, not yet deleted).
+    fn changes(
+        &mut self,
+        limit: usize,
+        skip: &[(i64, i64)],
+    ) -> impl Future<Output = Result<Vec<Change>, DbError>> + Send;
+    /// Deletes consumed change-log rows, given as inclusive id ranges.
+    fn forget(&mut self, ranges: &[(i64, i64)]) -> impl Future<Output = Result<(), DbError>> + Send;
     /// Reads every row of the table, in chunks sent to `rows`, and returns
     /// the change-log ids visible in the same read transaction.
     fn snapshot(&mut self, rows: mpsc::Sender<Vec<String>>) -> impl Future<Output = Result<Vec<i64>, DbError>> + Send;
@@ -300,9 +309,8 @@ impl DbSource {
         let position: Option<LogPosition> = self.stored().await?;
         match position {
             Some(p) => {
-                let ids = expand(&p.consumed);
-                if !ids.is_empty() {
-                    b.forget(&ids).await?;
+                if !p.consumed.is_empty() {
+                    b.forget(&p.consumed).await?;
                 }
                 if !p.snapshot {
                     self.snapshot(b).await?;
@@ -321,9 +329,26 @@ impl DbSource {
                 .await?;
             }
         }
+        // Consumed ids whose change-log rows are not deleted yet: deletes are
+        // batched (every FORGET_EVERY or FORGET_IDS, and when idle) so that
+        // the business database sees few writes from the agent. Every chunk's
+        // position lists them all, so a crash deletes them at the next start.
+        let mut pending: std::collections::BTreeSet<i64> = Default::default();
+        let mut since: Option<Instant> = None;
         loop {
-            let changes = b.changes(CHUNK).await?;
-            if changes.is_empty() {
+            let skip = ranges(&pending.iter().copied().collect::<Vec<_>>());
+            let changes = b.changes(CHUNK, &skip).await?;
+            let fresh: Vec<&Change> = changes.iter().filter(|c| !pending.contains(&c.id)).collect();
+            let due =
+                since.is_some_and(|t| t.elapsed() >= FORGET_EVERY) || pending.len() >= FORGET_IDS || skip.len() >= 256;
+            if !pending.is_empty() && (fresh.is_empty() || due) {
+                let ids: Vec<i64> = pending.iter().copied().collect();
+                b.forget(&ranges(&ids)).await?;
+                pending.clear();
+                since = None;
+                continue;
+            }
+            if fresh.is_empty() {
                 if token.is_cancelled() {
                     return Err(Stop::Cancelled);
                 }
@@ -333,10 +358,11 @@ impl DbSource {
             let now = outbox::now_us();
             let mut write = Write::default();
             let mut records = 0;
-            let ids: Vec<i64> = changes.iter().map(|c| c.id).collect();
-            for change in &changes {
+            for change in &fresh {
                 records += self.change(change, now, &mut write)?;
+                pending.insert(change.id);
             }
+            let ids: Vec<i64> = pending.iter().copied().collect();
             self.commit(
                 write,
                 &LogPosition {
@@ -346,7 +372,7 @@ impl DbSource {
                 records,
             )
             .await?;
-            b.forget(&ids).await?;
+            since.get_or_insert_with(Instant::now);
         }
     }
 
@@ -514,7 +540,7 @@ impl DbSource {
         )
         .await?;
         if !visible.is_empty() {
-            b.forget(&visible).await?;
+            b.forget(&ranges(&visible)).await?;
         }
         info!(
             records = total,
@@ -539,10 +565,10 @@ impl DbSource {
         // seen at least `lag` ago.
         let mut seen: std::collections::VecDeque<(Instant, String)> = Default::default();
         loop {
-            if let Some(max) = b.max_watermark().await? {
-                if seen.back().is_none_or(|(_, m)| *m != max) {
-                    seen.push_back((Instant::now(), max));
-                }
+            if let Some(max) = b.max_watermark().await?
+                && seen.back().is_none_or(|(_, m)| *m != max)
+            {
+                seen.push_back((Instant::now(), max));
             }
             while seen.len() >= 2 && seen[1].0.elapsed() >= self.db.lag {
                 seen.pop_front();
@@ -619,8 +645,36 @@ fn ranges(ids: &[i64]) -> Vec<(i64, i64)> {
     out
 }
 
-fn expand(ranges: &[(i64, i64)]) -> Vec<i64> {
-    ranges.iter().flat_map(|&(lo, hi)| lo..=hi).collect()
+/// ` AND NOT (…)` leaving out id ranges, or nothing.
+fn skip_sql(skip: &[(i64, i64)]) -> String {
+    if skip.is_empty() {
+        return String::new();
+    }
+    let terms: Vec<String> = skip
+        .iter()
+        .map(|(lo, hi)| format!("id BETWEEN {lo} AND {hi}"))
+        .collect();
+    format!(" AND NOT ({})", terms.join(" OR "))
+}
+
+/// `DELETE` statements for consumed ranges, a few hundred ranges each.
+fn forget_sql(ranges: &[(i64, i64)]) -> Vec<String> {
+    ranges
+        .chunks(256)
+        .map(|part| {
+            let terms: Vec<String> = part
+                .iter()
+                .map(|(lo, hi)| {
+                    if lo == hi {
+                        format!("id = {lo}")
+                    } else {
+                        format!("id BETWEEN {lo} AND {hi}")
+                    }
+                })
+                .collect();
+            format!("DELETE FROM {LOG_TABLE} WHERE {}", terms.join(" OR "))
+        })
+        .collect()
 }
 
 /// Quotes an identifier (validated by the config: no quote characters).
@@ -738,10 +792,14 @@ mod tests {
         let ids = [7, 3, 4, 5, 10, 11, 20];
         let r = ranges(&ids);
         assert_eq!(r, vec![(3, 5), (7, 7), (10, 11), (20, 20)]);
-        let mut sorted = ids.to_vec();
-        sorted.sort_unstable();
-        assert_eq!(expand(&r), sorted);
         assert!(ranges(&[]).is_empty());
+        assert_eq!(
+            forget_sql(&r),
+            vec![format!(
+                "DELETE FROM {LOG_TABLE} WHERE id BETWEEN 3 AND 5 OR id = 7 OR id BETWEEN 10 AND 11 OR id = 20"
+            )]
+        );
+        assert_eq!(forget_sql(&vec![(1, 1); 600]).len(), 3);
     }
 
     #[test]

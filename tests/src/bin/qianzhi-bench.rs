@@ -10,9 +10,10 @@
 //! people record through the data-element rules and protobuf encoding, on
 //! one core, with no I/O.
 //!
-//! `qianzhi-bench normalize [ROWS]` measures normalization alone: the 8-field
-//! people record through the data-element rules and protobuf encoding, on
-//! one core, with no I/O.
+//! `qianzhi-bench db sqlite|postgres|mysql` measures a database source:
+//! the agent's CPU while nothing changes, the latency from a commit in the
+//! business database to the hub's store at a steady 1,000 changes/s, and
+//! the capture throughput of a 200,000-change backlog.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -125,8 +126,125 @@ fn bench_normalize(rows: u64) {
     println!("| mean encoded record | {} bytes |", bytes as u64 / rows);
 }
 
+/// CPU seconds a process has used (user + system).
+fn cpu_seconds(pid: u32) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
+    let ticks = f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn bench_db(kind: &str) {
+    use tests::db::{Db, insert_people};
+    let w = World::new();
+    let db = match kind {
+        "sqlite" => Db::sqlite(w.dir.path()),
+        "postgres" => Db::postgres().await.expect("PostgreSQL at 127.0.0.1:5432"),
+        "mysql" => Db::mysql().await.expect("MariaDB at 127.0.0.1:3306"),
+        other => panic!("unknown database {other:?}: sqlite, postgres or mysql"),
+    };
+    db.create_people().await;
+    let hub_port = free_port();
+    let hub_toml = w.hub_toml(hub_port);
+    let hub_toml = hub_toml.to_str().expect("utf-8 path");
+    let mut hub = spawn("qianzhi-hub", &["serve", "--config", hub_toml], &w.path("hub.log"));
+    wait_listening(hub_port).await;
+    let mut spec = w.agent_spec(hub_port);
+    spec.health_port = free_port();
+    spec.sources = db.source("business", "");
+    let config = w.agent_toml(&spec);
+    let config = config.to_str().expect("utf-8").to_owned();
+    let start_agent = || spawn("qianzhi", &["--config", &config, "run"], &w.path("agent.log"));
+    let mut agent = start_agent();
+    let addr = format!("127.0.0.1:{}", spec.health_port);
+    wait("the agent", &addr, |s| s.link.state == agent::health::LinkState::Up).await;
+    db.wait_for_triggers().await;
+
+    // Idle: nothing changes for 10 s.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (cpu0, t0) = (cpu_seconds(agent.id()), Instant::now());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let idle = (cpu_seconds(agent.id()) - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+
+    // Latency: 1,000 single-row transactions a second for 10 s.
+    const STEADY: u64 = 10_000;
+    let mut c = db.connect().await;
+    let mut committed = std::collections::HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let (cpu1, t1) = (cpu_seconds(agent.id()), Instant::now());
+    for i in 0..STEADY {
+        tick.tick().await;
+        c.exec(&insert_people([i])).await.expect("insert");
+        committed.insert(format!("[\"{}\"]", person(i)[0]), agent::outbox::now_us());
+    }
+    let rate = STEADY as f64 / t1.elapsed().as_secs_f64();
+    wait("the steady changes at the hub", &addr, |s| s.link.acked >= STEADY).await;
+    let busy = (cpu_seconds(agent.id()) - cpu1) / t1.elapsed().as_secs_f64() * 100.0;
+    let store = rusqlite::Connection::open(w.store_path()).expect("hub store");
+    let mut stmt = store.prepare("SELECT key, received_us FROM history").expect("history");
+    let mut lat: Vec<f64> = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .expect("history")
+        .flatten()
+        .filter_map(|(k, at)| committed.get(&k).map(|c| (at - c) as f64 / 1000.0))
+        .collect();
+    drop(stmt);
+    assert_eq!(lat.len() as u64, STEADY, "every steady change at the hub");
+    lat.sort_by(f64::total_cmp);
+
+    // Throughput: a backlog of 200,000 changes written while the agent is
+    // stopped, then captured.
+    const BACKLOG: u64 = 200_000;
+    agent.kill().expect("kill agent");
+    agent.wait().expect("reap agent");
+    for b in 0..BACKLOG / 1000 {
+        let from = STEADY + b * 1000;
+        c.exec(&insert_people(from..from + 1000)).await.expect("insert");
+    }
+    let mut agent = start_agent();
+    let t2 = Instant::now();
+    wait("the backlog at the hub", &addr, |s| s.link.acked >= BACKLOG).await;
+    let capture = t2.elapsed();
+
+    println!();
+    println!("| figure ({kind}) | value |");
+    println!("|---|---|");
+    println!("| agent CPU while nothing changes (10 s) | {idle:.2} % of one core |");
+    println!("| steady load | {STEADY} single-row transactions at {rate:.0}/s |");
+    println!(
+        "| commit → hub store, p50 / p99 / max | **{:.1} ms / {:.1} ms** / {:.1} ms |",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0)
+    );
+    println!("| agent CPU at 1,000 changes/s | {busy:.1} % of one core |");
+    println!(
+        "| backlog of {BACKLOG} changes → hub's ack (agent start included) | {:.2} s (**{:.0} changes/s**) |",
+        capture.as_secs_f64(),
+        BACKLOG as f64 / capture.as_secs_f64()
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let _ = hub.kill();
+    let _ = hub.wait();
+}
+
 #[tokio::main]
 async fn main() {
+    if std::env::args().nth(1).as_deref() == Some("db") {
+        let kind = std::env::args().nth(2).unwrap_or_else(|| "sqlite".into());
+        return bench_db(&kind).await;
+    }
     if std::env::args().nth(1).as_deref() == Some("normalize") {
         let rows = std::env::args()
             .nth(2)

@@ -174,7 +174,7 @@ fn deb_package_installs_binary_unit_and_conffiles_without_starting() {
             "-p",
             "agent",
             "--no-build",
-            "--no-strip",
+            "--fast",
             "--profile",
             "dev",
             "--output",
@@ -207,14 +207,25 @@ fn deb_package_installs_binary_unit_and_conffiles_without_starting() {
     let postinst = std::fs::read_to_string(control.join("postinst")).unwrap();
     assert!(postinst.contains("useradd --system"), "{postinst}");
     assert!(postinst.contains("install -d -m 0750 -o qianzhi -g qianzhi /var/lib/qianzhi"));
-    // Neither enabled nor started before the operator has configured it.
-    for word in [
-        "deb-systemd-invoke start",
-        "systemctl start",
-        "deb-systemd-helper enable",
-    ] {
-        assert!(!postinst.contains(word), "postinst runs {word:?}:\n{postinst}");
+    // Neither enabled nor started before the operator has configured it:
+    // an upgrade keeps an enabled unit enabled, and restarts only a running one.
+    let commands: Vec<&str> = postinst
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.starts_with("echo"))
+        .collect();
+    for word in ["deb-systemd-invoke start", "systemctl start", "systemctl enable"] {
+        assert!(
+            !commands.iter().any(|l| l.contains(word)),
+            "postinst runs {word:?}:\n{postinst}"
+        );
     }
+    let enables = postinst.matches("deb-systemd-helper enable").count();
+    let guarded = postinst.matches("was-enabled qianzhi.service").count();
+    assert!(
+        enables <= guarded,
+        "postinst enables the unit unconditionally:\n{postinst}"
+    );
     for script in ["postinst", "postrm"] {
         if control.join(script).exists() {
             run(Command::new("sh").arg("-n").arg(control.join(script)));

@@ -208,11 +208,12 @@ impl Backend for Mysql {
         Ok(true)
     }
 
-    async fn changes(&mut self, limit: usize) -> Result<Vec<Change>, DbError> {
+    async fn changes(&mut self, limit: usize, skip: &[(i64, i64)]) -> Result<Vec<Change>, DbError> {
+        let skip = super::skip_sql(skip);
         let rows: Vec<(i64, String, Option<String>, Option<String>)> = self
             .conn
             .exec(
-                format!("SELECT id, op, old, new FROM {LOG_TABLE} WHERE tbl = ? ORDER BY id LIMIT ?"),
+                format!("SELECT id, op, old, new FROM {LOG_TABLE} WHERE tbl = ?{skip} ORDER BY id LIMIT ?"),
                 (self.target.log_name(), limit as u64),
             )
             .await
@@ -223,12 +224,14 @@ impl Backend for Mysql {
             .collect())
     }
 
-    async fn forget(&mut self, ids: &[i64]) -> Result<(), DbError> {
-        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-        self.conn
-            .query_drop(format!("DELETE FROM {LOG_TABLE} WHERE id IN ({list})"))
-            .await
-            .map_err(err(&self.place, "delete consumed changes"))
+    async fn forget(&mut self, ranges: &[(i64, i64)]) -> Result<(), DbError> {
+        for sql in super::forget_sql(ranges) {
+            self.conn
+                .query_drop(sql)
+                .await
+                .map_err(err(&self.place, "delete consumed changes"))?;
+        }
+        Ok(())
     }
 
     async fn snapshot(&mut self, rows: mpsc::Sender<Vec<String>>) -> Result<Vec<i64>, DbError> {

@@ -239,12 +239,14 @@ impl Backend for Postgres {
         Ok(installed)
     }
 
-    async fn changes(&mut self, limit: usize) -> Result<Vec<Change>, DbError> {
+    async fn changes(&mut self, limit: usize, skip: &[(i64, i64)]) -> Result<Vec<Change>, DbError> {
+        let skip = super::skip_sql(skip);
         let rows = self
             .client
             .query(
                 &format!(
-                    "SELECT id, op::text, old::text, new::text FROM {LOG_TABLE} WHERE tbl = $1 ORDER BY id LIMIT $2"
+                    "SELECT id, op::text, old::text, new::text FROM {LOG_TABLE} WHERE tbl = $1{skip} \
+                     ORDER BY id LIMIT $2"
                 ),
                 &[&self.target.log_name(), &(limit as i64)],
             )
@@ -261,11 +263,11 @@ impl Backend for Postgres {
             .collect())
     }
 
-    async fn forget(&mut self, ids: &[i64]) -> Result<(), DbError> {
+    async fn forget(&mut self, ranges: &[(i64, i64)]) -> Result<(), DbError> {
+        let sql = super::forget_sql(ranges).join(";\n");
         self.client
-            .execute(&format!("DELETE FROM {LOG_TABLE} WHERE id = ANY($1)"), &[&ids])
+            .batch_execute(&format!("BEGIN;\n{sql};\nCOMMIT"))
             .await
-            .map(drop)
             .map_err(err(&self.place, "delete consumed changes"))
     }
 

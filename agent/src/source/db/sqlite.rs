@@ -229,12 +229,13 @@ impl Backend for Sqlite {
         .await
     }
 
-    async fn changes(&mut self, limit: usize) -> Result<Vec<Change>, DbError> {
+    async fn changes(&mut self, limit: usize, skip: &[(i64, i64)]) -> Result<Vec<Change>, DbError> {
         let tbl = self.target.log_name().to_owned();
+        let skip = super::skip_sql(skip);
         self.call(move |c| {
             let mut stmt = c
-                .prepare_cached(&format!(
-                    "SELECT id, op, old, new FROM {LOG_TABLE} WHERE tbl = ?1 ORDER BY id LIMIT ?2"
+                .prepare(&format!(
+                    "SELECT id, op, old, new FROM {LOG_TABLE} WHERE tbl = ?1{skip} ORDER BY id LIMIT ?2"
                 ))
                 .map_err(err("read the change log"))?;
             let rows = stmt
@@ -253,12 +254,14 @@ impl Backend for Sqlite {
         .await
     }
 
-    async fn forget(&mut self, ids: &[i64]) -> Result<(), DbError> {
-        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    async fn forget(&mut self, ranges: &[(i64, i64)]) -> Result<(), DbError> {
+        let sql = super::forget_sql(ranges);
         self.call(move |c| {
-            c.execute(&format!("DELETE FROM {LOG_TABLE} WHERE id IN ({list})"), [])
-                .map(drop)
-                .map_err(err("delete consumed changes"))
+            let tx = c.transaction().map_err(err("delete consumed changes"))?;
+            for s in &sql {
+                tx.execute(s, []).map_err(err("delete consumed changes"))?;
+            }
+            tx.commit().map_err(err("delete consumed changes"))
         })
         .await
     }
