@@ -686,6 +686,46 @@ fn quote(kind: SourceKind, name: &str) -> String {
         .join(".")
 }
 
+/// The JSON object of a row's mapped columns, built by the database's
+/// `object` function (`json_object`, `JSON_OBJECT`); `row` is `NEW.`,
+/// `OLD.` or empty.
+fn image_sql(kind: SourceKind, object: &str, target: &Target, row: &str) -> String {
+    let pairs: Vec<String> = target
+        .columns
+        .iter()
+        .map(|c| format!("{}, {row}{}", literal(c), quote(kind, c)))
+        .collect();
+    format!("{object}({})", pairs.join(", "))
+}
+
+/// One row trigger per event, for databases whose triggers list the
+/// columns (SQLite, MySQL): (quoted trigger name, event, the INSERT into the
+/// change log).
+fn row_triggers(kind: SourceKind, object: &str, target: &Target) -> Vec<(String, &'static str, String)> {
+    let base = target.trigger_base();
+    let tbl = literal(target.log_name());
+    let new = image_sql(kind, object, target, "NEW.");
+    let old = image_sql(kind, object, target, "OLD.");
+    [
+        ("ins", "INSERT", format!("(tbl, op, new) VALUES ({tbl}, 'I', {new})")),
+        (
+            "upd",
+            "UPDATE",
+            format!("(tbl, op, old, new) VALUES ({tbl}, 'U', {old}, {new})"),
+        ),
+        ("del", "DELETE", format!("(tbl, op, old) VALUES ({tbl}, 'D', {old})")),
+    ]
+    .into_iter()
+    .map(|(suffix, event, values)| {
+        (
+            quote(kind, &format!("{base}_{suffix}")),
+            event,
+            format!("INSERT INTO {LOG_TABLE} {values}"),
+        )
+    })
+    .collect()
+}
+
 /// A string literal (validated names only: no quotes inside).
 fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))

@@ -49,41 +49,20 @@ impl Mysql {
     }
 
     fn image_sql(target: &Target, row: &str) -> String {
-        let pairs: Vec<String> = target
-            .columns
-            .iter()
-            .map(|c| format!("{}, {row}{}", literal(c), quote(SourceKind::Mysql, c)))
-            .collect();
-        format!("JSON_OBJECT({})", pairs.join(", "))
+        super::image_sql(SourceKind::Mysql, "JSON_OBJECT", target, row)
     }
 
-    /// (trigger name, CREATE statement, body as the server stores it).
+    /// (trigger name as in information_schema, CREATE statement, body as
+    /// the server stores it).
     fn triggers(target: &Target) -> Vec<(String, String, String)> {
-        let base = target.trigger_base();
         let table = quote(SourceKind::Mysql, &target.table);
-        let tbl = literal(target.log_name());
-        let new = Self::image_sql(target, "NEW.");
-        let old = Self::image_sql(target, "OLD.");
-        [
-            ("ins", "INSERT", format!("(tbl, op, new) VALUES ({tbl}, 'I', {new})")),
-            (
-                "upd",
-                "UPDATE",
-                format!("(tbl, op, old, new) VALUES ({tbl}, 'U', {old}, {new})"),
-            ),
-            ("del", "DELETE", format!("(tbl, op, old) VALUES ({tbl}, 'D', {old})")),
-        ]
-        .into_iter()
-        .map(|(suffix, event, values)| {
-            let name = format!("{base}_{suffix}");
-            let body = format!("INSERT INTO {LOG_TABLE} {values}");
-            let create = format!(
-                "CREATE TRIGGER {} AFTER {event} ON {table} FOR EACH ROW {body}",
-                quote(SourceKind::Mysql, &name)
-            );
-            (name, create, body)
-        })
-        .collect()
+        super::row_triggers(SourceKind::Mysql, "JSON_OBJECT", target)
+            .into_iter()
+            .map(|(name, event, body)| {
+                let create = format!("CREATE TRIGGER {name} AFTER {event} ON {table} FOR EACH ROW {body}");
+                (name.trim_matches('`').to_owned(), create, body)
+            })
+            .collect()
     }
 }
 

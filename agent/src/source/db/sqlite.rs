@@ -49,39 +49,19 @@ impl Sqlite {
     }
 
     fn image_sql(target: &Target, row: &str) -> String {
-        let pairs: Vec<String> = target
-            .columns
-            .iter()
-            .map(|c| format!("{}, {row}{}", literal(c), quote(SourceKind::Sqlite, c)))
-            .collect();
-        format!("json_object({})", pairs.join(", "))
+        super::image_sql(SourceKind::Sqlite, "json_object", target, row)
     }
 
+    /// (trigger name as stored in sqlite_master, CREATE statement).
     fn triggers(target: &Target) -> Vec<(String, String)> {
-        let base = target.trigger_base();
         let table = quote(SourceKind::Sqlite, &target.table);
-        let tbl = literal(target.log_name());
-        let new = Self::image_sql(target, "NEW.");
-        let old = Self::image_sql(target, "OLD.");
-        [
-            ("ins", "INSERT", format!("(tbl, op, new) VALUES ({tbl}, 'I', {new})")),
-            (
-                "upd",
-                "UPDATE",
-                format!("(tbl, op, old, new) VALUES ({tbl}, 'U', {old}, {new})"),
-            ),
-            ("del", "DELETE", format!("(tbl, op, old) VALUES ({tbl}, 'D', {old})")),
-        ]
-        .into_iter()
-        .map(|(suffix, event, values)| {
-            let name = format!("{base}_{suffix}");
-            let sql = format!(
-                "CREATE TRIGGER {} AFTER {event} ON {table} BEGIN INSERT INTO {LOG_TABLE} {values}; END",
-                quote(SourceKind::Sqlite, &name)
-            );
-            (name, sql)
-        })
-        .collect()
+        super::row_triggers(SourceKind::Sqlite, "json_object", target)
+            .into_iter()
+            .map(|(name, event, body)| {
+                let create = format!("CREATE TRIGGER {name} AFTER {event} ON {table} BEGIN {body}; END");
+                (name.trim_matches('"').to_owned(), create)
+            })
+            .collect()
     }
 
     fn watch(path: &Path, wake: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
