@@ -7,9 +7,12 @@
 //! `qianzhi_changes` in the same transaction as the change. This source
 //! reads the change log in id order, commits the records and the ids it
 //! consumed to the outbox in one transaction, and only then deletes those
-//! change-log rows, in one statement per chunk. After a crash the stored ids
-//! are deleted again before anything is read, so a change is never taken
-//! twice and never lost. Ids are not a commit order (a transaction may take
+//! change-log rows, in batches (SQLite on a second connection, so that a
+//! delete waiting for the write lock never holds up reading). Until a
+//! delete commits, its ids are left out of reads and listed in every
+//! position; after a crash they are deleted again before anything is read,
+//! so a change is never taken twice and never lost. Ids are not a commit
+//! order (a transaction may take
 //! an id and commit after a later one), so nothing is skipped by position:
 //! whatever is in the log is pending. Changes to one row keep their order,
 //! because the row's lock orders the transactions that change it.
@@ -143,8 +146,15 @@ pub trait Backend: Send + Sized + 'static {
         limit: usize,
         skip: &[(i64, i64)],
     ) -> impl Future<Output = Result<Vec<Change>, DbError>> + Send;
-    /// Deletes consumed change-log rows, given as inclusive id ranges.
+    /// Deletes consumed change-log rows, given as inclusive id ranges. A
+    /// backend may do it in the background: then `changes` leaves those
+    /// rows out and `unconfirmed` lists them until the delete commits.
     fn forget(&mut self, ranges: &[(i64, i64)]) -> impl Future<Output = Result<(), DbError>> + Send;
+    /// Ranges handed to `forget` whose delete has not committed yet: they go
+    /// into every position, so that a crash deletes them at the next start.
+    fn unconfirmed(&self) -> Vec<(i64, i64)> {
+        Vec::new()
+    }
     /// Reads every row of the table, in chunks sent to `rows`, and returns
     /// the change-log ids visible in the same read transaction.
     fn snapshot(&mut self, rows: mpsc::Sender<Vec<String>>) -> impl Future<Output = Result<Vec<i64>, DbError>> + Send;
@@ -338,6 +348,8 @@ impl DbSource {
         loop {
             let skip = ranges(&pending.iter().copied().collect::<Vec<_>>());
             let changes = b.changes(CHUNK, &skip).await?;
+            // Deletes handed to the backend but not committed yet.
+            let unconfirmed = b.unconfirmed();
             let fresh: Vec<&Change> = changes.iter().filter(|c| !pending.contains(&c.id)).collect();
             let due =
                 since.is_some_and(|t| t.elapsed() >= FORGET_EVERY) || pending.len() >= FORGET_IDS || skip.len() >= 256;
@@ -363,11 +375,13 @@ impl DbSource {
                 pending.insert(change.id);
             }
             let ids: Vec<i64> = pending.iter().copied().collect();
+            let mut consumed = ranges(&ids);
+            consumed.extend(unconfirmed);
             self.commit(
                 write,
                 &LogPosition {
                     snapshot: true,
-                    consumed: ranges(&ids),
+                    consumed,
                 },
                 records,
             )

@@ -13,11 +13,12 @@ use crate::*;
 async fn refused(w: &World, hub: &Hub, spec: AgentSpec, expect: &[&str]) -> String {
     w.drop_file("drop/people", "a.csv", people_csv(0..10).as_bytes());
     let agent = Agent::start(&w.agent_toml(&spec)).await;
-    let error = eventually("the link error", Duration::from_secs(30), || {
+    // The link error and the folder's commit race each other: wait for both.
+    let error = eventually("the link error, with the file queued", Duration::from_secs(30), || {
         let s = agent.status();
         match &s.link.error {
-            Some(e) if expect.iter().all(|x| e.contains(x)) => Ok(e.clone()),
-            _ => Err(format!("{:?}", s.link)),
+            Some(e) if expect.iter().all(|x| e.contains(x)) && s.queue.records == 10 => Ok(e.clone()),
+            _ => Err(format!("{:?} {:?}", s.link, s.queue)),
         }
     })
     .await;

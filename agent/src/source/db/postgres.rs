@@ -150,8 +150,16 @@ impl Backend for Postgres {
                 .map_err(err(&pg.place, "read the watermark column's type"))?
                 .get(0);
         } else {
+            // The change log is a queue read in id order with a LIMIT. While
+            // its statistics are stale (it fills and empties faster than
+            // autovacuum analyzes it) the planner prefers a bitmap scan and a
+            // sort of the whole log: 400 ms instead of 12 ms for 4,096 of
+            // 200,000 rows. This session only reads the log, so it asks for
+            // the index order outright.
             pg.client
-                .batch_execute(&format!("LISTEN {CHANNEL}"))
+                .batch_execute(&format!(
+                    "SET enable_bitmapscan = off; SET enable_sort = off; LISTEN {CHANNEL}"
+                ))
                 .await
                 .map_err(err(&pg.place, "LISTEN"))?;
         }

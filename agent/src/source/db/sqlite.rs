@@ -15,11 +15,53 @@ use crate::config::SourceKind;
 
 pub struct Sqlite {
     conn: Arc<Mutex<Connection>>,
+    /// Consumed rows are deleted on a second connection, so that a delete
+    /// waiting for the business system's write lock never holds up reading.
+    deleter: std::sync::mpsc::Sender<Vec<(i64, i64)>>,
+    deleting: Arc<Mutex<Deleting>>,
     target: Target,
     /// `PRAGMA data_version` when the source last looked.
     version: i64,
     wake: Arc<Notify>,
     _watcher: Option<notify::RecommendedWatcher>,
+}
+
+/// Deletes handed to the deleter thread, oldest first, and its last error.
+#[derive(Default)]
+struct Deleting {
+    queued: std::collections::VecDeque<Vec<(i64, i64)>>,
+    error: Option<DbError>,
+}
+
+/// The deleter thread: one transaction per batch of ranges, in order.
+fn delete_in_background(path: PathBuf, jobs: std::sync::mpsc::Receiver<Vec<(i64, i64)>>, state: Arc<Mutex<Deleting>>) {
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .and_then(|c| c.busy_timeout(Duration::from_secs(10)).map(|()| c));
+    let mut conn = match conn {
+        Ok(c) => c,
+        Err(e) => {
+            state.lock().unwrap_or_else(|p| p.into_inner()).error = Some(err("open for deletes")(e));
+            return;
+        }
+    };
+    while let Ok(ranges) = jobs.recv() {
+        let result = (|| {
+            let tx = conn.transaction()?;
+            for s in super::forget_sql(&ranges) {
+                tx.execute(&s, [])?;
+            }
+            tx.commit()
+        })();
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(()) => {
+                st.queued.pop_front();
+            }
+            // The rows stay queued (left out of reads, listed in positions);
+            // the source restarts on the error and deletes them at start.
+            Err(e) => st.error = Some(err("delete consumed changes")(e)),
+        }
+    }
 }
 
 fn err(what: &str) -> impl Fn(rusqlite::Error) -> DbError + '_ {
@@ -115,8 +157,19 @@ impl Backend for Sqlite {
         .map_err(|e| DbError(format!("SQLite task failed: {e}")))??;
         let wake = Arc::new(Notify::new());
         let watcher = Self::watch(Path::new(&target.url), wake.clone());
+        let (deleter, jobs) = std::sync::mpsc::channel();
+        let deleting = Arc::new(Mutex::new(Deleting::default()));
+        {
+            let (path, state) = (PathBuf::from(&target.url), deleting.clone());
+            std::thread::Builder::new()
+                .name("qianzhi-sqlite-delete".into())
+                .spawn(move || delete_in_background(path, jobs, state))
+                .map_err(|e| DbError(format!("cannot start the delete thread: {e}")))?;
+        }
         Ok(Sqlite {
             conn: Arc::new(Mutex::new(conn)),
+            deleter,
+            deleting,
             target: target.clone(),
             version: -1,
             wake,
@@ -210,8 +263,13 @@ impl Backend for Sqlite {
     }
 
     async fn changes(&mut self, limit: usize, skip: &[(i64, i64)]) -> Result<Vec<Change>, DbError> {
+        if let Some(e) = self.deleting.lock().unwrap_or_else(|p| p.into_inner()).error.take() {
+            return Err(e);
+        }
         let tbl = self.target.log_name().to_owned();
-        let skip = super::skip_sql(skip);
+        let mut skip = skip.to_vec();
+        skip.extend(self.unconfirmed());
+        let skip = super::skip_sql(&skip);
         self.call(move |c| {
             let mut stmt = c
                 .prepare(&format!(
@@ -235,15 +293,16 @@ impl Backend for Sqlite {
     }
 
     async fn forget(&mut self, ranges: &[(i64, i64)]) -> Result<(), DbError> {
-        let sql = super::forget_sql(ranges);
-        self.call(move |c| {
-            let tx = c.transaction().map_err(err("delete consumed changes"))?;
-            for s in &sql {
-                tx.execute(s, []).map_err(err("delete consumed changes"))?;
-            }
-            tx.commit().map_err(err("delete consumed changes"))
-        })
-        .await
+        let mut st = self.deleting.lock().unwrap_or_else(|p| p.into_inner());
+        st.queued.push_back(ranges.to_vec());
+        self.deleter
+            .send(ranges.to_vec())
+            .map_err(|_| DbError("SQLite: the delete thread stopped".into()))
+    }
+
+    fn unconfirmed(&self) -> Vec<(i64, i64)> {
+        let st = self.deleting.lock().unwrap_or_else(|p| p.into_inner());
+        st.queued.iter().flatten().copied().collect()
     }
 
     async fn snapshot(&mut self, rows: mpsc::Sender<Vec<String>>) -> Result<Vec<i64>, DbError> {
