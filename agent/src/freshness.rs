@@ -16,6 +16,16 @@ use crate::catalog::{Catalog, UpdateCycle};
 /// The outbox position namespace of last-change times.
 pub const POSITIONS: &str = "__freshness";
 
+/// The position update saying that `resource` changed at `at_us`: it
+/// commits with the records that changed it.
+pub fn changed(resource: &str, at_us: i64) -> crate::outbox::PositionUpdate {
+    crate::outbox::PositionUpdate {
+        source: POSITIONS.to_owned(),
+        key: resource.to_owned(),
+        value: Some(at_us.to_string()),
+    }
+}
+
 /// How long a resource may go without a change. 实时 resources are expected
 /// to change at least daily; a month is 31 days, a quarter 92, half a year
 /// 183 and a year 366, so that a calendar period never counts as late.

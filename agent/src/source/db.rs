@@ -483,11 +483,9 @@ impl DbSource {
         let now = outbox::now_us();
         let quarantined = write.quarantine.len() as u64;
         if records > 0 {
-            write.positions.push(PositionUpdate {
-                source: crate::freshness::POSITIONS.to_owned(),
-                key: self.mapping.resource().code.clone(),
-                value: Some(now.to_string()),
-            });
+            write
+                .positions
+                .push(crate::freshness::changed(&self.mapping.resource().code, now));
         }
         write.positions.push(PositionUpdate {
             source: self.config.name.clone(),

@@ -451,11 +451,9 @@ impl FileJob {
                 let (records, quarantined) = (write.records.len() as u64, write.quarantine.len() as u64);
                 if records > 0 {
                     // The resource changed: its freshness commits with the records.
-                    write.positions.push(PositionUpdate {
-                        source: crate::freshness::POSITIONS.to_owned(),
-                        key: self.mapping.resource().code.clone(),
-                        value: Some(now.to_string()),
-                    });
+                    write
+                        .positions
+                        .push(crate::freshness::changed(&self.mapping.resource().code, now));
                 }
                 write.positions.push(PositionUpdate {
                     source: self.config.name.clone(),

@@ -40,6 +40,18 @@ fn err<'a>(place: &'a str, what: &'a str) -> impl Fn(mysql_async::Error) -> DbEr
 }
 
 impl Mysql {
+    async fn log_exists(&mut self) -> Result<bool, DbError> {
+        let found: Option<i64> = self
+            .conn
+            .exec_first(
+                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+                (LOG_TABLE,),
+            )
+            .await
+            .map_err(err(&self.place, "look for the change log"))?;
+        Ok(found.is_some())
+    }
+
     fn table(&self) -> String {
         quote(SourceKind::Mysql, &self.target.table)
     }
@@ -139,18 +151,9 @@ impl Backend for Mysql {
     async fn execute(&mut self, sql: &[String]) -> Result<(), DbError> {
         // DDL commits implicitly in MySQL: the statements run one by one.
         for s in sql {
-            if s.starts_with("DELETE FROM") {
-                let exists: Option<i64> = self
-                    .conn
-                    .exec_first(
-                        "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
-                        (LOG_TABLE,),
-                    )
-                    .await
-                    .map_err(err(&self.place, "look for the change log"))?;
-                if exists.is_none() {
-                    continue;
-                }
+            // Uninstalling twice: the log may be gone already.
+            if s.starts_with("DELETE FROM") && !self.log_exists().await? {
+                continue;
             }
             let what = format!("run `{s}` (needs CREATE on the database and TRIGGER on the table)");
             self.conn.query_drop(s).await.map_err(err(&self.place, &what))?;
@@ -159,15 +162,7 @@ impl Backend for Mysql {
     }
 
     async fn installed(&mut self) -> Result<bool, DbError> {
-        let log: Option<i64> = self
-            .conn
-            .exec_first(
-                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
-                (LOG_TABLE,),
-            )
-            .await
-            .map_err(err(&self.place, "look for the change log"))?;
-        if log.is_none() {
+        if !self.log_exists().await? {
             return Ok(false);
         }
         for (name, _, body) in Self::triggers(&self.target) {
