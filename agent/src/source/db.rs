@@ -738,6 +738,30 @@ fn row_triggers(kind: SourceKind, object: &str, target: &Target) -> Vec<(String,
     .collect()
 }
 
+/// Install statements for row triggers: the change log's DDL, then each
+/// trigger dropped and created again (so that a changed mapping replaces it).
+fn install_row_triggers(kind: SourceKind, mut sql: Vec<String>, triggers: Vec<(String, String)>) -> Vec<String> {
+    for (name, create) in triggers {
+        sql.push(format!("DROP TRIGGER IF EXISTS {}", quote(kind, &name)));
+        sql.push(create);
+    }
+    sql
+}
+
+/// Uninstall statements for row triggers: each dropped, then the table's
+/// pending changes forgotten.
+fn uninstall_row_triggers(kind: SourceKind, target: &Target, names: Vec<String>) -> Vec<String> {
+    let mut sql: Vec<String> = names
+        .iter()
+        .map(|name| format!("DROP TRIGGER IF EXISTS {}", quote(kind, name)))
+        .collect();
+    sql.push(format!(
+        "DELETE FROM {LOG_TABLE} WHERE tbl = {}",
+        literal(target.log_name())
+    ));
+    sql
+}
+
 /// A string literal (validated names only: no quotes inside).
 fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))

@@ -143,6 +143,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// A `qianzhi-hub` process on a free port: (port, its config path, the process).
+async fn start_hub(w: &World) -> (u16, String, std::process::Child) {
+    let port = free_port();
+    let config = w.hub_toml(port).to_str().expect("utf-8 path").to_owned();
+    let hub = spawn("qianzhi-hub", &["serve", "--config", &config], &w.path("hub.log"));
+    wait_listening(port).await;
+    (port, config, hub)
+}
+
 async fn bench_db(kind: &str) {
     use tests::db::{Db, insert_people};
     let w = World::new();
@@ -153,11 +162,7 @@ async fn bench_db(kind: &str) {
         other => panic!("unknown database {other:?}: sqlite, postgres or mysql"),
     };
     db.create_people().await;
-    let hub_port = free_port();
-    let hub_toml = w.hub_toml(hub_port);
-    let hub_toml = hub_toml.to_str().expect("utf-8 path");
-    let mut hub = spawn("qianzhi-hub", &["serve", "--config", hub_toml], &w.path("hub.log"));
-    wait_listening(hub_port).await;
+    let (hub_port, _, mut hub) = start_hub(&w).await;
     let mut spec = w.agent_spec(hub_port);
     spec.health_port = free_port();
     spec.sources = db.source("business", "");
@@ -258,11 +263,8 @@ async fn main() {
         .unwrap_or(1_000_000);
     let w = World::new();
     println!("scratch folder {}", w.dir.path().display());
-    let hub_port = free_port();
-    let hub_toml = w.hub_toml(hub_port);
-    let hub_toml = hub_toml.to_str().expect("utf-8 path");
-    let mut hub = spawn("qianzhi-hub", &["serve", "--config", hub_toml], &w.path("hub.log"));
-    wait_listening(hub_port).await;
+    let (hub_port, hub_toml, mut hub) = start_hub(&w).await;
+    let hub_toml = hub_toml.as_str();
     let mut spec = w.agent_spec(hub_port);
     spec.health_port = free_port();
     spec.hub_extra = "backoff_max = \"200ms\"\n".into();

@@ -8,7 +8,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder};
 use tokio::sync::mpsc;
 
-use super::{Backend, CHUNK, Change, DbError, LOG_TABLE, Target, literal, missing_columns, quote};
+use super::{Backend, CHUNK, Change, DbError, LOG_TABLE, Target, missing_columns, quote};
 use crate::config::SourceKind;
 
 pub struct Mysql {
@@ -123,29 +123,22 @@ impl Backend for Mysql {
     }
 
     fn install_sql(target: &Target) -> Vec<String> {
-        let mut sql = vec![format!(
+        let log = vec![format!(
             "CREATE TABLE IF NOT EXISTS {LOG_TABLE} (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, \
              tbl VARCHAR(191) NOT NULL, op CHAR(1) NOT NULL, old LONGTEXT NULL, new LONGTEXT NULL, \
              at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), KEY {LOG_TABLE}_tbl (tbl, id)) \
              ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
         )];
-        for (name, create, _) in Self::triggers(target) {
-            sql.push(format!("DROP TRIGGER IF EXISTS {}", quote(SourceKind::Mysql, &name)));
-            sql.push(create);
-        }
-        sql
+        let triggers = Self::triggers(target)
+            .into_iter()
+            .map(|(name, create, _)| (name, create))
+            .collect();
+        super::install_row_triggers(SourceKind::Mysql, log, triggers)
     }
 
     fn uninstall_sql(target: &Target) -> Vec<String> {
-        let mut sql: Vec<String> = Self::triggers(target)
-            .into_iter()
-            .map(|(name, _, _)| format!("DROP TRIGGER IF EXISTS {}", quote(SourceKind::Mysql, &name)))
-            .collect();
-        sql.push(format!(
-            "DELETE FROM {LOG_TABLE} WHERE tbl = {}",
-            literal(target.log_name())
-        ));
-        sql
+        let names = Self::triggers(target).into_iter().map(|(name, _, _)| name).collect();
+        super::uninstall_row_triggers(SourceKind::Mysql, target, names)
     }
 
     async fn execute(&mut self, sql: &[String]) -> Result<(), DbError> {

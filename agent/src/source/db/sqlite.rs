@@ -178,30 +178,19 @@ impl Backend for Sqlite {
     }
 
     fn install_sql(target: &Target) -> Vec<String> {
-        let mut sql = vec![
+        let log = vec![
             format!(
                 "CREATE TABLE IF NOT EXISTS {LOG_TABLE} (id INTEGER PRIMARY KEY AUTOINCREMENT, \
                  tbl TEXT NOT NULL, op TEXT NOT NULL, old TEXT, new TEXT)"
             ),
             format!("CREATE INDEX IF NOT EXISTS {LOG_TABLE}_tbl ON {LOG_TABLE} (tbl, id)"),
         ];
-        for (name, create) in Self::triggers(target) {
-            sql.push(format!("DROP TRIGGER IF EXISTS {}", quote(SourceKind::Sqlite, &name)));
-            sql.push(create);
-        }
-        sql
+        super::install_row_triggers(SourceKind::Sqlite, log, Self::triggers(target))
     }
 
     fn uninstall_sql(target: &Target) -> Vec<String> {
-        let mut sql: Vec<String> = Self::triggers(target)
-            .into_iter()
-            .map(|(name, _)| format!("DROP TRIGGER IF EXISTS {}", quote(SourceKind::Sqlite, &name)))
-            .collect();
-        sql.push(format!(
-            "DELETE FROM {LOG_TABLE} WHERE tbl = {}",
-            literal(target.log_name())
-        ));
-        sql
+        let names = Self::triggers(target).into_iter().map(|(name, _)| name).collect();
+        super::uninstall_row_triggers(SourceKind::Sqlite, target, names)
     }
 
     async fn execute(&mut self, sql: &[String]) -> Result<(), DbError> {
