@@ -181,6 +181,9 @@ struct RawSource {
     rescan: Option<HumanDuration>,
     after: Option<AfterDone>,
     op_column: Option<String>,
+    max_value: Option<Spanned<ByteSize>>,
+    max_row: Option<Spanned<ByteSize>>,
+    max_attempts: Option<Spanned<u32>>,
     columns: Spanned<BTreeMap<String, Spanned<String>>>,
     #[serde(default)]
     transforms: BTreeMap<Spanned<String>, Vec<Spanned<String>>>,
@@ -442,6 +445,12 @@ pub struct SourceConfig {
     /// Column → transforms applied, in order, to its raw value before the
     /// data-element rules.
     pub transforms: BTreeMap<String, Vec<Transform>>,
+    /// Drop folders: the largest value and row taken; larger ones are
+    /// quarantined with a prefix, their length and a hash.
+    pub limits: crate::source::format::Limits,
+    /// Drop folders: restarts of the agent while one file was being read
+    /// before that file is set aside in `rejected/`.
+    pub max_attempts: u32,
 }
 
 impl Config {
@@ -632,6 +641,27 @@ impl Config {
                 }
                 kind => Some(db_config(&s, kind, &name, &columns, &resolve, &invalid)?),
             };
+            let defaults = crate::source::format::Limits::default();
+            let size = |v: Option<Spanned<ByteSize>>, key: &str, default: usize| -> Result<usize, Error> {
+                match v {
+                    None => Ok(default),
+                    Some(b) if b.get_ref().0 < 1024 || b.get_ref().0 > 1 << 30 => {
+                        Err(invalid(b.span(), key, "must be between 1KiB and 1GiB".into()))
+                    }
+                    Some(b) => Ok(b.get_ref().0 as usize),
+                }
+            };
+            let limits = crate::source::format::Limits {
+                max_value: size(s.max_value, "source.max_value", defaults.max_value)?,
+                max_row: size(s.max_row, "source.max_row", defaults.max_row)?,
+            };
+            let max_attempts = match s.max_attempts {
+                None => 3,
+                Some(n) if *n.get_ref() == 0 => {
+                    return Err(invalid(n.span(), "source.max_attempts", "must be at least 1".into()));
+                }
+                Some(n) => *n.get_ref(),
+            };
             sources.push(SourceConfig {
                 name,
                 kind: s.kind,
@@ -647,6 +677,8 @@ impl Config {
                 db,
                 transforms,
                 columns,
+                limits,
+                max_attempts,
             });
         }
 

@@ -45,7 +45,13 @@ pub struct SourceStats {
     pub warnings: Counter,
     pub files_done: Counter,
     pub files_rejected: Counter,
+    /// Entries of a drop folder that are never taken (links, FIFOs,
+    /// folders, hidden or temporary names), each counted once.
+    pub files_skipped: Counter,
     error: Mutex<Option<String>>,
+    /// Files that could not be taken and are retried, by name: the folder
+    /// goes on with the others.
+    problems: Mutex<std::collections::BTreeMap<String, String>>,
     freshness: Freshness,
 }
 
@@ -64,6 +70,28 @@ impl SourceStats {
 
     pub fn error(&self) -> Option<String> {
         self.error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Notes (or with `None` clears) a problem with one file.
+    pub fn set_problem(&self, file: &str, problem: Option<String>) {
+        let mut p = self.problems.lock().unwrap_or_else(|p| p.into_inner());
+        match problem {
+            Some(text) => {
+                p.insert(file.to_owned(), text);
+            }
+            None => {
+                p.remove(file);
+            }
+        }
+    }
+
+    pub fn problems(&self) -> Vec<String> {
+        self.problems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(f, e)| format!("{f}: {e}"))
+            .collect()
     }
 }
 
@@ -273,8 +301,10 @@ impl Health {
             quarantined: f.quarantined.get_or_create(&l).clone(),
             files_done: f.files_done.get_or_create(&l).clone(),
             files_rejected: f.files_rejected.get_or_create(&l).clone(),
+            files_skipped: Counter::default(),
             warnings: f.warnings.get_or_create(&l).clone(),
             error: Mutex::default(),
+            problems: Mutex::default(),
             freshness: self.freshness.clone(),
         });
         sources.push((name.to_owned(), s.clone()));
@@ -303,10 +333,14 @@ impl Health {
         self.link.lock().unwrap_or_else(|p| p.into_inner()).last_ack = Some(SystemTime::now());
     }
 
-    /// Ready when the outbox is writable and no source is failing.
+    /// Ready when the outbox is writable, no damage recovery waits for an
+    /// operator, and no source is failing.
     pub fn ready(&self) -> Result<(), String> {
         if let Some(e) = self.outbox.stats().error {
             return Err(format!("outbox not writable: {e}"));
+        }
+        if let Some(r) = self.outbox.unacknowledged_recovery() {
+            return Err(r);
         }
         let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
         for (name, s) in sources.iter() {
@@ -327,13 +361,15 @@ impl Health {
             let now_us = crate::outbox::now_us();
             ((now_us - us).max(0) as f64) / 1e6
         });
+        // Before the sources lock: it takes that lock itself.
+        let degraded = self.degraded(&q, link.down_since, link.error.as_deref());
         let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
         Status {
             agency: self.agency.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             outbox_id: self.outbox.id().to_owned(),
             ready,
-            degraded: self.degraded(&q, link.down_since, link.error.as_deref()),
+            degraded,
             link: LinkStatus {
                 hub: self.hub.clone(),
                 state: link.state,
@@ -371,6 +407,8 @@ impl Health {
                     warnings: s.warnings.get(),
                     files_done: s.files_done.get(),
                     files_rejected: s.files_rejected.get(),
+                    files_skipped: s.files_skipped.get(),
+                    problems: s.problems(),
                     error: s.error(),
                 })
                 .collect(),
@@ -456,6 +494,12 @@ pub struct SourceStatus {
     pub warnings: u64,
     pub files_done: u64,
     pub files_rejected: u64,
+    /// Folder entries never taken (links, FIFOs, folders, hidden names).
+    #[serde(default)]
+    pub files_skipped: u64,
+    /// Files retried with a backoff, each with its reason.
+    #[serde(default)]
+    pub problems: Vec<String>,
     pub error: Option<String>,
 }
 
@@ -650,11 +694,16 @@ impl Health {
         link_down_since: Option<SystemTime>,
         link_error: Option<&str>,
     ) -> Vec<String> {
-        let mut out: Vec<String> = q.recovered.iter().cloned().collect();
+        let mut out: Vec<String> = self.outbox.unacknowledged_recovery().into_iter().collect();
         if let Some(e) = self.reload_error.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             out.push(format!(
                 "RELOAD_REFUSED: the new config was refused, the previous one runs: {e}"
             ));
+        }
+        for (name, source) in self.sources.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            for problem in source.problems() {
+                out.push(format!("FILE_RETRYING: source {name}: {problem}"));
+            }
         }
         if q.disk_low {
             out.push(

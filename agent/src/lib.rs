@@ -27,6 +27,7 @@ pub mod config;
 pub mod disk;
 pub mod element;
 pub mod freshness;
+pub mod fsx;
 pub mod health;
 pub mod link;
 pub mod normalize;
@@ -84,6 +85,7 @@ fn spawn_link(
         catalog_digest: config.catalog.digest().to_owned(),
         outbox: outbox.clone(),
         health: health.clone(),
+        sent: Default::default(),
     };
     let token = token.child_token();
     let task = tasks.spawn(link.run(token.clone()));
@@ -150,7 +152,8 @@ pub async fn start(
     tasks: &TaskTracker,
     token: CancellationToken,
 ) -> Result<Running, StartError> {
-    let outbox = outbox::Outbox::open(&config.data_dir, config.outbox.max_bytes)?;
+    let outbox =
+        outbox::Outbox::open_with_reserve(&config.data_dir, config.outbox.max_bytes, config.outbox.reserve_free)?;
     let listener = health::bind(config.health_listen)
         .await
         .map_err(|source| StartError::Health {
@@ -175,12 +178,7 @@ pub async fn start(
     sources.apply(&config.sources, &config.catalog).await;
     let link = spawn_link(&config, &outbox, &health, tasks, &token);
     tasks.spawn(systemd::run(health.clone(), outbox.clone(), token.clone()));
-    tasks.spawn(disk::watch(
-        outbox.clone(),
-        config.data_dir.clone(),
-        config.outbox.reserve_free,
-        token.clone(),
-    ));
+    tasks.spawn(disk::watch(outbox.clone(), token.clone()));
     tracing::info!(
         agency = %config.agency,
         outbox = %outbox.id(),

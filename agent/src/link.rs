@@ -169,6 +169,9 @@ pub struct Link {
     pub catalog_digest: String,
     pub outbox: Outbox,
     pub health: Arc<Health>,
+    /// The highest sequence sent to the hub or acknowledged by its Welcome
+    /// in the current session: no ack may go beyond it.
+    pub sent: std::sync::atomic::AtomicU64,
 }
 
 /// Batches sent and not yet acknowledged: (last seq, records, window slot).
@@ -296,14 +299,26 @@ impl Link {
         };
         let local = self.outbox.stats().last_seq;
         if welcome.last_seq > local {
-            // The outbox lost its tail (damage) or is an older backup: what
-            // the hub holds was delivered; new records must follow it, or the
-            // hub would take them for replays.
+            if self.outbox.unacknowledged_recovery().is_none() {
+                // Never delete on the word of a hub that claims more than this
+                // outbox ever assigned: a wrong hub, a forged one, or a data
+                // directory restored from an old backup. An operator decides.
+                return Err(Error::Protocol(format!(
+                    "the hub says it holds sequence {} of outbox {}, beyond the highest this outbox ever \
+                     assigned ({local}); nothing is deleted. A data directory restored from an older backup \
+                     needs an operator: see the operations guide, 'restoring the data directory'",
+                    welcome.last_seq,
+                    self.outbox.id()
+                )));
+            }
+            // The outbox was damaged and lost its tail: what the hub holds
+            // was delivered; new records must follow it, or the hub would take
+            // them for replays.
             error!(
                 hub = welcome.last_seq,
                 local,
                 outbox = %self.outbox.id(),
-                "the hub holds more of this outbox than it remembers; continuing after the hub's sequence"
+                "the hub holds more of this recovered outbox than it remembers; continuing after the hub's sequence"
             );
             self.outbox.advance_to(welcome.last_seq).await?;
         }
@@ -316,11 +331,15 @@ impl Link {
         if welcome.last_seq > 0 {
             self.outbox.ack(welcome.last_seq).await?;
         }
+        self.sent.store(welcome.last_seq, std::sync::atomic::Ordering::Release);
         info!(resume_after = welcome.last_seq, hub_version = %welcome.hub_version, "link up");
         self.health.set_link(LinkState::Up, None);
 
         let window = Arc::new(Semaphore::new(self.hub.max_in_flight));
         let in_flight: InFlight = Arc::default();
+        // A delete after an ack that fails (a full disk) ends the session:
+        // the next one's Welcome redoes it.
+        let (failed_tx, mut failed) = mpsc::channel::<outbox::Error>(1);
         let sender = self.send_loop(welcome.last_seq + 1, tx.clone(), window.clone(), in_flight.clone());
         tokio::pin!(sender);
         loop {
@@ -328,8 +347,9 @@ impl Link {
                 r = &mut sender => return r,
                 msg = inbound.message() => {
                     let msg = msg.map_err(from_status)?;
-                    self.handle(msg, &in_flight).await?;
+                    self.handle(msg, &in_flight, &failed_tx).await?;
                 }
+                Some(e) = failed.recv() => return Err(e.into()),
                 () = token.cancelled() => break,
             }
         }
@@ -337,22 +357,38 @@ impl Link {
         // (the caller bounds this by the grace period).
         while !in_flight.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
             let msg = inbound.message().await.map_err(from_status)?;
-            self.handle(msg, &in_flight).await?;
+            self.handle(msg, &in_flight, &failed_tx).await?;
         }
         drop(tx);
         Ok(())
     }
 
-    async fn handle(&self, msg: Option<HubMessage>, in_flight: &InFlight) -> Result<(), Error> {
+    async fn handle(
+        &self,
+        msg: Option<HubMessage>,
+        in_flight: &InFlight,
+        failed: &mpsc::Sender<outbox::Error>,
+    ) -> Result<(), Error> {
         match msg.and_then(|m| m.body) {
             None => Err(Error::Connect("the hub closed the stream".into())),
             Some(hub_message::Body::Ack(ack)) => {
+                let sent = self.sent.load(std::sync::atomic::Ordering::Acquire);
+                if ack.upto_seq > sent {
+                    // Never delete what was not sent.
+                    return Err(Error::Protocol(format!(
+                        "the hub acknowledged up to sequence {} but only up to {sent} was sent; nothing deleted",
+                        ack.upto_seq
+                    )));
+                }
                 // Queued behind any rejection before it; the commit is not
-                // awaited here (a lost delete is redone by the next Welcome).
+                // awaited here, but a failure ends the session (whose next
+                // Welcome redoes the delete).
                 let receipt = self.outbox.submit_ack(ack.upto_seq).await?;
+                let failed = failed.clone();
                 tokio::spawn(async move {
                     if let Err(e) = receipt.committed().await {
-                        warn!(error = %e, "outbox delete after ack failed; the next session redoes it");
+                        warn!(error = %e, "outbox delete after ack failed; the session restarts to redo it");
+                        let _ = failed.try_send(e);
                     }
                 });
                 let mut acked = 0;
@@ -439,6 +475,7 @@ impl Link {
             let Some(&(last, _)) = batch.last() else { continue };
             let n = batch.len() as u64;
             cursor = last + 1;
+            self.sent.fetch_max(last, std::sync::atomic::Ordering::AcqRel);
             in_flight
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -44,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         command: QuarantineCommand,
     },
+    /// The outbox: acknowledge the recovery of a damaged outbox.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
     /// Database sources: install or remove the change-log triggers.
     Source {
         #[command(subcommand)]
@@ -54,6 +59,14 @@ enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// Says that an operator has read the report of a damaged outbox's
+    /// recovery (and compared what was lost with the hub): /readyz is ready
+    /// again. Works while the agent runs.
+    Acknowledge,
 }
 
 /// Which entries a quarantine command is about.
@@ -182,6 +195,28 @@ fn main() -> ExitCode {
             }
         },
         Command::Status { json, addr } => status(&cli.config, json, addr),
+        Command::Outbox {
+            command: OutboxCommand::Acknowledge,
+        } => {
+            let config = match load(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match agent::outbox::Recovery::acknowledge(&config.data_dir) {
+                Ok(Some(to)) => {
+                    println!("acknowledged: the recovery report is kept as {}", to.display());
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => {
+                    println!("nothing to acknowledge: no damaged outbox was recovered in {}", config.data_dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("qianzhi: outbox acknowledge: {}: {e}", config.data_dir.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Source { command } => {
             let config = match load(&cli.config) {
                 Ok(c) => c,

@@ -58,6 +58,15 @@ pub enum Error {
     /// The writer thread has stopped (the outbox was closed).
     #[error("outbox is closed")]
     Closed,
+    /// The write would take the data directory's filesystem below its
+    /// reserve; it was not applied. Wait for [`Outbox::room`] and submit it
+    /// again.
+    #[error("outbox {path}: {free} bytes free, below the reserve of {reserve} bytes plus this write: sources pause")]
+    DiskLow { path: PathBuf, free: u64, reserve: u64 },
+    /// A position the write expected was not there: an earlier write of the
+    /// same source failed, so this one must not commit after it.
+    #[error("outbox: position {key} of source {source_name} is not the one this write follows (an earlier write failed)")]
+    Conflict { source_name: String, key: String },
     /// Another process holds the data directory.
     #[error("{path} is locked: a qianzhi agent is running with this data directory (stop it first)")]
     Locked { path: PathBuf },
@@ -74,7 +83,7 @@ pub struct DirLock {
 
 impl DirLock {
     pub fn acquire(dir: &Path) -> Result<DirLock, Error> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+        crate::fsx::create_private_dir(dir).map_err(|source| Error::CreateDir {
             path: dir.to_owned(),
             source,
         })?;
@@ -117,6 +126,7 @@ impl Error {
         match self {
             Error::Sqlite { source, .. } => sqlite_disk_full(source),
             Error::Commit { disk_full, .. } => *disk_full,
+            Error::DiskLow { .. } => true,
             _ => false,
         }
     }
@@ -135,6 +145,30 @@ pub struct Write {
     /// The source's capture positions after these records (a file's
     /// offset, a resource's last-change time).
     pub positions: Vec<PositionUpdate>,
+    /// Positions that must hold their given value (`None`: absent) for this
+    /// write to apply; otherwise it fails with [`Error::Conflict`] and
+    /// changes nothing. A source that submits chunk N+1 before chunk N has
+    /// committed expects chunk N's position, so a failed chunk can never be
+    /// followed by a later one.
+    pub expect: Vec<PositionUpdate>,
+}
+
+impl Write {
+    /// Bytes this write adds to the outbox file, about.
+    fn size(&self) -> u64 {
+        let records: usize = self.records.iter().map(|r| r.len() + 24).sum();
+        let quarantine: usize = self
+            .quarantine
+            .iter()
+            .map(|q| q.raw.len() + q.reasons.iter().map(String::len).sum::<usize>() + q.object.len() + 64)
+            .sum();
+        let positions: usize = self
+            .positions
+            .iter()
+            .map(|p| p.key.len() + p.value.as_ref().map_or(0, String::len) + 32)
+            .sum();
+        (records + quarantine + positions) as u64
+    }
 }
 
 /// Sets (`value: Some`) or clears (`None`) one position of a source.
@@ -191,10 +225,9 @@ enum Command {
     Ping(oneshot::Sender<Result<(), Error>>),
     /// Moves the sequence past a value (the hub holds it already).
     Advance(u64, oneshot::Sender<Result<(), Error>>),
-    /// Marks the disk below (true) or back above its reserve. Going low
-    /// also checkpoints the WAL into the database and truncates it, which
-    /// gives disk space back.
-    DiskLow(bool, oneshot::Sender<Result<(), Error>>),
+    /// Answered after the writer has looked at the free space: sets or
+    /// clears `Stats::disk_low`, and puts the ballast back when space is.
+    CheckDisk(oneshot::Sender<Result<(), Error>>),
 }
 
 /// A handle to the outbox; cheap to clone.
@@ -204,6 +237,7 @@ pub struct Outbox {
 }
 
 struct Inner {
+    dir: PathBuf,
     path: PathBuf,
     id: String,
     max_bytes: u64,
@@ -216,27 +250,49 @@ struct Inner {
 const GROUP_MAX_COMMANDS: usize = 256;
 
 impl Outbox {
-    /// Opens (or creates) `DIR/outbox.db` and starts the writer thread.
+    /// Opens (or creates) `DIR/outbox.db` and starts the writer thread,
+    /// with no disk reserve.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Outbox, Error> {
+        Outbox::open_with_reserve(dir, max_bytes, 0)
+    }
+
+    /// Opens (or creates) `DIR/outbox.db` and starts the writer thread. No
+    /// write is applied that would leave less than `reserve` bytes free on
+    /// the filesystem of `dir`; a ballast file of part of the reserve keeps
+    /// room for deletes after acks even when something else fills the disk.
+    pub fn open_with_reserve(dir: &Path, max_bytes: u64, reserve: u64) -> Result<Outbox, Error> {
         let lock = DirLock::acquire_within(dir, std::time::Duration::from_secs(10))?;
         let path = dir.join("outbox.db");
+        crate::fsx::ensure_private_file(&path).map_err(|source| Error::CreateDir {
+            path: path.clone(),
+            source,
+        })?;
+        let space = Space::new(dir, reserve);
+        if space.reserve > 0 && crate::disk::free_bytes(dir).is_ok_and(|f| f < space.reserve) {
+            // Opening writes (the WAL, the shared-memory file): make room.
+            space.release_ballast();
+        }
         let sql = |source| Error::Sqlite {
             path: path.clone(),
             source,
         };
-        let (writer, id, stats) = match open_checked(&path) {
+        let (writer, id, mut stats) = match open_checked(&path) {
             Ok(opened) => opened,
             Err(e) if is_damage(&e) => {
                 // Never a crash loop: move the file aside, keep what can be read.
-                let report = recover(&path, &e).map_err(sql)?;
-                tracing::error!(path = %path.display(), "{report}");
-                let (writer, id, mut stats) = open_checked(&path).map_err(sql)?;
-                stats.recovered = Some(report);
-                (writer, id, stats)
+                tracing::error!(path = %path.display(), damage = %e, "the outbox is damaged; recovering what can be read");
+                let report = recover(&path).map_err(sql)?;
+                tracing::error!(path = %path.display(), "{}", report.text());
+                report.save(dir).map_err(|source| Error::CreateDir {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+                open_checked(&path).map_err(sql)?
             }
             Err(e) => return Err(sql(e)),
         };
         let reader = open_connection(&path).map_err(sql)?;
+        stats.recovered = Recovery::pending(dir);
 
         let (stats_tx, stats_rx) = watch::channel(stats);
         let (commands, rx) = mpsc::channel(64);
@@ -244,7 +300,7 @@ impl Outbox {
         std::thread::Builder::new()
             .name("outbox-writer".into())
             .spawn(move || {
-                writer_loop(writer, thread_path, rx, stats_tx);
+                writer_loop(writer, thread_path, rx, stats_tx, space);
                 // The lock goes last, after the writer's connection closed
                 // (the read connection closed before: its owner dropped the
                 // last sender, which ended the loop).
@@ -256,6 +312,7 @@ impl Outbox {
             })?;
         Ok(Outbox {
             inner: Arc::new(Inner {
+                dir: dir.to_owned(),
                 path,
                 id,
                 max_bytes,
@@ -298,19 +355,29 @@ impl Outbox {
         let _ = rx.wait_for(|s| s.bytes < max && !s.disk_low).await;
     }
 
-    /// Marks the disk as below (or back above) its reserve. Going low also
-    /// checkpoints and truncates the WAL, which gives space back.
-    pub async fn set_disk_low(&self, low: bool) -> Result<(), Error> {
-        if self.inner.stats.borrow().disk_low == low {
-            return Ok(());
-        }
+    /// Has the writer look at the free space now: pauses or resumes the
+    /// sources (`Stats::disk_low`). Called every second by `disk::watch`,
+    /// for space freed by others; the writer also checks before every
+    /// write.
+    pub async fn check_disk(&self) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
         self.inner
             .commands
-            .send(Command::DiskLow(low, tx))
+            .send(Command::CheckDisk(tx))
             .await
             .map_err(|_| Error::Closed)?;
         Receipt(rx).committed().await
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The recovery of a damaged outbox that no operator has acknowledged
+    /// yet, read anew (an operator may acknowledge it while the agent runs).
+    pub fn unacknowledged_recovery(&self) -> Option<String> {
+        Recovery::pending(&self.inner.dir)
     }
 
     /// True while the queue is at or over `max_bytes`.
@@ -558,10 +625,203 @@ fn is_damage(e: &rusqlite::Error) -> bool {
         if matches!(f.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase))
 }
 
-/// Moves a damaged outbox aside, salvages what can still be read into a new
-/// file at `path` (the identity, queued records with their sequences,
-/// positions and quarantine entries), and says what happened.
-fn recover(path: &Path, damage: &rusqlite::Error) -> rusqlite::Result<String> {
+/// What the recovery of a damaged outbox found. Kept in
+/// `DIR/outbox-recovered.txt` until an operator acknowledges it
+/// (`qianzhi outbox acknowledge`): until then `/readyz` fails and `/status`
+/// lists it, however often the agent restarts.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    aside: PathBuf,
+    records: u64,
+    positions: u64,
+    quarantined: u64,
+    /// Sequences on pages that could not be read: the records there, if
+    /// any, are lost.
+    lost: Vec<(i64, i64)>,
+    /// Positions and quarantine entries on unreadable pages.
+    lost_other: Vec<String>,
+}
+
+impl Recovery {
+    const FILE: &'static str = "outbox-recovered.txt";
+
+    fn lost_sequences(&self) -> u64 {
+        self.lost.iter().map(|(a, b)| (b - a + 1) as u64).sum()
+    }
+
+    /// One line for `/status`.
+    fn summary(&self) -> String {
+        let lost = if self.lost.is_empty() && self.lost_other.is_empty() {
+            "nothing was unreadable".to_owned()
+        } else {
+            format!(
+                "{} sequences missing ({}){}: their records are lost, unless the hub holds them or rejected them \
+                 (then they are in the quarantine)",
+                self.lost_sequences(),
+                ranges_text(&self.lost, 8),
+                if self.lost_other.is_empty() {
+                    String::new()
+                } else {
+                    format!(", and {}", self.lost_other.join(", "))
+                }
+            )
+        };
+        format!(
+            "the outbox was damaged and moved to {}; recovered {} queued records, {} positions and {} quarantine entries; {lost}",
+            self.aside.display(),
+            self.records,
+            self.positions,
+            self.quarantined
+        )
+    }
+
+    /// The whole report, for the log and the file.
+    pub fn text(&self) -> String {
+        let mut out = self.summary();
+        if self.lost.len() > 8 {
+            out.push_str(&format!("\nall unreadable sequence ranges: {}", ranges_text(&self.lost, usize::MAX)));
+        }
+        out
+    }
+
+    fn save(&self, dir: &Path) -> std::io::Result<()> {
+        let text = format!(
+            "{}\nfound at: {}\nacknowledge with `qianzhi outbox acknowledge` once the loss is checked against the hub's export and the sources\n",
+            self.text(),
+            humantime::format_rfc3339_seconds(SystemTime::now())
+        );
+        crate::fsx::write_private(&dir.join(Recovery::FILE), text.as_bytes())
+    }
+
+    /// The first line of an unacknowledged recovery report in `dir`.
+    pub fn pending(dir: &Path) -> Option<String> {
+        let text = std::fs::read_to_string(dir.join(Recovery::FILE)).ok()?;
+        let first = text.lines().next().unwrap_or_default();
+        Some(format!(
+            "OUTBOX_RECOVERED: {first}; check, then run `qianzhi outbox acknowledge`"
+        ))
+    }
+
+    /// Marks the recovery report in `dir` as read by an operator: it moves
+    /// to `outbox-recovered.acknowledged-TIME.txt`. Returns the new name, or
+    /// `None` if there was nothing to acknowledge.
+    pub fn acknowledge(dir: &Path) -> std::io::Result<Option<PathBuf>> {
+        let from = dir.join(Recovery::FILE);
+        if !from.exists() {
+            return Ok(None);
+        }
+        let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
+            .to_string()
+            .replace(':', "");
+        let to = dir.join(format!("outbox-recovered.acknowledged-{stamp}.txt"));
+        std::fs::rename(&from, &to)?;
+        Ok(Some(to))
+    }
+}
+
+/// `a-b, c, …` for at most `max` ranges.
+fn ranges_text(ranges: &[(i64, i64)], max: usize) -> String {
+    let mut parts: Vec<String> = ranges
+        .iter()
+        .take(max)
+        .map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+        .collect();
+    if ranges.len() > max {
+        parts.push(format!("and {} more ranges", ranges.len() - max));
+    }
+    parts.join(", ")
+}
+
+/// Rows read per range while salvaging.
+const SALVAGE_RANGE: i64 = 4096;
+
+/// Reads every row of `table` that can still be read, by ranges of rowid: a
+/// range whose read fails is halved until what fails is single rowids, so a
+/// damaged page costs only the rows on it. A damaged interior page can also
+/// make a range read end early without an error: for a `dense` table (one
+/// whose rowids have no gaps, as the queue's sequences) a short range is
+/// halved too. `sink` takes each row read; returns the rowid ranges not
+/// recovered (for a dense table every gap, else the reads that failed).
+fn salvage<T>(
+    old: &Connection,
+    table: &str,
+    columns: &str,
+    at_least_to: i64,
+    dense: bool,
+    read: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    mut sink: impl FnMut(i64, T) -> rusqlite::Result<()>,
+) -> rusqlite::Result<Vec<(i64, i64)>> {
+    let bound = |sql: &str| old.query_row(sql, [], |r| r.get::<_, Option<i64>>(0));
+    let (lo, lo_known) = match bound(&format!("SELECT min(rowid) FROM {table}")) {
+        Ok(None) => return Ok(Vec::new()), // An empty table.
+        Ok(Some(lo)) => (lo, true),
+        Err(_) => (1, false),
+    };
+    let hi = bound(&format!("SELECT max(rowid) FROM {table}"))
+        .ok()
+        .flatten()
+        .unwrap_or(lo + (1 << 20))
+        .max(at_least_to);
+    let sql = format!("SELECT rowid, {columns} FROM {table} WHERE rowid BETWEEN ?1 AND ?2 ORDER BY rowid");
+    let read_range = |a: i64, b: i64| -> rusqlite::Result<Vec<(i64, T)>> {
+        let mut stmt = old.prepare_cached(&sql)?;
+        let rows = stmt.query_map([a, b], |r| Ok((r.get::<_, i64>(0)?, read(r)?)))?;
+        rows.collect()
+    };
+    let mut lost: Vec<(i64, i64)> = Vec::new();
+    // With the lowest rowid unknown, a gap before the first row read may be
+    // rows deleted long ago: not reported.
+    let mut any_read = lo_known;
+    let mut note = |a: i64, b: i64, any_read: bool| {
+        if !any_read {
+            return;
+        }
+        match lost.last_mut() {
+            Some(last) if last.1 + 1 == a => last.1 = b,
+            _ => lost.push((a, b)),
+        }
+    };
+    let mut todo: Vec<(i64, i64)> = Vec::new();
+    let mut start = hi;
+    // Pushed from the top so that ranges pop in ascending order.
+    while start >= lo {
+        let a = start.saturating_sub(SALVAGE_RANGE - 1).max(lo);
+        todo.push((a, start));
+        start = a - 1;
+    }
+    while let Some((a, b)) = todo.pop() {
+        let read = read_range(a, b);
+        let short = read.as_ref().is_ok_and(|rows| dense && (rows.len() as i64) < b - a + 1);
+        match read {
+            Ok(rows) if !short || a == b => {
+                let mut expected = a;
+                for (rowid, row) in rows {
+                    if dense && rowid > expected {
+                        note(expected, rowid - 1, any_read);
+                    }
+                    expected = rowid + 1;
+                    any_read = true;
+                    sink(rowid, row)?;
+                }
+                if dense && expected <= b {
+                    note(expected, b, any_read);
+                }
+            }
+            Err(_) if a == b => note(a, a, true),
+            _ => {
+                let mid = a + (b - a) / 2;
+                todo.push((mid + 1, b));
+                todo.push((a, mid));
+            }
+        }
+    }
+    Ok(lost)
+}
+
+/// Moves a damaged outbox aside and salvages everything that can still be
+/// read into a new file at `path`: the identity, queued records with their
+/// sequences, positions and quarantine entries.
+fn recover(path: &Path) -> rusqlite::Result<Recovery> {
     let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
         .to_string()
         .replace(':', "");
@@ -573,92 +833,115 @@ fn recover(path: &Path, damage: &rusqlite::Error) -> rusqlite::Result<String> {
             let _ = std::fs::rename(&side, PathBuf::from(format!("{}{ext}", aside.display())));
         }
     }
-    let old = Connection::open_with_flags(
-        &aside,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    );
     let fresh = open_connection(path)?;
     create_schema(&fresh)?;
-    let (mut records, mut positions, mut quarantined, mut max_seq) = (0u64, 0u64, 0u64, 0i64);
-    if let Ok(old) = old {
-        // Each table is read as far as it can be; a read error ends that table.
-        let meta: Vec<(String, String)> = rows(&old, "SELECT key, value FROM meta", |r| Ok((r.get(0)?, r.get(1)?)));
-        for (k, v) in meta {
-            fresh.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
-                params![k, v],
-            )?;
-        }
-        let tx = fresh.unchecked_transaction()?;
-        for (seq, at, data) in rows(&old, "SELECT seq, enqueued_us, data FROM records ORDER BY seq", |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?))
-        }) {
-            tx.execute(
-                "INSERT INTO records (seq, enqueued_us, data) VALUES (?1, ?2, ?3)",
-                params![seq, at, data],
-            )?;
-            records += 1;
+    let mut report = Recovery {
+        aside: aside.clone(),
+        ..Recovery::default()
+    };
+    let Ok(old) = Connection::open_with_flags(
+        &aside,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) else {
+        report.lost_other.push("the whole file (it cannot be opened)".into());
+        return Ok(report);
+    };
+    let tx = fresh.unchecked_transaction()?;
+    let meta_lost = salvage(
+        &old,
+        "meta",
+        "key, value",
+        0,
+        false,
+        |r| Ok((r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
+        |_, (k, v)| {
+            tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![k, v])
+                .map(drop)
+        },
+    )?;
+    if !meta_lost.is_empty() {
+        report.lost_other.push("some of the outbox's identity (meta)".into());
+    }
+    let old_max: i64 = old
+        .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'records'", [], |r| {
+            r.get(0)
+        })
+        .unwrap_or(0);
+    let mut max_seq = 0;
+    report.lost = salvage(
+        &old,
+        "records",
+        "enqueued_us, data",
+        old_max,
+        true,
+        |r| Ok((r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?)),
+        |seq, (at, data)| {
+            tx.prepare_cached("INSERT INTO records (seq, enqueued_us, data) VALUES (?1, ?2, ?3)")?
+                .execute(params![seq, at, data])?;
+            report.records += 1;
             max_seq = max_seq.max(seq);
-        }
-        let old_max: i64 = old
-            .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'records'", [], |r| {
-                r.get(0)
-            })
-            .unwrap_or(0);
-        tx.execute(
-            "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'records'",
-            [max_seq.max(old_max)],
-        )?;
-        for (s, k, v) in rows(&old, "SELECT source, key, value FROM positions", |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
-        }) {
+            Ok(())
+        },
+    )?;
+    let lost_top = report.lost.last().map_or(0, |r| r.1);
+    tx.execute(
+        "INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('records', ?1)",
+        [max_seq.max(old_max).max(lost_top)],
+    )?;
+    let positions_lost = salvage(
+        &old,
+        "positions",
+        "source, key, value",
+        0,
+        false,
+        |r| Ok((r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?)),
+        |_, (s, k, v)| {
+            report.positions += 1;
             tx.execute(
                 "INSERT OR REPLACE INTO positions (source, key, value) VALUES (?1, ?2, ?3)",
                 params![s, k, v],
-            )?;
-            positions += 1;
-        }
-        type Row = (i64, String, String, i64, String, String, String);
-        for (at, s, o, l, res, why, raw) in rows::<Row>(
-            &old,
-            "SELECT at_us, source, object, line, resource, reasons, raw FROM quarantine ORDER BY id",
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            },
-        ) {
+            )
+            .map(drop)
+        },
+    )?;
+    if !positions_lost.is_empty() {
+        report
+            .lost_other
+            .push("some capture positions (their files or tables are read again from the start)".into());
+    }
+    type Held = (i64, String, String, i64, String, String, String);
+    let quarantine_lost = salvage::<Held>(
+        &old,
+        "quarantine",
+        "at_us, source, object, line, resource, reasons, raw",
+        0,
+        false,
+        |r| {
+            Ok((
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+            ))
+        },
+        |_, (at, s, o, l, res, why, raw)| {
+            report.quarantined += 1;
             tx.execute(
                 "INSERT INTO quarantine (at_us, source, object, line, resource, reasons, raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![at, s, o, l, res, why, raw],
-            )?;
-            quarantined += 1;
-        }
-        tx.commit()?;
+            )
+            .map(drop)
+        },
+    )?;
+    if !quarantine_lost.is_empty() {
+        let n: i64 = quarantine_lost.iter().map(|(a, b)| b - a + 1).sum();
+        report.lost_other.push(format!("up to {n} quarantine entries"));
     }
-    Ok(format!(
-        "the outbox was damaged ({damage}) and moved to {}; recovered {records} queued records, \
-         {positions} positions and {quarantined} quarantine entries; records lost with the damage are not \
-         known here: compare the hub's export with the sources",
-        aside.display()
-    ))
-}
-
-/// Every row of a query up to the first error.
-fn rows<T>(conn: &Connection, sql: &str, f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>) -> Vec<T> {
-    let Ok(mut stmt) = conn.prepare(sql) else {
-        return Vec::new();
-    };
-    let Ok(iter) = stmt.query_map([], f) else {
-        return Vec::new();
-    };
-    iter.map_while(Result::ok).collect()
+    tx.commit()?;
+    Ok(report)
 }
 
 fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
@@ -891,8 +1174,120 @@ pub fn now_us() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
+/// The writer thread's view of the free space on the data directory's
+/// filesystem: the reserve no write may take, and the ballast that keeps
+/// room for deletes when something else fills the disk.
+struct Space {
+    dir: PathBuf,
+    reserve: u64,
+    ballast: PathBuf,
+    ballast_size: u64,
+}
+
+impl Space {
+    fn new(dir: &Path, reserve: u64) -> Space {
+        Space {
+            dir: dir.to_owned(),
+            reserve,
+            ballast: dir.join("outbox.ballast"),
+            // Room for many ack transactions and a WAL checkpoint.
+            ballast_size: (reserve / 2).min(64 << 20),
+        }
+    }
+
+    /// Free bytes for the outbox: the filesystem's (for unprivileged users:
+    /// root's extra reserved blocks are not ours), plus the free pages
+    /// inside the outbox file, which it reuses before it grows.
+    fn free(&self, conn: &Connection) -> u64 {
+        let inside = Reader(conn).reusable_bytes().unwrap_or(0);
+        crate::disk::free_bytes(&self.dir)
+            .unwrap_or(u64::MAX)
+            .saturating_add(inside)
+    }
+
+    fn has_ballast(&self) -> bool {
+        self.ballast_size == 0 || std::fs::metadata(&self.ballast).is_ok_and(|m| m.len() >= self.ballast_size)
+    }
+
+    /// Gives the ballast's space back; true if there was one.
+    fn release_ballast(&self) -> bool {
+        let released = std::fs::remove_file(&self.ballast).is_ok();
+        if released {
+            tracing::warn!(path = %self.ballast.display(), "disk full: released the outbox ballast so that acknowledged records can be deleted");
+        }
+        released
+    }
+
+    /// Writes the ballast (real blocks, not a sparse file) and syncs it.
+    fn restore_ballast(&self) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let tmp = self.ballast.with_extension("ballast.tmp");
+        let result = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            let zeros = vec![0u8; 1 << 20];
+            let mut left = self.ballast_size;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                f.write_all(&zeros[..n])?;
+                left -= n as u64;
+            }
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.ballast)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Decides whether writes adding `adds` bytes may be applied, and
+    /// updates `low` (sources paused). Resumes only with a quarter of the
+    /// reserve to spare and the ballast back in place.
+    fn admit(&self, conn: &Connection, adds: u64, low: &mut bool) -> Result<(), (u64, u64)> {
+        if self.reserve == 0 {
+            return Ok(());
+        }
+        let free = self.free(conn);
+        if *low {
+            let ballast = if self.has_ballast() { 0 } else { self.ballast_size };
+            let resume_at = self.reserve + self.reserve / 4 + ballast + adds.saturating_mul(2);
+            if free < resume_at {
+                return Err((free, self.reserve));
+            }
+            if ballast > 0 && self.restore_ballast().is_err() {
+                return Err((free, self.reserve));
+            }
+            tracing::info!(free_mib = free >> 20, dir = %self.dir.display(), "disk space is back: sources resume");
+            *low = false;
+            return Ok(());
+        }
+        // Twice the bytes: the WAL holds the new pages before the checkpoint
+        // copies them into the database file.
+        if free < self.reserve.saturating_add(adds.saturating_mul(2)) {
+            tracing::warn!(
+                free_mib = free >> 20,
+                reserve_mib = self.reserve >> 20,
+                dir = %self.dir.display(),
+                "disk below the reserve: sources paused, delivery goes on"
+            );
+            *low = true;
+            return Err((free, self.reserve));
+        }
+        if !self.has_ballast() {
+            let _ = self.restore_ballast();
+        }
+        Ok(())
+    }
+}
+
 /// The writer thread: group commit of everything pending.
-fn writer_loop(mut conn: Connection, path: PathBuf, mut rx: mpsc::Receiver<Command>, stats: watch::Sender<Stats>) {
+fn writer_loop(
+    mut conn: Connection,
+    path: PathBuf,
+    mut rx: mpsc::Receiver<Command>,
+    stats: watch::Sender<Stats>,
+    space: Space,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < GROUP_MAX_COMMANDS {
@@ -901,147 +1296,253 @@ fn writer_loop(mut conn: Connection, path: PathBuf, mut rx: mpsc::Receiver<Comma
                 Err(_) => break,
             }
         }
-        // The disk flag is set before anything else, and whatever the commit
-        // does: pausing must not depend on a disk that may be full.
-        let disk_low = group.iter().rev().find_map(|c| match c {
-            Command::DiskLow(low, _) => Some(*low),
-            _ => None,
-        });
-        if let Some(low) = disk_low {
-            stats.send_modify(|s| s.disk_low = low);
-        }
         let mut next = stats.borrow().clone();
-        let result = apply(&mut conn, &group, &mut next);
-        if result.is_ok()
-            && disk_low == Some(true)
+        let adds: u64 = group
+            .iter()
+            .map(|c| match c {
+                Command::Write(w, _) => w.size(),
+                _ => 0,
+            })
+            .sum();
+        let check = group.iter().any(|c| matches!(c, Command::CheckDisk(_)));
+        let mut admitted = Ok(());
+        if adds > 0 || check || next.disk_low {
+            let was_low = next.disk_low;
+            admitted = space.admit(&conn, adds, &mut next.disk_low);
+            if next.disk_low != was_low {
+                // Pausing must not wait for a commit on a disk that may be full.
+                let low = next.disk_low;
+                stats.send_modify(|s| s.disk_low = low);
+            }
+        }
+        let refusal = |(free, reserve): (u64, u64)| Error::DiskLow {
+            path: path.clone(),
+            free,
+            reserve,
+        };
+        let mut outcome = apply(&mut conn, &group, &mut next, admitted.err().map(refusal), &path);
+        if let Err(e) = &outcome
+            && sqlite_disk_full(e)
+        {
+            // The disk filled under us (something else writes there too).
+            // Deletes must still run: give back the ballast and the WAL, then
+            // apply everything but the writes.
+            space.release_ballast();
+            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            next = stats.borrow().clone();
+            next.disk_low = true;
+            stats.send_modify(|s| s.disk_low = true);
+            let free = space.free(&conn);
+            outcome = apply(
+                &mut conn,
+                &group,
+                &mut next,
+                Some(refusal((free, space.reserve))),
+                &path,
+            );
+        }
+        if outcome.is_ok()
+            && next.disk_low
             && let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         {
             tracing::warn!(error = %e, "cannot checkpoint the outbox WAL");
         }
-        let failure = match result {
-            Ok(()) => {
+        let outcomes = match outcome {
+            Ok(outcomes) => {
                 next.error = None;
                 stats.send_replace(next);
-                None
+                outcomes
             }
             Err(e) => {
                 tracing::error!(error = %e, path = %path.display(), "outbox commit failed");
                 stats.send_modify(|s| s.error = Some(e.to_string()));
-                Some((e.to_string(), sqlite_disk_full(&e)))
+                let disk_full = sqlite_disk_full(&e);
+                group
+                    .iter()
+                    .map(|_| {
+                        Some(Error::Commit {
+                            path: path.clone(),
+                            reason: e.to_string(),
+                            disk_full,
+                        })
+                    })
+                    .collect()
             }
         };
-        for command in group {
+        for (command, outcome) in group.into_iter().zip(outcomes) {
             let reply = match command {
                 Command::Write(_, r)
                 | Command::Ack(_, r)
                 | Command::Reject(_, _, r)
                 | Command::Ping(r)
                 | Command::Advance(_, r)
-                | Command::DiskLow(_, r) => r,
-            };
-            let outcome = match &failure {
-                None => Ok(()),
-                Some((reason, disk_full)) => Err(Error::Commit {
-                    path: path.clone(),
-                    reason: reason.clone(),
-                    disk_full: *disk_full,
-                }),
+                | Command::CheckDisk(r) => r,
             };
             // A caller that gave up waiting is not an error here.
-            let _ = reply.send(outcome);
+            let _ = reply.send(outcome.map_or(Ok(()), Err));
         }
     }
 }
 
-/// Applies a group in one transaction, updating `stats` as it goes (the
+/// Applies a group in one transaction, each command in a savepoint of its
+/// own: a command that fails (a value SQLite refuses, a position conflict)
+/// fails alone. `refuse_writes` answers every write without applying it.
+/// Returns each command's failure, or the error that failed the whole
+/// transaction. `stats` takes the effects of the commands that applied (the
 /// caller publishes them only if the commit succeeds).
-fn apply(conn: &mut Connection, group: &[Command], stats: &mut Stats) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+fn apply(
+    conn: &mut Connection,
+    group: &[Command],
+    stats: &mut Stats,
+    refuse_writes: Option<Error>,
+    path: &Path,
+) -> rusqlite::Result<Vec<Option<Error>>> {
+    let mut tx = conn.transaction()?;
     let now = now_us();
+    let mut outcomes = Vec::with_capacity(group.len());
     for command in group {
-        match command {
-            Command::Write(w, _) => {
-                {
-                    let mut insert = tx.prepare_cached("INSERT INTO records (enqueued_us, data) VALUES (?1, ?2)")?;
-                    for data in &w.records {
-                        insert.execute(params![now, data])?;
-                        stats.last_seq = tx.last_insert_rowid() as u64;
-                        stats.records += 1;
-                        stats.bytes += data.len() as u64;
-                    }
+        if let (Command::Write(..), Some(refusal)) = (command, &refuse_writes) {
+            outcomes.push(Some(match refusal {
+                Error::DiskLow { path, free, reserve } => Error::DiskLow {
+                    path: path.clone(),
+                    free: *free,
+                    reserve: *reserve,
+                },
+                other => Error::Commit {
+                    path: path.to_owned(),
+                    reason: other.to_string(),
+                    disk_full: true,
+                },
+            }));
+            continue;
+        }
+        let mut after = stats.clone();
+        let savepoint = tx.savepoint()?;
+        match apply_one(&savepoint, command, &mut after, now) {
+            Ok(None) => {
+                savepoint.commit()?;
+                *stats = after;
+                outcomes.push(None);
+            }
+            Ok(Some(refused)) => {
+                drop(savepoint);
+                outcomes.push(Some(refused));
+            }
+            Err(e) => {
+                drop(savepoint);
+                if sqlite_disk_full(&e) || tx.is_autocommit() {
+                    // SQLite may have rolled the whole transaction back.
+                    return Err(e);
                 }
-                if !w.records.is_empty() && stats.oldest_us.is_none() {
-                    stats.oldest_us = Some(now);
+                tracing::error!(error = %e, path = %path.display(), "an outbox write failed alone");
+                outcomes.push(Some(Error::Commit {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                    disk_full: false,
+                }));
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+/// Applies one command; `Ok(Some(_))` is a refusal that changed nothing.
+fn apply_one(tx: &Connection, command: &Command, stats: &mut Stats, now: i64) -> rusqlite::Result<Option<Error>> {
+    match command {
+        Command::Write(w, _) => {
+            for e in &w.expect {
+                let current: Option<String> = tx
+                    .prepare_cached("SELECT value FROM positions WHERE source = ?1 AND key = ?2")?
+                    .query_row(params![e.source, e.key], |r| r.get(0))
+                    .optional()?;
+                if current != e.value {
+                    return Ok(Some(Error::Conflict {
+                        source_name: e.source.clone(),
+                        key: e.key.clone(),
+                    }));
                 }
-                for q in &w.quarantine {
-                    insert_quarantine(&tx, now, q)?;
-                    stats.quarantined += 1;
+            }
+            {
+                let mut insert = tx.prepare_cached("INSERT INTO records (enqueued_us, data) VALUES (?1, ?2)")?;
+                for data in &w.records {
+                    insert.execute(params![now, data])?;
+                    stats.last_seq = tx.last_insert_rowid() as u64;
+                    stats.records += 1;
+                    stats.bytes += data.len() as u64;
                 }
-                for p in &w.positions {
-                    match &p.value {
-                        Some(v) => tx.execute(
+            }
+            if !w.records.is_empty() && stats.oldest_us.is_none() {
+                stats.oldest_us = Some(now);
+            }
+            for q in &w.quarantine {
+                insert_quarantine(tx, now, q)?;
+                stats.quarantined += 1;
+            }
+            for p in &w.positions {
+                match &p.value {
+                    Some(v) => tx
+                        .prepare_cached(
                             "INSERT INTO positions (source, key, value) VALUES (?1, ?2, ?3)
                              ON CONFLICT (source, key) DO UPDATE SET value = excluded.value",
-                            params![p.source, p.key, v],
-                        )?,
-                        None => tx.execute(
-                            "DELETE FROM positions WHERE source = ?1 AND key = ?2",
-                            params![p.source, p.key],
-                        )?,
-                    };
-                }
+                        )?
+                        .execute(params![p.source, p.key, v])?,
+                    None => tx
+                        .prepare_cached("DELETE FROM positions WHERE source = ?1 AND key = ?2")?
+                        .execute(params![p.source, p.key])?,
+                };
             }
-            Command::Ack(seq, _) => {
-                let (n, bytes): (i64, i64) = tx.query_row(
-                    "SELECT count(*), coalesce(sum(length(data)), 0) FROM records WHERE seq <= ?1",
+        }
+        Command::Ack(seq, _) => {
+            let (n, bytes): (i64, i64) = tx.query_row(
+                "SELECT count(*), coalesce(sum(length(data)), 0) FROM records WHERE seq <= ?1",
+                [*seq as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if n > 0 {
+                tx.execute("DELETE FROM records WHERE seq <= ?1", [*seq as i64])?;
+                stats.records -= n as u64;
+                stats.bytes -= bytes as u64;
+                stats.oldest_us = oldest(tx)?;
+            }
+            stats.acked_seq = stats.acked_seq.max(*seq);
+        }
+        Command::Ping(_) | Command::CheckDisk(_) => {}
+        Command::Advance(seq, _) => {
+            if *seq > stats.last_seq {
+                let n = tx.execute(
+                    "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'records'",
                     [*seq as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
-                if n > 0 {
-                    tx.execute("DELETE FROM records WHERE seq <= ?1", [*seq as i64])?;
-                    stats.records -= n as u64;
-                    stats.bytes -= bytes as u64;
-                    stats.oldest_us = oldest(&tx)?;
-                }
-                stats.acked_seq = stats.acked_seq.max(*seq);
-            }
-            Command::Ping(_) | Command::DiskLow(..) => {}
-            Command::Advance(seq, _) => {
-                if *seq > stats.last_seq {
-                    let n = tx.execute(
-                        "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'records'",
+                if n == 0 {
+                    tx.execute(
+                        "INSERT INTO sqlite_sequence (name, seq) VALUES ('records', ?1)",
                         [*seq as i64],
                     )?;
-                    if n == 0 {
-                        tx.execute(
-                            "INSERT INTO sqlite_sequence (name, seq) VALUES ('records', ?1)",
-                            [*seq as i64],
-                        )?;
-                    }
-                    stats.last_seq = *seq;
                 }
+                stats.last_seq = *seq;
             }
-            Command::Reject(seq, q, _) => {
-                let bytes: Option<i64> = tx
-                    .query_row("SELECT length(data) FROM records WHERE seq = ?1", [*seq as i64], |r| {
-                        r.get(0)
-                    })
-                    .optional()?;
-                if let Some(bytes) = bytes {
-                    tx.execute("DELETE FROM records WHERE seq = ?1", [*seq as i64])?;
-                    insert_quarantine(&tx, now, q)?;
-                    stats.records -= 1;
-                    stats.bytes -= bytes as u64;
-                    stats.quarantined += 1;
-                    stats.oldest_us = oldest(&tx)?;
-                }
+        }
+        Command::Reject(seq, q, _) => {
+            let bytes: Option<i64> = tx
+                .query_row("SELECT length(data) FROM records WHERE seq = ?1", [*seq as i64], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if let Some(bytes) = bytes {
+                tx.execute("DELETE FROM records WHERE seq = ?1", [*seq as i64])?;
+                insert_quarantine(tx, now, q)?;
+                stats.records -= 1;
+                stats.bytes -= bytes as u64;
+                stats.quarantined += 1;
+                stats.oldest_us = oldest(tx)?;
             }
         }
     }
-    tx.commit()
+    Ok(None)
 }
 
-fn insert_quarantine(tx: &rusqlite::Transaction<'_>, now: i64, q: &Quarantined) -> rusqlite::Result<()> {
+fn insert_quarantine(tx: &Connection, now: i64, q: &Quarantined) -> rusqlite::Result<()> {
     let reasons = serde_json::to_string(&q.reasons).unwrap_or_default();
     tx.prepare_cached(
         "INSERT INTO quarantine (at_us, source, object, line, resource, reasons, raw)

@@ -25,7 +25,7 @@ use crate::outbox::Outbox;
 
 pub mod db;
 pub mod folder;
-mod format;
+pub mod format;
 
 /// A running source.
 struct Running {

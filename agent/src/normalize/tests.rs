@@ -30,6 +30,8 @@ fn mapping(op_column: Option<&str>) -> Mapping {
             ("name".into(), "DE00002".into()),
             ("born".into(), "DE00004".into()),
         ],
+        limits: Default::default(),
+        max_attempts: 3,
     };
     Mapping::new("320282-gaj", &source, catalog.resource("1010100/0001").unwrap())
 }

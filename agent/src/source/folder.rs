@@ -11,20 +11,38 @@
 //! at all (no header, missing mapped columns, unknown format) moves to
 //! `rejected/` beside `NAME.error.txt`; a bad row is quarantined and the
 //! rest of the file goes on.
+//!
+//! The folder is written by other systems and people, so nothing in it is
+//! trusted: a file is opened without following links and checked through
+//! the open handle (a regular file on the folder's filesystem), read only
+//! through that handle, and moved by `renameat` between directory handles
+//! that were themselves opened without following links; `done/`,
+//! `rejected/` and error files are never written through a link. A file's
+//! chunks commit in order (each expects the position the previous one
+//! wrote), so a failed chunk stops the file at its last commit. A file that
+//! changed while it was read goes to `rejected/`, never to `done/`. A file
+//! that was being read when the agent died is counted, and after
+//! `max_attempts` such restarts goes to `rejected/`. One file that cannot
+//! be taken is retried with a backoff while the folder goes on.
 
-use std::collections::HashMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{Read, Seek};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use notify::Watcher;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::format::{Charset, CsvRows, JsonRows, Pos, Row, Rows, Unreadable, XlsxRows};
+use super::format::{Charset, CsvRows, JsonRows, Pos, Row, Rows, Unreadable, Utf8Evidence, XlsxRows};
 use crate::config::{AfterDone, Completion, Encoding, FileFormat, SourceConfig};
 use crate::health::SourceStats;
 use crate::normalize::{Mapping, Outcome};
@@ -37,6 +55,8 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// Chunks submitted but not yet committed, at most: lets parsing run ahead
 /// of the fsync without holding much memory.
 const CHUNKS_AHEAD: usize = 2;
+/// The longest wait before a file that could not be taken is tried again.
+const RETRY_MAX: Duration = Duration::from_secs(300);
 
 pub struct Folder {
     config: SourceConfig,
@@ -50,6 +70,12 @@ struct Pending {
     size: u64,
     mtime: SystemTime,
     since: Instant,
+}
+
+/// A file that could not be taken, retried after a backoff.
+struct Trouble {
+    next: Instant,
+    wait: Duration,
 }
 
 /// How far a file got, as stored in the outbox's positions table.
@@ -71,6 +97,53 @@ enum FileError {
     Cancelled,
 }
 
+/// What a finished read saw of the file: compared with the folder's entry
+/// before it is moved.
+struct ReadFile {
+    size: u64,
+    mtime: SystemTime,
+}
+
+/// The folder and its `done/` and `rejected/` subfolders, opened without
+/// following links.
+struct Dirs {
+    folder: OwnedFd,
+    dev: u64,
+    done: OwnedFd,
+    rejected: OwnedFd,
+}
+
+impl Dirs {
+    fn open(path: &Path) -> Result<Dirs, String> {
+        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let folder = rustix::fs::open(path, dir_flags, Mode::empty())
+            .map_err(|e| format!("cannot open the folder {}: {e}", path.display()))?;
+        let dev = rustix::fs::fstat(&folder)
+            .map_err(|e| format!("cannot stat the folder {}: {e}", path.display()))?
+            .st_dev;
+        let sub = |name: &str| -> Result<OwnedFd, String> {
+            match rustix::fs::mkdirat(&folder, name, Mode::from_raw_mode(0o750)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(format!("cannot create {}/{name}: {e}", path.display())),
+            }
+            rustix::fs::openat(&folder, name, dir_flags | OFlags::NOFOLLOW, Mode::empty()).map_err(|e| match e {
+                rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => format!(
+                    "{}/{name} is not a folder (a symbolic link or a file): refusing to move files through it; \
+                     replace it with a real folder",
+                    path.display()
+                ),
+                e => format!("cannot open {}/{name}: {e}", path.display()),
+            })
+        };
+        Ok(Dirs {
+            done: sub("done")?,
+            rejected: sub("rejected")?,
+            folder,
+            dev,
+        })
+    }
+}
+
 impl Folder {
     pub fn new(config: SourceConfig, mapping: Mapping, outbox: Outbox, stats: Arc<SourceStats>) -> Folder {
         Folder {
@@ -87,31 +160,39 @@ impl Folder {
     }
 
     async fn run_inner(self, token: CancellationToken) {
-        for dir in [self.config.path.clone(), self.done_dir(), self.rejected_dir()] {
-            if let Err(e) = std::fs::create_dir_all(&dir) {
-                let msg = format!("cannot create {}: {e}", dir.display());
-                error!(error = %msg, "source cannot start");
-                self.stats.set_error(Some(msg));
-                // Keep trying: the folder may be mounted later.
-            }
-        }
         if let Err(e) = self.forget_gone_files().await {
             warn!(error = %e, "cannot tidy file positions");
         }
         let wake = Arc::new(Notify::new());
         let _watcher = self.watch(wake.clone());
-        let mut pending: HashMap<String, Pending> = HashMap::new();
+        let mut pending: HashMap<OsString, Pending> = HashMap::new();
+        let mut troubles: HashMap<OsString, Trouble> = HashMap::new();
+        let mut skipped: HashSet<OsString> = HashSet::new();
         info!("watching drop folder");
         loop {
-            let next = match self.scan(&mut pending, &token).await {
-                Ok(next) => {
+            let next = match Dirs::open(&self.config.path) {
+                Ok(dirs) => {
                     self.stats.set_error(None);
-                    next
+                    let mut scan = Scan {
+                        dirs: &dirs,
+                        pending: &mut pending,
+                        troubles: &mut troubles,
+                        skipped: &mut skipped,
+                    };
+                    match self.scan(&mut scan, &token).await {
+                        Ok(next) => next,
+                        Err(e) => {
+                            warn!(error = %e, "scan failed; retrying");
+                            self.stats.set_error(Some(e));
+                            Some(Duration::from_secs(1))
+                        }
+                    }
                 }
                 Err(e) => {
-                    warn!(error = %e, "scan failed; retrying");
+                    // Keep trying: the folder may be mounted or fixed later.
+                    error!(error = %e, "drop folder unusable");
                     self.stats.set_error(Some(e));
-                    Some(Duration::from_secs(1))
+                    Some(Duration::from_secs(5))
                 }
             };
             if token.is_cancelled() {
@@ -132,32 +213,33 @@ impl Folder {
     async fn forget_gone_files(&self) -> Result<(), crate::outbox::Error> {
         let source = self.config.name.clone();
         let positions = self.outbox.read(move |r| r.positions(&source)).await?;
-        for (key, _) in positions {
-            let Some(name) = key.strip_prefix("file:") else {
-                continue;
-            };
-            if !self.config.path.join(name).exists() {
-                self.outbox
-                    .write(Write {
-                        positions: vec![PositionUpdate {
-                            source: self.config.name.clone(),
-                            key,
-                            value: None,
-                        }],
-                        ..Write::default()
-                    })
-                    .await?;
-            }
+        let names: HashSet<String> = std::fs::read_dir(&self.config.path)
+            .map(|entries| entries.flatten().map(|e| name_key(&e.file_name())).collect())
+            .unwrap_or_default();
+        if names.is_empty() && !self.config.path.is_dir() {
+            return Ok(()); // The folder is not there (yet): forget nothing.
+        }
+        let gone: Vec<PositionUpdate> = positions
+            .into_iter()
+            .filter(|(key, _)| {
+                let name = key.strip_prefix("file:").or_else(|| key.strip_prefix("reading:"));
+                name.is_some_and(|n| !names.contains(n))
+            })
+            .map(|(key, _)| PositionUpdate {
+                source: self.config.name.clone(),
+                key,
+                value: None,
+            })
+            .collect();
+        if !gone.is_empty() {
+            self.outbox
+                .write(Write {
+                    positions: gone,
+                    ..Write::default()
+                })
+                .await?;
         }
         Ok(())
-    }
-
-    fn done_dir(&self) -> PathBuf {
-        self.config.path.join("done")
-    }
-
-    fn rejected_dir(&self) -> PathBuf {
-        self.config.path.join("rejected")
     }
 
     /// Starts a notify watch that wakes the scan loop. A failure only costs
@@ -182,44 +264,87 @@ impl Folder {
         Some(watcher)
     }
 
+    /// Says once per name why a folder entry is never taken, and counts it.
+    fn skip_once(&self, skipped: &mut HashSet<OsString>, name: &OsStr, why: &str, loud: bool) {
+        if skipped.insert(name.to_owned()) {
+            self.stats.files_skipped.inc();
+            if loud {
+                warn!(file = %shown(name), "not taken: {why}");
+            } else {
+                info!(file = %shown(name), "not taken yet: {why}");
+            }
+        }
+    }
+
     /// Takes every complete file, oldest first. Returns when the next check
-    /// is due for a file that is not complete yet.
-    async fn scan(
-        &self,
-        pending: &mut HashMap<String, Pending>,
-        token: &CancellationToken,
-    ) -> Result<Option<Duration>, String> {
+    /// is due (a file not complete yet, or one waiting to be retried).
+    async fn scan(&self, scan: &mut Scan<'_>, token: &CancellationToken) -> Result<Option<Duration>, String> {
         let mut candidates = Vec::new();
         let entries = std::fs::read_dir(&self.config.path)
             .map_err(|e| format!("cannot list {}: {e}", self.config.path.display()))?;
+        let mut seen: HashSet<OsString> = HashSet::new();
         for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
+            let name = entry.file_name();
+            seen.insert(name.clone());
+            if name == "done" || name == "rejected" || is_marker(&name) {
+                continue;
+            }
             if ignored(&name) {
+                self.skip_once(scan.skipped, &name, "a hidden or temporary name (rename it when it is complete)", false);
                 continue;
             }
+            // Not followed: a link is reported, never taken.
             let Ok(meta) = entry.metadata() else { continue };
-            if !meta.is_file() {
+            let kind = meta.file_type();
+            if !kind.is_file() {
+                let what = if kind.is_symlink() {
+                    "a symbolic link (links are never followed)"
+                } else if kind.is_dir() {
+                    "a folder (subfolders are not read)"
+                } else {
+                    "not a regular file (a FIFO, socket or device)"
+                };
+                self.skip_once(scan.skipped, &name, what, true);
                 continue;
             }
+            scan.skipped.remove(&name);
             let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
             candidates.push((mtime, name, meta.len()));
         }
         candidates.sort();
-        pending.retain(|name, _| candidates.iter().any(|(_, n, _)| n == name));
+        scan.pending.retain(|name, _| seen.contains(name));
+        scan.skipped.retain(|name| seen.contains(name));
+        scan.troubles.retain(|name, _| {
+            let keep = seen.contains(name);
+            if !keep {
+                self.stats.set_problem(&shown(name), None);
+            }
+            keep
+        });
         let mut next: Option<Duration> = None;
+        let mut due = |d: Duration| next = Some(next.map_or(d, |n: Duration| n.min(d)));
         for (mtime, name, size) in candidates {
             if token.is_cancelled() {
                 return Ok(None);
             }
+            if let Some(t) = scan.troubles.get(&name) {
+                let now = Instant::now();
+                if t.next > now {
+                    due(t.next - now);
+                    continue;
+                }
+            }
             match self.config.complete {
                 Completion::Rename => {}
                 Completion::Marker => {
-                    if !self.config.path.join(format!("{name}.ok")).exists() {
+                    let mut marker = name.clone();
+                    marker.push(".ok");
+                    if rustix::fs::statat(&scan.dirs.folder, marker.as_os_str(), AtFlags::SYMLINK_NOFOLLOW).is_err() {
                         continue;
                     }
                 }
                 Completion::Settle => {
-                    let p = pending.entry(name.clone()).or_insert(Pending {
+                    let p = scan.pending.entry(name.clone()).or_insert(Pending {
                         size,
                         mtime,
                         since: Instant::now(),
@@ -233,36 +358,91 @@ impl Folder {
                     }
                     let age = p.since.elapsed();
                     if age < self.config.settle {
-                        let left = self.config.settle - age;
-                        next = Some(next.map_or(left, |n| n.min(left)));
+                        due(self.config.settle - age);
                         continue;
                     }
-                    pending.remove(&name);
+                    scan.pending.remove(&name);
                 }
             }
-            self.take(&name, token).await?;
+            match self.take(&name, scan.dirs, token).await {
+                Ok(()) => {
+                    if scan.troubles.remove(&name).is_some() {
+                        self.stats.set_problem(&shown(&name), None);
+                    }
+                }
+                Err(e) => {
+                    let t = scan.troubles.entry(name.clone()).or_insert(Trouble {
+                        next: Instant::now(),
+                        wait: Duration::from_millis(500),
+                    });
+                    t.wait = (t.wait * 2).min(RETRY_MAX);
+                    t.next = Instant::now() + t.wait;
+                    warn!(file = %shown(&name), error = %e, retry_in = ?t.wait, "cannot take the file; the folder goes on");
+                    self.stats.set_problem(&shown(&name), Some(format!("{e} (retried in {:?})", t.wait)));
+                    due(t.wait);
+                }
+            }
         }
         Ok(next)
     }
 
     /// Processes one complete file to the end (or to shutdown).
-    async fn take(&self, name: &str, token: &CancellationToken) -> Result<(), String> {
-        let path = self.config.path.join(name);
-        let key = format!("file:{name}");
+    async fn take(&self, name: &OsStr, dirs: &Dirs, token: &CancellationToken) -> Result<(), String> {
+        let file = match open_entry(dirs, name) {
+            Ok(f) => f,
+            Err(Opened::Gone) => return Ok(()),
+            Err(Opened::Skip(why)) => {
+                warn!(file = %shown(name), "not taken: {why}");
+                self.stats.files_skipped.inc();
+                return Ok(());
+            }
+            Err(Opened::Reject(why)) => {
+                self.reject(name, dirs, &why).await?;
+                return Ok(());
+            }
+        };
+        let key = format!("file:{}", name_key(name));
+        let reading = format!("reading:{}", name_key(name));
         let source = self.config.name.clone();
-        let stored = {
-            let (source, key) = (source.clone(), key.clone());
+        let (stored, attempts) = {
+            let (source, key, reading) = (source.clone(), key.clone(), reading.clone());
             self.outbox
-                .read(move |r| Ok(r.positions(&source)?.into_iter().find(|(k, _)| *k == key)))
+                .read(move |r| {
+                    let positions = r.positions(&source)?;
+                    let find = |k: &str| positions.iter().find(|(p, _)| p == k).map(|(_, v)| v.clone());
+                    Ok((find(&key), find(&reading)))
+                })
                 .await
                 .map_err(|e| e.to_string())?
         };
-        let stored: Option<FilePosition> = stored.and_then(|(_, v)| serde_json::from_str(&v).ok());
+        let attempts: u32 = attempts.and_then(|a| a.parse().ok()).unwrap_or(0);
+        if attempts >= self.config.max_attempts {
+            let why = format!(
+                "the agent stopped while reading this file {attempts} times (source setting max_attempts = {}); \
+                 it is set aside so that the agent can go on. Rows already delivered stay delivered; fix or \
+                 split the file and drop it again",
+                self.config.max_attempts
+            );
+            self.reject(name, dirs, &why).await?;
+            return Ok(());
+        }
+        // Counted before reading: a crash while reading leaves it raised.
+        self.outbox
+            .write(Write {
+                positions: vec![PositionUpdate {
+                    source: source.clone(),
+                    key: reading.clone(),
+                    value: Some((attempts + 1).to_string()),
+                }],
+                ..Write::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
 
         let result = {
-            let this = FileJob {
-                path: path.clone(),
+            let job = FileJob {
                 name: name.to_owned(),
+                shown: shown(name),
                 key: key.clone(),
                 config: self.config.clone(),
                 mapping: self.mapping.clone(),
@@ -271,100 +451,285 @@ impl Folder {
                 token: token.clone(),
             };
             let handle = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || this.run(stored, &handle))
+            tokio::task::spawn_blocking(move || job.run(file, stored, &handle))
                 .await
                 .map_err(|e| format!("file task failed: {e}"))?
         };
+        let clear = |keys: &[&str]| Write {
+            positions: keys
+                .iter()
+                .map(|k| PositionUpdate {
+                    source: source.clone(),
+                    key: (*k).to_owned(),
+                    value: None,
+                })
+                .collect(),
+            ..Write::default()
+        };
         match result {
-            Ok(()) => {
-                self.finish(name, &path).await?;
+            Ok(read) => {
+                match self.finish(name, dirs, &read) {
+                    Ok(()) => {}
+                    Err(Finish::Changed(why)) => {
+                        self.reject(name, dirs, &why).await?;
+                        return Ok(());
+                    }
+                    Err(Finish::Failed(e)) => {
+                        // Read and committed, not moved: the next try only moves it.
+                        let _ = self.outbox.write(clear(&[&reading])).await;
+                        return Err(e);
+                    }
+                }
                 self.outbox
-                    .write(Write {
-                        positions: vec![PositionUpdate {
-                            source,
-                            key,
-                            value: None,
-                        }],
-                        ..Write::default()
-                    })
+                    .write(clear(&[&key, &reading]))
                     .await
                     .map_err(|e| e.to_string())?;
                 self.stats.files_done.inc();
                 Ok(())
             }
-            Err(FileError::Cancelled) => Ok(()),
-            Err(FileError::Retry(e)) => Err(format!("{name}: {e}")),
+            Err(FileError::Cancelled) => {
+                let _ = self.outbox.write(clear(&[&reading])).await;
+                Ok(())
+            }
+            Err(FileError::Retry(e)) => {
+                let _ = self.outbox.write(clear(&[&reading])).await;
+                Err(e)
+            }
             Err(FileError::Unreadable(reason)) => {
-                warn!(file = %name, %reason, "file rejected");
-                self.reject(name, &path, &reason).map_err(|e| format!("{name}: {e}"))?;
-                self.stats.files_rejected.inc();
+                self.reject(name, dirs, &reason).await?;
                 Ok(())
             }
         }
     }
 
     /// Moves (or deletes) a file whose records are all committed, and its
-    /// marker.
-    async fn finish(&self, name: &str, path: &Path) -> Result<(), String> {
+    /// marker, after checking that the folder's entry is still the file
+    /// that was read, unchanged.
+    fn finish(&self, name: &OsStr, dirs: &Dirs, read: &ReadFile) -> Result<(), Finish> {
+        let now = rustix::fs::statat(&dirs.folder, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| Finish::Failed(format!("cannot look at the file again: {e}")))?;
+        let mtime = stat_mtime(&now);
+        if FileType::from_raw_mode(now.st_mode) != FileType::RegularFile
+            || now.st_size as u64 != read.size
+            || mtime != read.mtime
+        {
+            return Err(Finish::Changed(format!(
+                "the file changed while it was read (it had {} bytes, it now has {}): the rows read were \
+                 delivered, the rest were not. Write files under a temporary name and rename them when complete",
+                read.size, now.st_size
+            )));
+        }
         match self.config.after {
-            AfterDone::Delete => std::fs::remove_file(path),
-            AfterDone::Move => std::fs::rename(path, free_name(&self.done_dir(), name)),
+            AfterDone::Delete => rustix::fs::unlinkat(&dirs.folder, name, AtFlags::empty())
+                .map_err(|e| Finish::Failed(format!("cannot delete: {e}")))?,
+            AfterDone::Move => {
+                move_into(dirs, name, &dirs.done).map_err(|e| Finish::Failed(format!("cannot move to done/: {e}")))?;
+            }
         }
-        .map_err(|e| format!("{name}: cannot move to done/: {e}"))?;
-        let marker = self.config.path.join(format!("{name}.ok"));
-        if marker.exists() {
-            let _ = std::fs::remove_file(marker);
-        }
-        info!(file = %name, "file delivered to the outbox");
+        remove_marker(dirs, name);
+        info!(file = %shown(name), "file delivered to the outbox");
         Ok(())
     }
 
-    fn reject(&self, name: &str, path: &Path, reason: &str) -> std::io::Result<()> {
-        let target = free_name(&self.rejected_dir(), name);
-        std::fs::rename(path, &target)?;
-        let target_name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+    /// Moves a file to `rejected/` with `NAME.error.txt` beside it, and
+    /// forgets its positions.
+    async fn reject(&self, name: &OsStr, dirs: &Dirs, reason: &str) -> Result<(), String> {
+        warn!(file = %shown(name), reason = %bounded(reason, 500), "file rejected");
+        let moved = move_into(dirs, name, &dirs.rejected).map_err(|e| format!("cannot move to rejected/: {e}"))?;
         let text = format!(
-            "file: {name}\nsource: {}\nrejected at: {}\nreason: {reason}\n",
+            "file: {}\nsource: {}\nrejected at: {}\nreason: {}\n",
+            shown(name),
             self.config.name,
-            humantime::format_rfc3339_seconds(SystemTime::now())
+            humantime::format_rfc3339_seconds(SystemTime::now()),
+            bounded(reason, 4000)
         );
-        std::fs::write(self.rejected_dir().join(format!("{target_name}.error.txt")), text)?;
-        let marker = self.config.path.join(format!("{name}.ok"));
-        if marker.exists() {
-            let _ = std::fs::remove_file(marker);
-        }
-        Ok(())
-    }
-}
-
-/// Names that are never taken: hidden and temporary files being written,
-/// and markers.
-fn ignored(name: &str) -> bool {
-    name.starts_with('.')
-        || [".tmp", ".part", ".partial", ".ok", ".swp", "~"]
+        write_error_file(&dirs.rejected, &moved, text.as_bytes()).map_err(|e| format!("cannot write the error file: {e}"))?;
+        remove_marker(dirs, name);
+        self.stats.files_rejected.inc();
+        let forget = ["file:", "reading:"]
             .iter()
-            .any(|s| name.ends_with(s))
+            .map(|p| PositionUpdate {
+                source: self.config.name.clone(),
+                key: format!("{p}{}", name_key(name)),
+                value: None,
+            })
+            .collect();
+        self.outbox
+            .write(Write {
+                positions: forget,
+                ..Write::default()
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
 }
 
-/// `dir/name`, or `dir/name.N` if that exists already.
-fn free_name(dir: &Path, name: &str) -> PathBuf {
-    let first = dir.join(name);
-    if !first.exists() {
-        return first;
+/// What one scan works with.
+struct Scan<'a> {
+    dirs: &'a Dirs,
+    pending: &'a mut HashMap<OsString, Pending>,
+    troubles: &'a mut HashMap<OsString, Trouble>,
+    skipped: &'a mut HashSet<OsString>,
+}
+
+enum Finish {
+    /// The entry is no longer the file that was read: reject it.
+    Changed(String),
+    /// Moving failed: try again later.
+    Failed(String),
+}
+
+/// Why a folder entry was not opened.
+enum Opened {
+    /// It is no longer there.
+    Gone,
+    /// Not a file to take (a link or a FIFO swapped in): leave it.
+    Skip(String),
+    /// A file that can never be read: move it to `rejected/`.
+    Reject(String),
+}
+
+/// Opens a folder entry for reading without following a link and without
+/// blocking on a FIFO, and checks the open file: a regular file on the
+/// folder's filesystem.
+fn open_entry(dirs: &Dirs, name: &OsStr) -> Result<File, Opened> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let fd = match rustix::fs::openat(&dirs.folder, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Err(Opened::Gone),
+        Err(rustix::io::Errno::LOOP) => return Err(Opened::Skip("it became a symbolic link".into())),
+        Err(e @ (rustix::io::Errno::ACCESS | rustix::io::Errno::PERM)) => {
+            return Err(Opened::Reject(format!("the agent cannot open it: {e}")));
+        }
+        Err(e) => return Err(Opened::Skip(format!("cannot open it: {e}"))),
+    };
+    let st = rustix::fs::fstat(&fd).map_err(|e| Opened::Skip(format!("cannot stat it: {e}")))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(Opened::Skip("it is no longer a regular file".into()));
     }
-    (1..)
-        .map(|n| dir.join(format!("{name}.{n}")))
-        .find(|p| !p.exists())
-        .unwrap_or(first)
+    if st.st_dev != dirs.dev {
+        return Err(Opened::Skip("it is on another filesystem than the folder".into()));
+    }
+    // Reads block normally from here on (O_NONBLOCK only guarded the open).
+    let _ = rustix::fs::fcntl_setfl(&fd, OFlags::empty());
+    Ok(File::from(fd))
+}
+
+fn stat_mtime(st: &rustix::fs::Stat) -> SystemTime {
+    let secs = st.st_mtime.max(0) as u64;
+    SystemTime::UNIX_EPOCH + Duration::new(secs, st.st_mtime_nsec as u32)
+}
+
+/// Moves `name` from the folder into `to` under a name not taken there
+/// (`NAME`, else `NAME.1`, …), never replacing anything. Returns the name
+/// it got.
+fn move_into(dirs: &Dirs, name: &OsStr, to: &OwnedFd) -> std::io::Result<OsString> {
+    for n in 0..10_000u32 {
+        let mut target = name.to_owned();
+        if n > 0 {
+            target.push(format!(".{n}"));
+        }
+        match rustix::fs::renameat_with(&dirs.folder, name, to, target.as_os_str(), RenameFlags::NOREPLACE) {
+            Ok(()) => return Ok(target),
+            Err(rustix::io::Errno::EXIST) => continue,
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+                // A filesystem without RENAME_NOREPLACE: look, then rename.
+                if rustix::fs::statat(to, target.as_os_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+                    continue;
+                }
+                rustix::fs::renameat(&dirs.folder, name, to, target.as_os_str())?;
+                return Ok(target);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(std::io::Error::other("no free name in the target folder"))
+}
+
+/// Creates `rejected/NAME.error.txt` as a new file (never through a link,
+/// never over an existing file).
+fn write_error_file(dir: &OwnedFd, moved: &OsStr, text: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    for n in 0..1000u32 {
+        let mut error_name = moved.to_owned();
+        if n > 0 {
+            error_name.push(format!(".{n}"));
+        }
+        error_name.push(".error.txt");
+        match rustix::fs::openat(dir, error_name.as_os_str(), flags, Mode::from_raw_mode(0o640)) {
+            Ok(fd) => {
+                let mut f = File::from(fd);
+                f.write_all(text)?;
+                return f.sync_all();
+            }
+            Err(rustix::io::Errno::EXIST | rustix::io::Errno::LOOP) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(std::io::Error::other("no free name for the error file"))
+}
+
+fn remove_marker(dirs: &Dirs, name: &OsStr) {
+    let mut marker = name.to_owned();
+    marker.push(".ok");
+    let _ = rustix::fs::unlinkat(&dirs.folder, marker.as_os_str(), AtFlags::empty());
+}
+
+/// Names that are never taken: hidden and temporary files being written.
+fn ignored(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    b.starts_with(b".")
+        || [&b".tmp"[..], b".part", b".partial", b".swp", b"~"]
+            .iter()
+            .any(|s| b.ends_with(s))
+}
+
+fn is_marker(name: &OsStr) -> bool {
+    name.as_bytes().ends_with(b".ok")
+}
+
+/// The key of a file's positions: its name, or for a name that is not
+/// UTF-8 (GBK names from Windows shares) its bytes in hex.
+fn name_key(name: &OsStr) -> String {
+    match name.to_str() {
+        Some(s) => s.to_owned(),
+        None => format!("bytes:{}", crate::catalog::hex(name.as_bytes())),
+    }
+}
+
+/// A file name for logs and messages: control characters escaped, bytes
+/// that are not UTF-8 as `\xNN`, at most 255 characters.
+pub fn shown(name: &OsStr) -> String {
+    let mut out = String::new();
+    for chunk in name.as_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02X}"));
+        }
+    }
+    bounded(&out, 255)
+}
+
+/// At most `max` characters of `s`, with `…` if cut.
+fn bounded(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
 }
 
 /// One file's processing, on a blocking thread.
 struct FileJob {
-    path: PathBuf,
-    name: String,
+    name: OsString,
+    /// The name as logs show it.
+    shown: String,
     key: String,
     config: SourceConfig,
     mapping: Arc<Mapping>,
@@ -374,12 +739,17 @@ struct FileJob {
 }
 
 impl FileJob {
-    fn run(self, stored: Option<FilePosition>, rt: &tokio::runtime::Handle) -> Result<(), FileError> {
-        let (identity, all_utf8) = identify(&self.path).map_err(|e| FileError::Retry(e.to_string()))?;
-        let from = match stored {
-            Some(p) if p.identity == identity && p.done => return Ok(()),
-            Some(p) if p.identity == identity => {
-                info!(file = %self.name, line = p.line, "resuming file");
+    fn run(self, mut file: File, stored: Option<String>, rt: &tokio::runtime::Handle) -> Result<ReadFile, FileError> {
+        let scan = identify(&mut file).map_err(|e| FileError::Retry(format!("cannot read: {e}")))?;
+        let read = ReadFile {
+            size: scan.size,
+            mtime: scan.mtime,
+        };
+        let parsed: Option<FilePosition> = stored.as_deref().and_then(|v| serde_json::from_str(v).ok());
+        let from = match &parsed {
+            Some(p) if p.identity == scan.identity && p.done => return Ok(read),
+            Some(p) if p.identity == scan.identity => {
+                info!(file = %self.shown, line = p.line, "resuming file");
                 Pos {
                     byte: p.byte,
                     line: p.line,
@@ -400,7 +770,8 @@ impl FileJob {
                     "xlsx" | "xlsm" | "xls" => FileFormat::Xlsx,
                     _ => {
                         return Err(FileError::Unreadable(format!(
-                            "unknown file type {ext:?}: expected .csv, .jsonl or .xlsx (or set the source's format)"
+                            "unknown file type {:?}: expected .csv, .jsonl or .xlsx (or set the source's format)",
+                            bounded(&ext, 20)
                         )));
                     }
                 }
@@ -409,15 +780,25 @@ impl FileJob {
         };
         let charset = match self.config.encoding {
             Encoding::Utf8 => Charset::Utf8,
+            Encoding::Gb18030 if format != FileFormat::Xlsx && scan.evidence.is_clearly_utf8() => {
+                return Err(FileError::Unreadable(format!(
+                    "the source is configured encoding = \"gb18030\", but this file looks like UTF-8 ({} multi-byte \
+                     UTF-8 characters, no byte that is not UTF-8): set encoding = \"auto\" or \"utf-8\", or export \
+                     the file in GB18030/GBK",
+                    scan.evidence.multibyte
+                )));
+            }
             Encoding::Gb18030 => Charset::Gb18030,
-            Encoding::Auto if all_utf8 => Charset::Utf8,
-            Encoding::Auto => Charset::Gb18030,
+            Encoding::Auto => scan.evidence.charset(),
         };
-        debug!(file = %self.name, ?format, ?charset, "reading file");
+        debug!(file = %self.shown, ?format, ?charset, "reading file");
+        let handle = file.try_clone().map_err(|e| FileError::Retry(e.to_string()))?;
+        file.rewind().map_err(|e| FileError::Retry(e.to_string()))?;
+        let limits = self.config.limits;
         let mut rows = match format {
-            FileFormat::Csv => Rows::Csv(CsvRows::open(&self.path, charset, &self.mapping, from).map_err(unreadable)?),
-            FileFormat::Xlsx => Rows::Xlsx(XlsxRows::open(&self.path, &self.mapping, from).map_err(unreadable)?),
-            _ => Rows::Json(JsonRows::open(&self.path, charset, from).map_err(unreadable)?),
+            FileFormat::Csv => Rows::Csv(CsvRows::open(file, charset, &self.mapping, from, limits).map_err(unreadable)?),
+            FileFormat::Xlsx => Rows::Xlsx(XlsxRows::open(file, &self.mapping, from, limits).map_err(unreadable)?),
+            _ => Rows::Json(JsonRows::open(file, charset, from, limits).map_err(unreadable)?),
         };
 
         let mut receipts: std::collections::VecDeque<Receipt> = Default::default();
@@ -425,12 +806,15 @@ impl FileJob {
         let mut bytes = 0;
         let mut warnings = 0u64;
         let mut pos = from;
+        // Each chunk commits only after the one before it: it expects the
+        // position that one wrote.
+        let mut previous = stored;
         loop {
             let now = outbox::now_us();
             let row = rows
-                .next(&self.mapping, &self.name, now)
+                .next(&self.mapping, &self.shown, now)
                 .map_err(|e| FileError::Retry(format!("read error at line {}: {e}", pos.line)))?;
-            let done = row.is_none();
+            let mut done = row.is_none();
             if let Some((row, next)) = row {
                 pos = next;
                 self.stats.rows.inc();
@@ -446,8 +830,14 @@ impl FileJob {
                     }
                 }
             }
+            let mut changed = None;
+            if done {
+                // Never mark as read a file that grew or changed under us.
+                changed = changed_since(&handle, &read);
+                done = changed.is_none();
+            }
             let full = write.records.len() + write.quarantine.len() >= CHUNK_ROWS || bytes >= CHUNK_BYTES;
-            if full || done {
+            if full || done || changed.is_some() {
                 let (records, quarantined) = (write.records.len() as u64, write.quarantine.len() as u64);
                 if records > 0 {
                     // The resource changed: its freshness commits with the records.
@@ -455,19 +845,23 @@ impl FileJob {
                         .positions
                         .push(crate::freshness::changed(&self.mapping.resource().code, now));
                 }
+                let value = serde_json::to_string(&FilePosition {
+                    identity: scan.identity.clone(),
+                    byte: pos.byte,
+                    line: pos.line,
+                    rows: pos.rows,
+                    done,
+                })
+                .unwrap_or_default();
                 write.positions.push(PositionUpdate {
                     source: self.config.name.clone(),
                     key: self.key.clone(),
-                    value: Some(
-                        serde_json::to_string(&FilePosition {
-                            identity: identity.clone(),
-                            byte: pos.byte,
-                            line: pos.line,
-                            rows: pos.rows,
-                            done,
-                        })
-                        .unwrap_or_default(),
-                    ),
+                    value: Some(value.clone()),
+                });
+                write.expect.push(PositionUpdate {
+                    source: self.config.name.clone(),
+                    key: self.key.clone(),
+                    value: std::mem::replace(&mut previous, Some(value)),
                 });
                 let chunk = std::mem::take(&mut write);
                 bytes = 0;
@@ -482,7 +876,8 @@ impl FileJob {
                         .map_err(|e| FileError::Retry(e.to_string()))
                 })?;
                 receipts.push_back(receipt);
-                while receipts.len() > CHUNKS_AHEAD || (done && !receipts.is_empty()) {
+                let last = done || changed.is_some();
+                while receipts.len() > CHUNKS_AHEAD || (last && !receipts.is_empty()) {
                     if let Some(r) = receipts.pop_front() {
                         rt.block_on(r.committed())
                             .map_err(|e| FileError::Retry(e.to_string()))?;
@@ -494,8 +889,11 @@ impl FileJob {
                 if records > 0 {
                     self.stats.changed(&self.mapping.resource().code, now);
                 }
+                if let Some(why) = changed {
+                    return Err(FileError::Unreadable(why));
+                }
                 if done {
-                    return Ok(());
+                    return Ok(read);
                 }
                 if self.token.is_cancelled() {
                     for r in receipts {
@@ -509,47 +907,56 @@ impl FileJob {
     }
 }
 
+/// Why the open file is no longer what was read, if it is not.
+fn changed_since(handle: &File, read: &ReadFile) -> Option<String> {
+    let meta = handle.metadata().ok()?;
+    let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    (meta.len() != read.size || mtime != read.mtime).then(|| {
+        format!(
+            "the file changed while it was read (it had {} bytes, it now has {}): the rows read were delivered, \
+             the rest were not. Write files under a temporary name and rename them when complete",
+            read.size,
+            meta.len()
+        )
+    })
+}
+
 fn unreadable(u: Unreadable) -> FileError {
     FileError::Unreadable(u.0)
 }
 
-/// The identity of a file's content (size, mtime, SHA-256) and whether all
-/// of it is valid UTF-8, in one pass.
-fn identify(path: &Path) -> std::io::Result<(String, bool)> {
-    let mut file = std::fs::File::open(path)?;
+/// One pass over a file: its identity and what its bytes say of their
+/// encoding.
+struct FileScan {
+    /// Size, mtime and SHA-256 of the content.
+    identity: String,
+    size: u64,
+    mtime: SystemTime,
+    evidence: Utf8Evidence,
+}
+
+/// Reads the whole file through its handle once.
+fn identify(file: &mut File) -> std::io::Result<FileScan> {
     let meta = file.metadata()?;
-    let mtime = meta
-        .modified()?
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
+    let mtime = meta.modified()?;
+    let nanos = mtime.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
-    let mut carry: Vec<u8> = Vec::new();
-    let mut utf8 = true;
+    let mut evidence = Utf8Evidence::default();
     loop {
         let n = file.read(&mut buf)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        if utf8 {
-            carry.extend_from_slice(&buf[..n]);
-            match std::str::from_utf8(&carry) {
-                Ok(_) => carry.clear(),
-                Err(e) if e.error_len().is_none() => {
-                    // An incomplete sequence at the end of the chunk.
-                    carry.drain(..e.valid_up_to());
-                }
-                Err(_) => {
-                    utf8 = false;
-                    carry = Vec::new();
-                }
-            }
-        }
+        evidence.update(&buf[..n]);
     }
-    if !carry.is_empty() {
-        utf8 = false;
-    }
+    evidence.finish();
     let digest = crate::catalog::hex(&hasher.finalize());
-    Ok((format!("{}:{mtime}:{digest}", meta.len()), utf8))
+    Ok(FileScan {
+        identity: format!("{}:{nanos}:{digest}", meta.len()),
+        size: meta.len(),
+        mtime,
+        evidence,
+    })
 }

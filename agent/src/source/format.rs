@@ -1,11 +1,19 @@
 //! File formats of the drop folder: CSV (UTF-8 or GB18030), JSON Lines and
 //! Excel workbooks, read as a stream of rows with a resumable position (a
-//! byte offset for text files, a row number for workbooks).
+//! byte offset and line for text files, a sheet line for workbooks).
+//!
+//! Every reader works in bounded memory whatever the file holds: a line,
+//! row or value over its limit ([`Limits`]) is quarantined with its length,
+//! a SHA-256 of it and a prefix, never copied whole; a workbook is read
+//! cell by cell, never expanded to its declared dimensions. Readers read
+//! only through the file handle they are given (the folder opened it
+//! without following links).
 
 use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::path::Path;
+
+use sha2::{Digest, Sha256};
 
 use crate::element::Issue;
 use crate::normalize::{Field, Mapping, Origin, Outcome};
@@ -18,7 +26,7 @@ pub enum Charset {
     Gb18030,
 }
 
-/// What one row produced, plus where the next row starts.
+/// What one row produced.
 pub enum Row {
     Outcome(Outcome),
     Unreadable(Quarantined),
@@ -28,12 +36,47 @@ pub enum Row {
 #[derive(Debug)]
 pub struct Unreadable(pub String);
 
+/// Size limits of one input row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of one value (a CSV field, a JSON string, a cell).
+    pub max_value: usize,
+    /// Bytes of one row (a CSV record, a JSON line).
+    pub max_row: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_value: 1 << 20,
+            max_row: 16 << 20,
+        }
+    }
+}
+
+/// Bytes of an oversized input kept in the quarantine.
+const KEPT_PREFIX: usize = 4096;
+
+/// The quarantine's text for an input too large to keep: a prefix, the
+/// length and a hash of the whole.
+fn oversized(prefix: &[u8], total: u64, digest: &[u8]) -> String {
+    let mut end = prefix.len().min(KEPT_PREFIX);
+    while end > 0 && std::str::from_utf8(&prefix[..end]).is_err() && prefix.len() - end < 4 {
+        end -= 1;
+    }
+    format!(
+        "{}… [truncated: {total} bytes in all, sha256 {}]",
+        String::from_utf8_lossy(&prefix[..end]),
+        crate::catalog::hex(digest)
+    )
+}
+
 /// A resumable position inside a file.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pos {
     /// Byte offset where the next row starts.
     pub byte: u64,
-    /// 1-based line number of the next row.
+    /// 1-based line number of the next row (for a workbook, its sheet line).
     pub line: u64,
     /// Rows read before this position.
     pub rows: u64,
@@ -56,32 +99,151 @@ pub fn decode<'a>(bytes: &'a [u8], charset: Charset) -> Result<Cow<'a, str>, Iss
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
-/// Reads rows from a CSV file with a header row.
+/// What a pass over a text file says of its encoding.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Utf8Evidence {
+    /// Valid multi-byte UTF-8 characters.
+    pub multibyte: u64,
+    /// Byte sequences that are not UTF-8.
+    pub invalid: u64,
+    /// An unfinished sequence at the end of the last chunk.
+    carry: Vec<u8>,
+}
+
+impl Utf8Evidence {
+    /// Takes the next chunk of the file.
+    pub fn update(&mut self, chunk: &[u8]) {
+        let joined: Cow<'_, [u8]> = if self.carry.is_empty() {
+            Cow::Borrowed(chunk)
+        } else {
+            let mut v = std::mem::take(&mut self.carry);
+            v.extend_from_slice(chunk);
+            Cow::Owned(v)
+        };
+        let mut rest: &[u8] = &joined;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(_) => {
+                    self.multibyte += leads(rest);
+                    return;
+                }
+                Err(e) => {
+                    let (good, bad) = rest.split_at(e.valid_up_to());
+                    self.multibyte += leads(good);
+                    match e.error_len() {
+                        Some(n) => {
+                            self.invalid += 1;
+                            rest = &bad[n..];
+                        }
+                        None => {
+                            self.carry = bad.to_vec();
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the file: an unfinished sequence at its end is invalid.
+    pub fn finish(&mut self) {
+        if !self.carry.is_empty() {
+            self.invalid += 1;
+            self.carry.clear();
+        }
+    }
+
+    /// How `encoding = "auto"` reads a file: UTF-8 unless the bytes that
+    /// are not UTF-8 outnumber the multi-byte UTF-8 characters (then
+    /// GB18030). A mostly-UTF-8 file with a stray byte stays UTF-8 and the
+    /// rows with bad bytes are quarantined: never decoded into other
+    /// characters.
+    pub fn charset(&self) -> Charset {
+        if self.invalid == 0 || self.multibyte >= self.invalid {
+            Charset::Utf8
+        } else {
+            Charset::Gb18030
+        }
+    }
+
+    /// True for a file that is certainly UTF-8 text with Chinese (or other
+    /// non-ASCII) characters: refused by a folder configured for GB18030.
+    pub fn is_clearly_utf8(&self) -> bool {
+        self.invalid == 0 && self.multibyte > 0
+    }
+}
+
+/// Lead bytes of multi-byte characters in valid UTF-8.
+fn leads(valid: &[u8]) -> u64 {
+    valid.iter().filter(|&&b| b >= 0xC0).count() as u64
+}
+
+/// One CSV record as read, before decoding.
+struct RawRecord {
+    /// 1-based line where the record starts.
+    line: u64,
+    /// Set when the record is over a limit: what to keep instead.
+    oversized: Option<String>,
+}
+
+/// Reads rows from a CSV file with a header row. Parsing is csv-core's;
+/// this reader keeps the byte offset and the physical line where each
+/// record starts (LF, CRLF and quoted multi-line fields alike) and bounds
+/// the memory a record may take.
 pub struct CsvRows {
-    reader: csv::Reader<File>,
+    input: BufReader<File>,
+    core: csv_core::Reader,
+    /// The current record's field bytes, and where each field ends.
+    out: Vec<u8>,
+    ends: Vec<usize>,
     /// Field index of each of the mapping's columns in the header.
     index: Vec<Option<usize>>,
     width: usize,
     charset: Charset,
-    record: csv::ByteRecord,
-    rows: u64,
+    limits: Limits,
+    pos: Pos,
 }
 
+/// Fields of one record, at most.
+const MAX_FIELDS: usize = 16_384;
+
 impl CsvRows {
-    pub fn open(path: &Path, charset: Charset, mapping: &Mapping, from: Pos) -> Result<CsvRows, Unreadable> {
-        let file = File::open(path).map_err(|e| Unreadable(format!("cannot open: {e}")))?;
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .from_reader(file);
-        let mut header = csv::ByteRecord::new();
-        match reader.read_byte_record(&mut header) {
-            Ok(true) => {}
-            Ok(false) => return Err(Unreadable("empty file: no header row".into())),
+    pub fn open(
+        file: File,
+        charset: Charset,
+        mapping: &Mapping,
+        from: Pos,
+        limits: Limits,
+    ) -> Result<CsvRows, Unreadable> {
+        let mut rows = CsvRows {
+            input: BufReader::with_capacity(256 * 1024, file),
+            core: csv_core::ReaderBuilder::new().build(),
+            out: vec![0; 4096],
+            ends: vec![0; 64],
+            index: Vec::new(),
+            width: 0,
+            charset,
+            limits,
+            pos: Pos {
+                byte: 0,
+                line: 1,
+                rows: 0,
+            },
+        };
+        let header = match rows.read_raw() {
+            Ok(Some(h)) => h,
+            Ok(None) => return Err(Unreadable("empty file: no header row".into())),
             Err(e) => return Err(Unreadable(format!("header row: {e}"))),
+        };
+        if header.oversized.is_some() {
+            return Err(Unreadable(format!(
+                "the header row is longer than {} bytes or has more than {MAX_FIELDS} columns",
+                limits.max_row
+            )));
         }
-        let mut names = Vec::with_capacity(header.len());
-        for (i, field) in header.iter().enumerate() {
+        let mut names = Vec::with_capacity(rows.field_count());
+        for i in 0..rows.field_count() {
+            let field = rows.field(i);
             let field = if i == 0 {
                 field.strip_prefix(BOM).unwrap_or(field)
             } else {
@@ -91,82 +253,215 @@ impl CsvRows {
                 decode(field, charset).map_err(|e| Unreadable(format!("header column {}: {}", i + 1, e.message)))?;
             names.push(crate::normalize::trim(&name).to_owned());
         }
-        let index = bind_header(mapping, &names)?;
+        rows.index = bind_header(mapping, &names)?;
+        rows.width = names.len();
         if from.byte > 0 {
-            let mut p = csv::Position::new();
-            p.set_byte(from.byte).set_line(from.line).set_record(from.rows + 1);
-            reader
-                .seek(p)
+            rows.input
+                .seek(SeekFrom::Start(from.byte))
                 .map_err(|e| Unreadable(format!("cannot resume at byte {}: {e}", from.byte)))?;
+            rows.core.reset();
+            rows.pos = from;
         }
-        Ok(CsvRows {
-            reader,
-            index,
-            width: names.len(),
-            charset,
-            record: csv::ByteRecord::new(),
-            rows: from.rows,
-        })
+        Ok(rows)
+    }
+
+    fn field_count(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn field(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.out[start..self.ends[i]]
+    }
+
+    /// Reads the next record into `out`/`ends` (shrunk to their used
+    /// length), or `None` at the end of the file.
+    fn read_raw(&mut self) -> std::io::Result<Option<RawRecord>> {
+        use csv_core::ReadRecordResult as R;
+        let (mut nout, mut nend) = (0usize, 0usize);
+        self.out.resize(self.out.capacity().max(4096), 0);
+        self.ends.resize(self.ends.capacity().max(64), 0);
+        let mut start: Option<u64> = None;
+        // Past a limit the rest of the record is only hashed and counted.
+        let mut over: Option<(Sha256, u64, Vec<u8>)> = None;
+        let mut scratch_out = [0u8; 8192];
+        let mut scratch_ends = [0usize; 256];
+        loop {
+            let input = self.input.fill_buf()?;
+            let (res, nin, o, e) = match &mut over {
+                None => self
+                    .core
+                    .read_record(input, &mut self.out[nout..], &mut self.ends[nend..]),
+                Some(_) => self.core.read_record(input, &mut scratch_out, &mut scratch_ends),
+            };
+            let consumed = &input[..nin];
+            // The record starts at its first byte that is not a line end
+            // (blank lines and the LF of a CRLF are skipped).
+            for (i, &b) in consumed.iter().enumerate() {
+                if start.is_none() && b != b'\n' && b != b'\r' {
+                    start = Some(self.pos.line);
+                }
+                if b == b'\n' {
+                    self.pos.line += 1;
+                }
+                let _ = i;
+            }
+            self.pos.byte += nin as u64;
+            match &mut over {
+                None => {
+                    // Field ends are relative to this call's output.
+                    for end in &mut self.ends[nend..nend + e] {
+                        *end += nout;
+                    }
+                    nout += o;
+                    nend += e;
+                }
+                Some((hash, total, _)) => {
+                    hash.update(&scratch_out[..o]);
+                    *total += o as u64;
+                }
+            }
+            self.input.consume(nin);
+            match res {
+                R::InputEmpty => {}
+                R::OutputFull if over.is_none() && self.out.len() < self.limits.max_row => {
+                    let grown = (self.out.len() * 2).min(self.limits.max_row);
+                    self.out.resize(grown, 0);
+                }
+                R::OutputEndsFull if over.is_none() && self.ends.len() < MAX_FIELDS => {
+                    let grown = (self.ends.len() * 2).min(MAX_FIELDS);
+                    self.ends.resize(grown, 0);
+                }
+                R::OutputFull | R::OutputEndsFull => {
+                    if over.is_none() {
+                        let mut hash = Sha256::new();
+                        hash.update(&self.out[..nout]);
+                        let prefix = self.out[..nout.min(KEPT_PREFIX)].to_vec();
+                        over = Some((hash, nout as u64, prefix));
+                    }
+                }
+                R::Record => {
+                    let line = start.unwrap_or(self.pos.line);
+                    self.out.truncate(nout);
+                    self.ends.truncate(nend);
+                    let oversized = over.map(|(hash, total, prefix)| oversized(&prefix, total, &hash.finalize()));
+                    return Ok(Some(RawRecord { line, oversized }));
+                }
+                R::End => return Ok(None),
+            }
+        }
     }
 
     /// The next row, or `None` at the end of the file. An I/O error is
     /// returned as `Err` (the file is retried later, from its last commit).
     pub fn next(&mut self, mapping: &Mapping, object: &str, now_us: i64) -> std::io::Result<Option<(Row, Pos)>> {
-        let ok = self
-            .reader
-            .read_byte_record(&mut self.record)
-            .map_err(|e| match e.into_kind() {
-                csv::ErrorKind::Io(io) => io,
-                other => std::io::Error::other(format!("{other:?}")),
-            })?;
-        if !ok {
+        let Some(raw) = self.read_raw()? else {
             return Ok(None);
-        }
-        self.rows += 1;
-        let line = self.record.position().map_or(0, |p| p.line());
-        let next = self.reader.position();
-        let pos = Pos {
-            byte: next.byte(),
-            line: next.line(),
-            rows: self.rows,
         };
+        self.pos.rows += 1;
+        let pos = self.pos;
+        let line = raw.line;
         let origin = Origin { object, line };
-        if self.record.len() != self.width {
-            let raw: Vec<String> = self
-                .record
-                .iter()
-                .map(|f| {
+        if let Some(kept) = raw.oversized {
+            let reason = format!(
+                "ROW_TOO_LONG: 第 {line} 行超过 {} 字节或 {MAX_FIELDS} 列的上限 (source limit max_row)",
+                self.limits.max_row
+            );
+            return Ok(Some((Row::Unreadable(mapping.unreadable(origin, kept, reason)), pos)));
+        }
+        let long = (0..self.field_count()).find(|&i| self.field(i).len() > self.limits.max_value);
+        if self.field_count() != self.width || long.is_some() {
+            let raw: Vec<String> = (0..self.field_count())
+                .map(|i| {
+                    let f = self.field(i);
+                    if f.len() > self.limits.max_value {
+                        return oversized(f, f.len() as u64, &Sha256::digest(f));
+                    }
                     decode(f, self.charset).map_or_else(|_| String::from_utf8_lossy(f).into_owned(), |c| c.into_owned())
                 })
                 .collect();
-            let reason = format!(
-                "RAGGED_ROW: 第 {line} 行有 {} 列, 表头有 {} 列",
-                self.record.len(),
-                self.width
-            );
+            let reason = match long {
+                Some(i) => format!(
+                    "VALUE_TOO_LONG: 第 {line} 行第 {} 列有 {} 字节, 超过上限 {} (source limit max_value)",
+                    i + 1,
+                    self.field(i).len(),
+                    self.limits.max_value
+                ),
+                None => format!(
+                    "RAGGED_ROW: 第 {line} 行有 {} 列, 表头有 {} 列",
+                    self.field_count(),
+                    self.width
+                ),
+            };
             let raw = serde_json::Value::from(raw).to_string();
             return Ok(Some((Row::Unreadable(mapping.unreadable(origin, raw, reason)), pos)));
         }
         let fields: Vec<Field<'_>> = self
             .index
             .iter()
-            .map(|i| i.and_then(|i| self.record.get(i)).map(|b| decode(b, self.charset)))
+            .map(|i| i.map(|i| decode(self.field(i), self.charset)))
             .collect();
         Ok(Some((Row::Outcome(mapping.normalize(&fields, origin, now_us)), pos)))
     }
+}
+
+/// One line read in bounded memory: its bytes, or what to keep of it when
+/// it is over the limit.
+enum Line {
+    Fits,
+    Over(String),
+}
+
+/// Reads up to and including the next `\n` into `buf`, keeping at most
+/// `max` bytes; returns the bytes consumed (0 at the end of the file).
+fn read_line_bounded(input: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> std::io::Result<(usize, Line)> {
+    buf.clear();
+    let mut consumed = 0usize;
+    let mut over: Option<Sha256> = None;
+    loop {
+        let chunk = input.fill_buf()?;
+        if chunk.is_empty() {
+            break;
+        }
+        let (take, done) = match memchr::memchr(b'\n', chunk) {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        match &mut over {
+            Some(h) => h.update(&chunk[..take]),
+            None if buf.len() + take > max => {
+                let mut h = Sha256::new();
+                h.update(&buf[..]);
+                h.update(&chunk[..take]);
+                let room = KEPT_PREFIX.saturating_sub(buf.len());
+                buf.extend_from_slice(&chunk[..take.min(room)]);
+                over = Some(h);
+            }
+            None => buf.extend_from_slice(&chunk[..take]),
+        }
+        consumed += take;
+        input.consume(take);
+        if done {
+            break;
+        }
+    }
+    Ok(match over {
+        None => (consumed, Line::Fits),
+        Some(h) => (consumed, Line::Over(oversized(buf, consumed as u64, &h.finalize()))),
+    })
 }
 
 /// Reads rows from a JSON Lines file: one JSON object a line.
 pub struct JsonRows {
     reader: BufReader<File>,
     charset: Charset,
+    limits: Limits,
     line: Vec<u8>,
     pos: Pos,
 }
 
 impl JsonRows {
-    pub fn open(path: &Path, charset: Charset, from: Pos) -> Result<JsonRows, Unreadable> {
-        let mut file = File::open(path).map_err(|e| Unreadable(format!("cannot open: {e}")))?;
+    pub fn open(mut file: File, charset: Charset, from: Pos, limits: Limits) -> Result<JsonRows, Unreadable> {
         let mut pos = from;
         if pos.byte == 0 {
             let mut head = [0u8; 3];
@@ -181,6 +476,7 @@ impl JsonRows {
         Ok(JsonRows {
             reader: BufReader::with_capacity(256 * 1024, file),
             charset,
+            limits,
             line: Vec::new(),
             pos,
         })
@@ -188,20 +484,28 @@ impl JsonRows {
 
     pub fn next(&mut self, mapping: &Mapping, object: &str, now_us: i64) -> std::io::Result<Option<(Row, Pos)>> {
         loop {
-            self.line.clear();
-            let n = self.reader.read_until(b'\n', &mut self.line)?;
+            let (n, fits) = read_line_bounded(&mut self.reader, &mut self.line, self.limits.max_row)?;
             if n == 0 {
                 return Ok(None);
             }
             let line = self.pos.line;
             self.pos.byte += n as u64;
             self.pos.line += 1;
+            let origin = Origin { object, line };
+            if let Line::Over(kept) = fits {
+                self.pos.rows += 1;
+                let reason = format!(
+                    "ROW_TOO_LONG: 第 {line} 行有 {n} 字节, 超过上限 {} (source limit max_row)",
+                    self.limits.max_row
+                );
+                return Ok(Some((Row::Unreadable(mapping.unreadable(origin, kept, reason)), self.pos)));
+            }
             let text = match decode(&self.line, self.charset) {
                 Ok(t) => t,
                 Err(e) => {
                     self.pos.rows += 1;
                     let raw = String::from_utf8_lossy(&self.line).trim_end().to_owned();
-                    let q = mapping.unreadable(Origin { object, line }, raw, format!("{e} (第 {line} 行)"));
+                    let q = mapping.unreadable(origin, raw, format!("{e} (第 {line} 行)"));
                     return Ok(Some((Row::Unreadable(q), self.pos)));
                 }
             };
@@ -210,7 +514,6 @@ impl JsonRows {
                 continue;
             }
             self.pos.rows += 1;
-            let origin = Origin { object, line };
             let object_map = match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(trimmed) {
                 Ok(m) => m,
                 Err(e) => {
@@ -222,19 +525,39 @@ impl JsonRows {
                     return Ok(Some((Row::Unreadable(q), self.pos)));
                 }
             };
+            let max_value = self.limits.max_value;
             let fields: Vec<Field<'_>> = mapping
                 .columns()
                 .map(|c| match object_map.get(c)? {
                     serde_json::Value::Null => None,
+                    serde_json::Value::String(s) if s.len() > max_value => Some(Err(Issue {
+                        code: "VALUE_TOO_LONG",
+                        message: format!("值有 {} 字节, 超过上限 {max_value} (source limit max_value)", s.len()),
+                    })),
                     serde_json::Value::String(s) => Some(Ok(Cow::Owned(s.clone()))),
                     serde_json::Value::Number(n) => Some(Ok(Cow::Owned(n.to_string()))),
                     serde_json::Value::Bool(b) => Some(Ok(Cow::Owned(b.to_string()))),
                     other => Some(Err(Issue {
                         code: "NESTED_VALUE",
-                        message: format!("不允许嵌套的 JSON 值: {other}"),
+                        message: format!("不允许嵌套的 JSON 值: {}", bounded(&other.to_string(), 200)),
                     })),
                 })
                 .collect();
+            let long = fields.iter().any(|f| matches!(f, Some(Err(i)) if i.code == "VALUE_TOO_LONG"));
+            if long {
+                // The raw line would keep the long value whole: keep it cut.
+                let kept = oversized(trimmed.as_bytes(), trimmed.len() as u64, &Sha256::digest(trimmed.as_bytes()));
+                let reasons: Vec<String> = fields
+                    .iter()
+                    .zip(mapping.columns())
+                    .filter_map(|(f, c)| match f {
+                        Some(Err(i)) => Some(format!("{}: {c} {}", i.code, i.message)),
+                        _ => None,
+                    })
+                    .collect();
+                let q = mapping.unreadable(origin, kept, reasons.join("; "));
+                return Ok(Some((Row::Unreadable(q), self.pos)));
+            }
             return Ok(Some((
                 Row::Outcome(mapping.normalize(&fields, origin, now_us)),
                 self.pos,
@@ -243,79 +566,235 @@ impl JsonRows {
     }
 }
 
-/// Reads rows from the first worksheet of an Excel workbook (.xlsx, .xlsm,
-/// .xls) with a header row. The sheet is loaded whole (Excel caps a sheet
-/// at 1,048,576 rows).
+/// At most `max` characters of `s`, with `…` if cut.
+fn bounded(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+/// Uncompressed bytes of a workbook's shared parts (strings, styles) at
+/// most: they are loaded whole, so a small file must not inflate into
+/// gigabytes.
+const MAX_WORKBOOK_PART: u64 = 256 << 20;
+
+/// Rows read ahead of the consumer of a worksheet.
+const SHEET_ROWS_AHEAD: usize = 64;
+
+/// Reads rows from the first worksheet of an Excel workbook (.xlsx, .xlsm)
+/// with a header row, cell by cell on a thread of its own: memory holds a
+/// few rows, whatever dimensions the sheet declares. Legacy .xls and .ods
+/// workbooks are refused: calamine expands them to their full dimensions
+/// in memory, which a tiny hostile file can make terabytes.
 pub struct XlsxRows {
-    range: calamine::Range<calamine::Data>,
+    rows: std::sync::mpsc::Receiver<Result<SheetRow, String>>,
     /// Column of each of the mapping's columns.
     index: Vec<Option<usize>>,
-    /// Next row to read (0 is the header).
-    row: usize,
-    rows: u64,
+    rows_read: u64,
+    /// The sheet line to resume at (rows above it were read before).
+    skip_to: u64,
+    limits: Limits,
+}
+
+/// One worksheet row: its 0-based sheet row and its cells by column.
+struct SheetRow {
+    row: u32,
+    cells: Vec<(u32, calamine::Data)>,
 }
 
 impl XlsxRows {
-    pub fn open(path: &Path, mapping: &Mapping, from: Pos) -> Result<XlsxRows, Unreadable> {
-        use calamine::Reader;
-        let mut book =
-            calamine::open_workbook_auto(path).map_err(|e| Unreadable(format!("not a readable workbook: {e}")))?;
-        let range = book
-            .worksheet_range_at(0)
-            .ok_or_else(|| Unreadable("the workbook has no worksheet".into()))?
-            .map_err(|e| Unreadable(format!("first worksheet: {e}")))?;
-        if range.is_empty() {
-            return Err(Unreadable("empty worksheet: no header row".into()));
+    pub fn open(file: File, mapping: &Mapping, from: Pos, limits: Limits) -> Result<XlsxRows, Unreadable> {
+        check_zip_parts(&file)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<SheetRow, String>>(SHEET_ROWS_AHEAD);
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+        std::thread::Builder::new()
+            .name("xlsx-reader".into())
+            .spawn(move || read_sheet(file, tx, ready_tx))
+            .map_err(|e| Unreadable(format!("cannot start the workbook reader: {e}")))?;
+        ready_rx
+            .recv()
+            .map_err(|_| Unreadable("the workbook reader stopped".into()))?
+            .map_err(Unreadable)?;
+        let header = match rx.recv() {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => return Err(Unreadable(format!("first worksheet: {e}"))),
+            Err(_) => return Err(Unreadable("empty worksheet: no header row".into())),
+        };
+        let width = header.cells.iter().map(|(c, _)| *c as usize + 1).max().unwrap_or(0);
+        let mut names = vec![String::new(); width];
+        for (c, d) in &header.cells {
+            names[*c as usize] = crate::normalize::trim(&d.to_string()).to_owned();
         }
-        let names: Vec<String> = (0..range.width())
-            .map(|c| {
-                range
-                    .get((0, c))
-                    .map(|d| crate::normalize::trim(&d.to_string()).to_owned())
-                    .unwrap_or_default()
-            })
-            .collect();
         let index = bind_header(mapping, &names)?;
         Ok(XlsxRows {
-            range,
+            rows: rx,
             index,
-            row: 1 + from.rows as usize,
-            rows: from.rows,
+            rows_read: from.rows,
+            skip_to: from.line,
+            limits,
         })
     }
+}
 
+impl XlsxRows {
     pub fn next(&mut self, mapping: &Mapping, object: &str, now_us: i64) -> std::io::Result<Option<(Row, Pos)>> {
-        while self.row < self.range.height() {
-            let r = self.row;
-            self.row += 1;
-            let cells: Vec<Option<&calamine::Data>> = self
-                .index
-                .iter()
-                .map(|i| i.and_then(|c| self.range.get((r, c))))
-                .collect();
+        loop {
+            let sheet_row = match self.rows.recv() {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return Err(std::io::Error::other(e)),
+                Err(_) => return Ok(None),
+            };
+            // Line numbers as Excel shows them (1-based, header on line 1).
+            let line = u64::from(sheet_row.row) + 1;
+            if line < self.skip_to {
+                continue;
+            }
+            let mut cells: Vec<Option<&calamine::Data>> = vec![None; self.index.len()];
+            for (slot, col) in cells.iter_mut().zip(&self.index) {
+                if let Some(col) = col {
+                    *slot = sheet_row
+                        .cells
+                        .iter()
+                        .find(|(c, _)| *c as usize == *col)
+                        .map(|(_, d)| d);
+                }
+            }
             if cells.iter().all(|c| c.is_none_or(|d| *d == calamine::Data::Empty)) {
                 continue;
             }
-            self.rows += 1;
-            // Line numbers as Excel shows them (1-based, header on line 1).
-            let line = r as u64 + 1;
+            self.rows_read += 1;
             let pos = Pos {
                 byte: 0,
                 line: line + 1,
-                rows: self.rows,
+                rows: self.rows_read,
             };
+            let max_value = self.limits.max_value;
             let fields: Vec<Field<'_>> = cells
                 .iter()
                 .zip(mapping.column_items())
-                .map(|(c, item)| c.and_then(|d| cell(d, item)))
+                .map(|(c, item)| match c.and_then(|d| cell(d, item)) {
+                    Some(Ok(v)) if v.len() > max_value => Some(Err(Issue {
+                        code: "VALUE_TOO_LONG",
+                        message: format!("值有 {} 字节, 超过上限 {max_value} (source limit max_value)", v.len()),
+                    })),
+                    other => other,
+                })
                 .collect();
             return Ok(Some((
                 Row::Outcome(mapping.normalize(&fields, Origin { object, line }, now_us)),
                 pos,
             )));
         }
-        Ok(None)
     }
+}
+
+/// Cells of one worksheet row kept at most (a row wider than Excel's
+/// 16,384 columns is not a worksheet).
+const MAX_ROW_CELLS: usize = 16_384;
+
+/// The worksheet reader thread: sends the first sheet's rows, one at a
+/// time, until the consumer hangs up.
+fn read_sheet(
+    file: File,
+    tx: std::sync::mpsc::SyncSender<Result<SheetRow, String>>,
+    ready: std::sync::mpsc::SyncSender<Result<(), String>>,
+) {
+    use calamine::Reader;
+    let mut book: calamine::Xlsx<_> = match calamine::Xlsx::new(BufReader::new(file)) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = ready.send(Err(format!("not a readable .xlsx workbook: {e}")));
+            return;
+        }
+    };
+    let Some(first) = book.sheet_names().first().cloned() else {
+        let _ = ready.send(Err("the workbook has no worksheet".into()));
+        return;
+    };
+    let mut cells = match book.worksheet_cells_reader(&first) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(format!("first worksheet: {e}")));
+            return;
+        }
+    };
+    if ready.send(Ok(())).is_err() {
+        return;
+    }
+    let mut current: Option<SheetRow> = None;
+    loop {
+        let next = match cells.next_cell() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tx.send(Err(format!("worksheet {first}: {e}")));
+                return;
+            }
+        };
+        let Some(cell) = next else { break };
+        let (row, col) = cell.get_position();
+        let value = calamine::Data::from(cell.get_value().clone());
+        if value == calamine::Data::Empty {
+            continue;
+        }
+        match &mut current {
+            Some(r) if r.row == row => {
+                if r.cells.len() < MAX_ROW_CELLS {
+                    r.cells.push((col, value));
+                }
+            }
+            _ => {
+                if let Some(done) = current.take()
+                    && tx.send(Ok(done)).is_err()
+                {
+                    return;
+                }
+                current = Some(SheetRow {
+                    row,
+                    cells: vec![(col, value)],
+                });
+            }
+        }
+    }
+    if let Some(done) = current {
+        let _ = tx.send(Ok(done));
+    }
+}
+
+/// Refuses a workbook whose shared parts would inflate past
+/// [`MAX_WORKBOOK_PART`] (they are loaded whole), and legacy formats.
+fn check_zip_parts(file: &File) -> Result<(), Unreadable> {
+    let mut head = [0u8; 8];
+    let n = (&*file).read(&mut head).map_err(|e| Unreadable(format!("cannot read: {e}")))?;
+    (&*file)
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| Unreadable(format!("cannot read: {e}")))?;
+    if n >= 8 && head == [0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1] {
+        return Err(Unreadable(
+            "a legacy Excel 97-2003 (.xls) workbook: it cannot be read in bounded memory; save it as .xlsx or CSV"
+                .into(),
+        ));
+    }
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| Unreadable(format!("not a readable .xlsx workbook: {e}")))?;
+    for i in 0..zip.len() {
+        let entry = zip
+            .by_index_raw(i)
+            .map_err(|e| Unreadable(format!("not a readable .xlsx workbook: {e}")))?;
+        let name = entry.name().to_owned();
+        let shared = !name.contains("worksheets/");
+        if shared && entry.size() > MAX_WORKBOOK_PART {
+            return Err(Unreadable(format!(
+                "workbook part {} inflates to {} bytes (limit {MAX_WORKBOOK_PART})",
+                bounded(&name, 100),
+                entry.size()
+            )));
+        }
+    }
+    drop(zip);
+    (&*file)
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| Unreadable(format!("cannot read: {e}")))?;
+    Ok(())
 }
 
 /// The text of one worksheet cell for an item. Numbers never stand for
@@ -379,10 +858,12 @@ fn bind_header(mapping: &Mapping, names: &[String]) -> Result<Vec<Option<usize>>
         .map(|(c, _)| c)
         .collect();
     if !missing.is_empty() {
+        let shown: Vec<String> = names.iter().take(64).map(|n| bounded(n, 64)).collect();
         return Err(Unreadable(format!(
-            "header lacks mapped column(s) {}; the header has: {}",
+            "header lacks mapped column(s) {}; the header has: {}{}",
             missing.join(", "),
-            names.join(", ")
+            shown.join(", "),
+            if names.len() > 64 { format!(" and {} more", names.len() - 64) } else { String::new() }
         )));
     }
     Ok(index)
