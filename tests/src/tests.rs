@@ -6,6 +6,8 @@ mod degraded;
 mod delivery;
 mod disk;
 mod folder;
+mod hub_guard;
+mod hostile_folder;
 mod normalization;
 mod package;
 mod quarantine;

@@ -297,22 +297,20 @@ impl CsvRows {
             let consumed = &input[..nin];
             // The record starts at its first byte that is not a line end
             // (blank lines and the LF of a CRLF are skipped).
-            for (i, &b) in consumed.iter().enumerate() {
-                if start.is_none() && b != b'\n' && b != b'\r' {
+            let mut rest = consumed;
+            if start.is_none() {
+                let skip = rest.iter().position(|&b| b != b'\n' && b != b'\r').unwrap_or(rest.len());
+                self.pos.line += memchr::memchr_iter(b'\n', &rest[..skip]).count() as u64;
+                if skip < rest.len() {
                     start = Some(self.pos.line);
                 }
-                if b == b'\n' {
-                    self.pos.line += 1;
-                }
-                let _ = i;
+                rest = &rest[skip..];
             }
+            self.pos.line += memchr::memchr_iter(b'\n', rest).count() as u64;
             self.pos.byte += nin as u64;
             match &mut over {
                 None => {
-                    // Field ends are relative to this call's output.
-                    for end in &mut self.ends[nend..nend + e] {
-                        *end += nout;
-                    }
+                    // csv-core's field ends count from the record's start.
                     nout += o;
                     nend += e;
                 }
