@@ -11,6 +11,8 @@ use crate::config::Config;
 pub struct Finding {
     pub what: String,
     pub outcome: Result<(), String>,
+    /// What works but should be fixed (a drop folder others can write).
+    pub warnings: Vec<String>,
 }
 
 /// Runs every check; never stops at the first failure.
@@ -23,16 +25,19 @@ pub async fn run(config: &Config) -> Vec<Finding> {
             config.catalog_path.display()
         ),
         outcome: Ok(()),
+        warnings: Vec::new(),
     }];
     out.push(Finding {
         what: format!("data directory {}", config.data_dir.display()),
         outcome: writable_dir(&config.data_dir),
+        warnings: Vec::new(),
     });
     for s in &config.sources {
         match &s.db {
             None => out.push(Finding {
                 what: format!("source {}: drop folder {}", s.name, s.path.display()),
                 outcome: writable_dir(&s.path),
+                warnings: folder_warnings(&s.path),
             }),
             Some(db) => out.push(Finding {
                 what: format!(
@@ -40,12 +45,14 @@ pub async fn run(config: &Config) -> Vec<Finding> {
                     s.name, s.kind, db.table, db.capture
                 ),
                 outcome: crate::source::db::check(s).await.map_err(|e| e.to_string()),
+                warnings: Vec::new(),
             }),
         }
     }
     out.push(Finding {
         what: format!("hub {}: TLS 1.3 handshake as {}", config.hub.url, config.agency),
         outcome: crate::link::handshake(&config.hub).await.map_err(|e| e.to_string()),
+        warnings: crate::pki::key_warning(&config.hub.key).into_iter().collect(),
     });
     out
 }
@@ -56,4 +63,24 @@ fn writable_dir(dir: &Path) -> Result<(), String> {
     let probe = dir.join(".qianzhi-check");
     std::fs::write(&probe, b"check").map_err(|e| format!("not writable: {e}"))?;
     std::fs::remove_file(&probe).map_err(|e| format!("cannot remove a file: {e}"))
+}
+
+/// A drop folder that anyone may write lets any account on the machine
+/// feed records to the hub under the agency's name.
+fn folder_warnings(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Vec::new();
+    };
+    let mode = meta.permissions().mode();
+    if mode & 0o002 != 0 {
+        vec![format!(
+            "{} is writable by every account on this machine (mode {:o}): give it to the business system's \
+             account and the qianzhi group, e.g. chmod 2770",
+            dir.display(),
+            mode & 0o7777
+        )]
+    } else {
+        Vec::new()
+    }
 }

@@ -540,13 +540,49 @@ pub async fn serve(listener: tokio::net::TcpListener, health: Arc<Health>, token
             }),
         )
         .with_state(health);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await
-    {
-        tracing::error!(error = %e, "health port failed");
+    // Each connection is bounded in number and time: half-open connections
+    // must not use up the agent's file descriptors (the drop folders and the
+    // outbox need them).
+    let slots = Arc::new(tokio::sync::Semaphore::new(HEALTH_CONNECTIONS));
+    loop {
+        let (stream, _) = tokio::select! {
+            () = token.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "health port: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Over the limit: closed at once.
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let token = token.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEALTH_HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                _ = tokio::time::timeout(HEALTH_CONNECTION_TIMEOUT, conn) => {}
+                () = token.cancelled() => {}
+            }
+            drop(slot);
+        });
     }
 }
+
+/// Connections the health port serves at once; more are closed at once.
+const HEALTH_CONNECTIONS: usize = 32;
+/// Time a client has to send its request headers.
+const HEALTH_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Time one connection may take in all.
+const HEALTH_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A human summary of a status document, for `qianzhi status`.
 pub fn render(s: &Status) -> String {

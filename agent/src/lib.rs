@@ -179,6 +179,9 @@ pub async fn start(
     let link = spawn_link(&config, &outbox, &health, tasks, &token);
     tasks.spawn(systemd::run(health.clone(), outbox.clone(), token.clone()));
     tasks.spawn(disk::watch(outbox.clone(), token.clone()));
+    if let Some(w) = pki::key_warning(&config.hub.key) {
+        tracing::warn!("{w}");
+    }
     tracing::info!(
         agency = %config.agency,
         outbox = %outbox.id(),

@@ -288,6 +288,9 @@ fn main() -> ExitCode {
                             println!("FAIL  {}: {e}", f.what);
                         }
                     }
+                    for w in f.warnings {
+                        println!("WARN  {}: {w}", f.what);
+                    }
                 }
                 if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
             })

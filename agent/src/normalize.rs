@@ -151,7 +151,7 @@ impl Mapping {
                         transformed = transforms.iter().fold(trim(raw).to_owned(), |v, t| t.apply(&v));
                         &transformed
                     };
-                    let v = trim(raw);
+                    let v = csv_guard(trim(raw));
                     if v.is_empty() {
                         continue;
                     }
@@ -268,6 +268,21 @@ impl Mapping {
             reasons,
             raw: serde_json::Value::Object(raw).to_string(),
         }
+    }
+}
+
+/// True for a value that a spreadsheet would run as a formula.
+pub fn needs_csv_guard(v: &str) -> bool {
+    v.starts_with(['=', '+', '-', '@', '\t', '\r'])
+}
+
+/// Removes the `'` that `qianzhi quarantine export` puts before a value a
+/// spreadsheet would run as a formula, so that an exported entry dropped
+/// into the folder again normalizes to the value it had.
+pub fn csv_guard(v: &str) -> &str {
+    match v.strip_prefix('\'') {
+        Some(rest) if needs_csv_guard(rest) => rest,
+        _ => v,
     }
 }
 

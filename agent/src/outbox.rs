@@ -883,6 +883,15 @@ fn recover(path: &Path) -> rusqlite::Result<Recovery> {
             Ok(())
         },
     )?;
+    // The hub takes only contiguous sequences: each missing one is queued
+    // as an empty entry, which tells the hub that this outbox lost it (a
+    // sequence the hub already holds is skipped there as a replay).
+    for &(a, b) in &report.lost {
+        for seq in a..=b {
+            tx.prepare_cached("INSERT INTO records (seq, enqueued_us, data) VALUES (?1, ?2, x'')")?
+                .execute(params![seq, now_us()])?;
+        }
+    }
     let lost_top = report.lost.last().map_or(0, |r| r.1);
     tx.execute(
         "INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('records', ?1)",
@@ -1197,12 +1206,17 @@ impl Space {
 
     /// Free bytes for the outbox: the filesystem's (for unprivileged users:
     /// root's extra reserved blocks are not ours), plus the free pages
-    /// inside the outbox file, which it reuses before it grows.
+    /// inside the outbox file, which it reuses before it grows, less what
+    /// the next checkpoint may add to the file (up to the WAL's size: the
+    /// pages committed to the WAL are copied into the database file later,
+    /// and may grow it).
     fn free(&self, conn: &Connection) -> u64 {
         let inside = Reader(conn).reusable_bytes().unwrap_or(0);
+        let wal = std::fs::metadata(self.dir.join("outbox.db-wal")).map_or(0, |m| m.len());
         crate::disk::free_bytes(&self.dir)
             .unwrap_or(u64::MAX)
             .saturating_add(inside)
+            .saturating_sub(wal)
     }
 
     fn has_ballast(&self) -> bool {
@@ -1325,21 +1339,27 @@ fn writer_loop(
             && sqlite_disk_full(e)
         {
             // The disk filled under us (something else writes there too).
-            // Deletes must still run: give back the ballast and the WAL, then
-            // apply everything but the writes.
-            space.release_ballast();
+            // Deletes must still run: apply everything but the writes, after
+            // giving back the WAL, and if that is not enough, the ballast.
             let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-            next = stats.borrow().clone();
-            next.disk_low = true;
             stats.send_modify(|s| s.disk_low = true);
-            let free = space.free(&conn);
-            outcome = apply(
-                &mut conn,
-                &group,
-                &mut next,
-                Some(refusal((free, space.reserve))),
-                &path,
-            );
+            for release in [false, true] {
+                if release && !space.release_ballast() {
+                    break;
+                }
+                next = stats.borrow().clone();
+                let free = space.free(&conn);
+                outcome = apply(
+                    &mut conn,
+                    &group,
+                    &mut next,
+                    Some(refusal((free, space.reserve))),
+                    &path,
+                );
+                if !outcome.as_ref().is_err_and(sqlite_disk_full) {
+                    break;
+                }
+            }
         }
         if outcome.is_ok()
             && next.disk_low

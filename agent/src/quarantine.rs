@@ -99,6 +99,19 @@ pub fn render_show(h: &Held) -> String {
     o
 }
 
+/// A cell that Excel would run as a formula (OWASP's CSV injection: a
+/// leading `=`, `+`, `-`, `@`, tab or carriage return) gets a leading `'`,
+/// which Excel shows as text. Dropped into a folder again, the value loses
+/// that `'` in normalization (`normalize::csv_guard`), so it normalizes to
+/// what it was.
+fn neutralised(cell: String) -> String {
+    if crate::normalize::needs_csv_guard(&cell) {
+        format!("'{cell}")
+    } else {
+        cell
+    }
+}
+
 /// A CSV of the entries: bookkeeping columns, then the source's mapped
 /// columns with the raw values, so the file can be fixed in Excel and
 /// dropped into the folder again (the mapping ignores the extra columns).
@@ -136,6 +149,7 @@ pub fn export_csv(config: &Config, entries: &[Held], encoding: Option<Encoding>)
             );
         }
         row.push(if raw.is_some() { String::new() } else { e.raw.clone() });
+        let row: Vec<String> = row.into_iter().map(neutralised).collect();
         w.write_record(&row).map_err(|e| Error::Csv(e.to_string()))?;
     }
     let text = String::from_utf8(w.into_inner().map_err(|e| Error::Csv(e.to_string()))?)

@@ -1,11 +1,15 @@
-//! hub.toml: where the hub listens, its TLS files, its store and catalog.
-//! Relative paths are resolved against the file's folder.
+//! hub.toml: where the hub listens, its TLS files, its store and catalog,
+//! and what one agency may cost it (`[limits]`, see [`crate::limits`]).
+//! Relative paths are resolved against the file's folder; unknown keys are
+//! refused.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Deserialize;
+
+use crate::limits::Limits;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -14,6 +18,8 @@ pub struct HubConfig {
     pub store: PathBuf,
     pub catalog: PathBuf,
     pub tls: TlsFiles,
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 #[derive(Debug, Deserialize)]
@@ -27,7 +33,7 @@ pub struct TlsFiles {
 impl HubConfig {
     pub fn load(path: &Path) -> anyhow::Result<HubConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let mut c: HubConfig = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        let mut c = HubConfig::from_toml_str(&text).with_context(|| format!("{}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut c.store,
@@ -40,6 +46,13 @@ impl HubConfig {
                 *p = base.join(&*p);
             }
         }
+        Ok(c)
+    }
+
+    /// Parses and validates hub.toml's text; paths are left as written.
+    pub fn from_toml_str(text: &str) -> anyhow::Result<HubConfig> {
+        let c: HubConfig = toml::from_str(text)?;
+        c.limits.validate()?;
         Ok(c)
     }
 }

@@ -1,5 +1,6 @@
 //! `qianzhi-hub`: serve the hub, export its store, or run the demo.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -71,6 +72,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt.block_on(run(cli.command)),
@@ -107,7 +110,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 agent::signal::shutdown().await;
                 stop.cancel();
             });
-            hub_stub::serve(listener, tls, store, catalog, token).await?;
+            hub_stub::serve_with(listener, tls, store, catalog, c.limits, token).await?;
             tracing::info!("hub stopped");
             Ok(())
         }

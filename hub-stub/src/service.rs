@@ -1,109 +1,116 @@
 //! The `Exchange` gRPC service: Hello/Welcome, then batches applied to the
-//! store and acknowledged after commit.
+//! store and acknowledged after commit ([`stream`]).
+//!
+//! A stream is admitted in steps: a connection whose certificate names an
+//! agency, a place in that agency's stream quota, a Hello within
+//! `limits.hello_timeout` whose identifiers are short and printable and
+//! whose agency is the certificate's, and then the outbox: a live session
+//! of the same outbox is taken over ([`crate::session`]) before the Welcome
+//! reads the high-water mark. Every refusal and every later error reaches
+//! the agent as a gRPC status whose message quotes untrusted values only
+//! bounded and escaped ([`crate::text`]).
 
+use std::future::Future as _;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use agent::catalog::Catalog;
 use proto::v1::exchange_server::Exchange;
-use proto::v1::{Ack, AgentMessage, HubMessage, Welcome, agent_message, hub_message};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use proto::v1::{AgentMessage, Hello, HubMessage, Welcome, agent_message, hub_message};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::store::{self, Prepared, Store};
+use crate::conn::ConnInfo;
+use crate::limits::{Limits, Quota};
+use crate::session::Sessions;
+use crate::store::Store;
+use crate::text::shown;
 
-/// Entries one store transaction takes at most.
-const GROUP_MAX_ENTRIES: usize = 32 * 1024;
+mod stream;
 
-/// Applies a stream's batches to the store and answers them.
-struct Writer {
+/// Bytes an identifier in Hello may have.
+pub const MAX_ID_BYTES: usize = 128;
+
+pub struct Hub {
     store: Arc<Store>,
-    agency: String,
-    outbox: String,
+    catalog: Arc<Catalog>,
+    limits: Arc<Limits>,
+    sessions: Arc<Sessions>,
+    /// Open streams per agency (`limits.max_streams`).
+    streams: Arc<Quota>,
+    shutdown: CancellationToken,
 }
 
-impl Writer {
-    async fn run(self, mut batches: mpsc::Receiver<Vec<Prepared>>, tx: mpsc::Sender<Result<HubMessage, Status>>) {
-        while let Some(mut entries) = batches.recv().await {
-            while entries.len() < GROUP_MAX_ENTRIES {
-                match batches.try_recv() {
-                    Ok(b) => entries.extend(b),
-                    Err(_) => break,
-                }
-            }
-            let (store, agency, outbox) = (self.store.clone(), self.agency.clone(), self.outbox.clone());
-            let applied = tokio::task::spawn_blocking(move || store.apply(&agency, &outbox, &entries)).await;
-            let applied = match applied {
-                Ok(Ok(a)) => a,
-                Ok(Err(e)) => {
-                    warn!(error = %e, "store failed; the agent will resend");
-                    let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                    return;
-                }
-            };
-            for r in applied.rejected {
-                warn!(seq = r.seq, reason = %r.reason, "record rejected");
-                if tx.send(msg(hub_message::Body::Rejected(r))).await.is_err() {
-                    return;
-                }
-            }
-            if tx
-                .send(msg(hub_message::Body::Ack(Ack { upto_seq: applied.hwm })))
-                .await
-                .is_err()
-            {
-                return;
-            }
+impl Hub {
+    pub fn new(store: Arc<Store>, catalog: Arc<Catalog>, limits: Arc<Limits>, shutdown: CancellationToken) -> Hub {
+        Hub {
+            streams: Quota::new("streams", limits.max_streams),
+            store,
+            catalog,
+            limits,
+            sessions: Arc::default(),
+            shutdown,
         }
     }
 }
 
-pub struct Hub {
-    pub store: Arc<Store>,
-    pub catalog: Arc<Catalog>,
-    pub shutdown: CancellationToken,
+/// What the hub sends on a stream: the writer's messages, then the status
+/// the stream ends with (OK when the writer sends none). The status goes
+/// out even when the agent leaves the messages unread.
+pub struct Responses {
+    messages: mpsc::Receiver<HubMessage>,
+    end: Option<oneshot::Receiver<Status>>,
 }
 
-fn msg(body: hub_message::Body) -> Result<HubMessage, Status> {
-    Ok(HubMessage { body: Some(body) })
+impl tokio_stream::Stream for Responses {
+    type Item = Result<HubMessage, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(m) = std::task::ready!(self.messages.poll_recv(cx)) {
+            return Poll::Ready(Some(Ok(m)));
+        }
+        let Some(end) = self.end.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let status = std::task::ready!(Pin::new(end).poll(cx)).ok();
+        self.end = None;
+        Poll::Ready(status.map(Err))
+    }
 }
 
 #[tonic::async_trait]
 impl Exchange for Hub {
-    type SyncStream = ReceiverStream<Result<HubMessage, Status>>;
+    type SyncStream = Responses;
 
-    async fn sync(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SyncStream>, Status> {
-        let certs = request
-            .peer_certs()
-            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-        let identity = certs
-            .first()
-            .ok_or_else(|| Status::unauthenticated("no client certificate"))
-            .and_then(|c| crate::tls::agency_of(c).map_err(Status::unauthenticated))?;
+    async fn sync(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Responses>, Status> {
+        let conn = request
+            .extensions()
+            .get::<ConnInfo>()
+            .cloned()
+            .ok_or_else(|| Status::internal("no connection info"))?;
+        let identity = conn.agency.clone().map_err(Status::unauthenticated)?;
+        let slot = self.streams.take(&identity).map_err(|e| {
+            warn!(peer = %conn.peer, "{e}; stream refused");
+            Status::resource_exhausted(e.to_string())
+        })?;
+        let open = conn.open_stream();
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
-            Some(AgentMessage {
-                body: Some(agent_message::Body::Hello(h)),
-            }) => h,
-            _ => return Err(Status::invalid_argument("the first message must be Hello")),
-        };
-        if hello.agency_id != identity {
-            warn!(certificate = %identity, hello = %hello.agency_id, "agency mismatch refused");
-            return Err(Status::permission_denied(format!(
-                "the client certificate is for agency {identity}, but Hello says {}",
-                hello.agency_id
-            )));
-        }
-        if hello.outbox_id.is_empty() {
-            return Err(Status::invalid_argument("Hello has no outbox_id"));
-        }
+        let hello = self.hello(&mut inbound, &identity, &conn).await?;
         let (agency, outbox) = (hello.agency_id.clone(), hello.outbox_id.clone());
+        // The outbox id is printable ASCII (checked); the agency is the
+        // certificate's.
+        let span = info_span!("session", agency = %shown(&agency), %outbox, peer = %conn.peer);
+        let session = self
+            .sessions
+            .open(&agency, &outbox, conn.peer, &self.shutdown)
+            .instrument(span.clone())
+            .await;
+        if let Some(peer) = session.state.replaced_by() {
+            return Err(stream::replaced(peer));
+        }
         let store = self.store.clone();
         let (last_seq, rejections) = {
             let (a, o) = (agency.clone(), outbox.clone());
@@ -112,72 +119,118 @@ impl Exchange for Hub {
                 .map_err(|e| Status::internal(e.to_string()))?
                 .map_err(|e| Status::unavailable(e.to_string()))?
         };
-        if hello.catalog_digest != self.catalog.digest() {
-            warn!(%agency, agent = %hello.catalog_digest, hub = %self.catalog.digest(), "catalog digests differ");
-        }
-        let span = info_span!("session", %agency, %outbox);
-        span.in_scope(|| info!(last_seq, version = %hello.software_version, "agent connected"));
-        let (tx, rx) = mpsc::channel(64);
+        span.in_scope(|| info!(last_seq, version = %shown(&hello.software_version), "agent connected"));
+        let (tx, messages) = mpsc::channel(64);
+        let (end_tx, end) = oneshot::channel();
         // The channel is new and has room.
         let _ = tx
-            .send(msg(hub_message::Body::Welcome(Welcome {
-                last_seq,
-                hub_version: env!("CARGO_PKG_VERSION").to_owned(),
-                catalog_digest: self.catalog.digest().to_owned(),
-                rejections,
-            })))
+            .send(HubMessage {
+                body: Some(hub_message::Body::Welcome(Welcome {
+                    last_seq,
+                    hub_version: env!("CARGO_PKG_VERSION").to_owned(),
+                    catalog_digest: self.catalog.digest().to_owned(),
+                    rejections,
+                })),
+            })
             .await;
-        // Two tasks per stream: a reader that takes batches off the wire,
-        // and a writer that applies every batch waiting at once in one
-        // transaction (group commit), so receiving overlaps the fsync.
-        let (batches_tx, batches_rx) = mpsc::channel(32);
-        let reader_tx = tx.clone();
-        let shutdown = self.shutdown.clone();
-        let (agency_r, catalog) = (agency.clone(), self.catalog.clone());
-        tokio::spawn(
-            async move {
-                loop {
-                    let next = tokio::select! {
-                        m = inbound.message() => m,
-                        () = shutdown.cancelled() => break,
-                    };
-                    match next {
-                        Ok(Some(AgentMessage {
-                            body: Some(agent_message::Body::Batch(b)),
-                        })) => {
-                            let (agency, catalog) = (agency_r.clone(), catalog.clone());
-                            let prepared =
-                                tokio::task::spawn_blocking(move || store::prepare(&agency, b.entries, &catalog)).await;
-                            let Ok(prepared) = prepared else { break };
-                            if batches_tx.send(prepared).await.is_err() {
-                                break;
-                            }
-                        }
-                        Ok(None) => {
-                            info!("agent closed the stream");
-                            break;
-                        }
-                        Ok(Some(_)) => {
-                            let _ = reader_tx
-                                .send(Err(Status::invalid_argument("only batches may follow Hello")))
-                                .await;
-                            break;
-                        }
-                        Err(e) => {
-                            info!(error = %e, "stream ended");
-                            break;
-                        }
-                    }
-                }
-            }
-            .instrument(span.clone()),
+        stream::spawn(
+            stream::Stream {
+                store: self.store.clone(),
+                catalog: self.catalog.clone(),
+                limits: self.limits.clone(),
+                agency,
+                outbox,
+                session,
+                guards: Arc::new((slot, open)),
+            },
+            inbound,
+            tx,
+            end_tx,
+            span,
         );
-        let writer = Writer {
-            store: self.store.clone(),
-            agency,
-            outbox,
-        };
-        tokio::spawn(writer.run(batches_rx, tx).instrument(span));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Responses {
+            messages,
+            end: Some(end),
+        }))
     }
+}
+
+impl Hub {
+    /// Reads and checks the stream's Hello.
+    async fn hello(
+        &self,
+        inbound: &mut Streaming<AgentMessage>,
+        identity: &str,
+        conn: &ConnInfo,
+    ) -> Result<Hello, Status> {
+        let first = tokio::select! {
+            m = tokio::time::timeout(self.limits.hello_timeout, inbound.message()) => m,
+            () = self.shutdown.cancelled() => return Err(Status::unavailable("the hub is shutting down")),
+        };
+        let hello = match first {
+            Err(_) => {
+                info!(peer = %conn.peer, agency = %shown(identity), "no Hello in time; stream closed");
+                return Err(Status::deadline_exceeded(format!(
+                    "no Hello within {:?} (limits.hello_timeout)",
+                    self.limits.hello_timeout
+                )));
+            }
+            Ok(Err(e)) => return Err(stream::bounded(&e)),
+            Ok(Ok(Some(AgentMessage {
+                body: Some(agent_message::Body::Hello(h)),
+            }))) => h,
+            Ok(Ok(_)) => return Err(Status::invalid_argument("the first message must be Hello")),
+        };
+        check_hello(&hello).inspect_err(|e| {
+            warn!(peer = %conn.peer, agency = %shown(identity), reason = %e.message(), "Hello refused");
+        })?;
+        if hello.agency_id != identity {
+            warn!(certificate = %shown(identity), hello = %shown(&hello.agency_id), "agency mismatch refused");
+            return Err(Status::permission_denied(format!(
+                "the client certificate is for agency {}, but Hello says {}",
+                shown(identity),
+                shown(&hello.agency_id)
+            )));
+        }
+        if hello.catalog_digest != self.catalog.digest() {
+            warn!(
+                agency = %shown(identity),
+                agent = %shown(&hello.catalog_digest),
+                hub = %self.catalog.digest(),
+                "catalog digests differ"
+            );
+        }
+        Ok(hello)
+    }
+}
+
+/// Refuses a Hello whose identifiers are empty, longer than
+/// [`MAX_ID_BYTES`], or (the outbox id, which names every log line of the
+/// session) not printable ASCII.
+pub fn check_hello(h: &Hello) -> Result<(), Status> {
+    let fields = [
+        ("agency_id", &h.agency_id),
+        ("outbox_id", &h.outbox_id),
+        ("software_version", &h.software_version),
+        ("catalog_digest", &h.catalog_digest),
+    ];
+    for (name, value) in fields {
+        if value.len() > MAX_ID_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "Hello.{name} is {} bytes, over {MAX_ID_BYTES}: {}",
+                value.len(),
+                shown(value)
+            )));
+        }
+    }
+    if h.outbox_id.is_empty() {
+        return Err(Status::invalid_argument("Hello has no outbox_id"));
+    }
+    if !h.outbox_id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Status::invalid_argument(format!(
+            "Hello.outbox_id must be printable ASCII: {}",
+            shown(&h.outbox_id)
+        )));
+    }
+    Ok(())
 }

@@ -15,9 +15,27 @@
 //! - `rejections(box, seq, code, reason)`: kept until the agent's Hello shows
 //!   it holds nothing below them, so a rejection whose message was lost in a
 //!   crash is repeated in the next Welcome.
+//!
+//! Sequences are contiguous: an entry at or below the high-water mark is a
+//! replay and skipped, the entry right after it is applied, and anything
+//! else (a gap, a sequence SQLite cannot hold) stops the batch there
+//! ([`SeqError`]): what came before it commits and is acknowledged, nothing
+//! after it is looked at. So the hub never acknowledges a sequence it has
+//! not stored.
+//!
+//! Rejection reasons quote what the agent sent, so they are bounded
+//! ([`crate::text::reason`]) when they are made, before they are stored,
+//! sent or logged; values over [`prepare`]'s `max_value_bytes` are refused
+//! without being quoted at all.
+//!
+//! The store holds personal data: its folder is created 0700 and the
+//! database files (`store.db`, `-wal`, `-shm`) are kept 0600 whatever the
+//! umask.
 
 use std::collections::BTreeMap;
+use std::fs::Permissions;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -27,14 +45,32 @@ use prost::Message;
 use proto::v1::{Entry, Operation, Record, RejectCode, Rejected};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::text;
+
 #[cfg(test)]
 mod tests;
 
 #[derive(Debug, thiserror::Error)]
-#[error("store {path}: {source}")]
-pub struct Error {
-    path: PathBuf,
-    source: rusqlite::Error,
+pub enum Error {
+    #[error("store {path}: {source}")]
+    Sqlite { path: PathBuf, source: rusqlite::Error },
+    /// The store's folder or files cannot be created or made private.
+    #[error("store {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Why a batch stopped before its end: the entry at which it did.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SeqError {
+    /// Sequences must follow the high-water mark without a gap.
+    #[error("sequence gap: expected {expected}, got {got}")]
+    Gap { expected: u64, got: u64 },
+    /// The store keeps sequences as SQLite integers (signed 64-bit).
+    #[error(
+        "sequence out of range: expected {expected}, got {got}, above the largest the hub stores ({})",
+        i64::MAX
+    )]
+    OutOfRange { expected: u64, got: u64 },
 }
 
 /// The hub's durable store.
@@ -49,7 +85,9 @@ pub struct Store {
 #[derive(Debug)]
 pub struct Prepared {
     pub seq: u64,
-    row: Result<Row, (RejectCode, String)>,
+    /// `None`: a sequence the agent lost with a damaged outbox (an empty
+    /// entry), stored nowhere.
+    row: Option<Result<Row, (RejectCode, String)>>,
 }
 
 #[derive(Debug)]
@@ -60,17 +98,22 @@ struct Row {
     record: Vec<u8>,
 }
 
-/// Decodes and checks a batch's entries for `agency`.
-pub fn prepare(agency: &str, entries: Vec<Entry>, catalog: &Catalog) -> Vec<Prepared> {
+/// Decodes and checks a batch's entries for `agency`. A record with a key
+/// value, item id or item value over `max_value_bytes` is rejected without
+/// being checked, so that no rule quotes (and copies, and escapes) a huge
+/// value.
+pub fn prepare(agency: &str, entries: Vec<Entry>, catalog: &Catalog, max_value_bytes: usize) -> Vec<Prepared> {
     entries
         .into_iter()
         .map(|e| Prepared {
             seq: e.seq,
-            row: check(agency, &e.record, catalog).map(|r| Row {
-                key: serde_json::to_string(&r.key).unwrap_or_default(),
-                delete: r.op == Operation::Delete as i32,
-                resource: r.resource,
-                record: e.record,
+            row: (!e.record.is_empty()).then(|| {
+                check(agency, &e.record, catalog, max_value_bytes).map(|r| Row {
+                    key: serde_json::to_string(&r.key).unwrap_or_default(),
+                    delete: r.op == Operation::Delete as i32,
+                    resource: r.resource,
+                    record: e.record,
+                })
             }),
         })
         .collect()
@@ -83,9 +126,14 @@ pub struct Applied {
     pub stored: u64,
     /// Entries at or below the high-water mark, skipped as replays.
     pub replayed: u64,
+    /// Sequences the agent lost with a damaged outbox (empty entries).
+    pub lost: u64,
     pub rejected: Vec<Rejected>,
     /// The high-water mark after the batch: the ack.
     pub hwm: u64,
+    /// The entry that stopped the batch, if one did; nothing from it on
+    /// was applied.
+    pub stop: Option<SeqError>,
 }
 
 fn now_us() -> i64 {
@@ -96,14 +144,11 @@ fn now_us() -> i64 {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, Error> {
-        let err = |source| Error {
+        let err = |source| Error::Sqlite {
             path: path.to_owned(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            // A missing folder shows up as the open error below.
-            let _ = std::fs::create_dir_all(dir);
-        }
+        private_files(path)?;
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
@@ -134,6 +179,11 @@ impl Store {
                  PRIMARY KEY (box, seq));",
         )
         .map_err(err)?;
+        // WAL mode made the -wal and -shm files: SQLite gives them the main
+        // file's mode, and an old store's may predate that.
+        for p in [sidecar(path, "-wal"), sidecar(path, "-shm")] {
+            make_private(&p)?;
+        }
         Ok(Store {
             path: path.to_owned(),
             conn: Mutex::new(conn),
@@ -147,7 +197,7 @@ impl Store {
     }
 
     fn err(&self, source: rusqlite::Error) -> Error {
-        Error {
+        Error::Sqlite {
             path: self.path.clone(),
             source,
         }
@@ -164,15 +214,18 @@ impl Store {
             };
             tx.execute(
                 "DELETE FROM rejections WHERE box = ?1 AND seq < ?2",
-                params![id, first_unacked as i64],
+                params![id, first_unacked.min(i64::MAX as u64) as i64],
             )?;
+            // Reasons are bounded when made; a store written before that was
+            // is bounded here, so an old huge reason is not repeated.
             let rejections = {
-                let mut stmt = tx.prepare("SELECT seq, code, reason FROM rejections WHERE box = ?1 ORDER BY seq")?;
-                stmt.query_map([id], |r| {
+                let mut stmt =
+                    tx.prepare("SELECT seq, code, substr(reason, 1, ?2) FROM rejections WHERE box = ?1 ORDER BY seq")?;
+                stmt.query_map(params![id, text::REASON_BYTES as i64 + 1], |r| {
                     Ok(Rejected {
                         seq: r.get::<_, i64>(0)? as u64,
                         code: r.get(1)?,
-                        reason: r.get(2)?,
+                        reason: text::reason(&r.get::<_, String>(2)?),
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?
@@ -208,15 +261,17 @@ impl Store {
                     applied.replayed += 1;
                     continue;
                 }
-                if e.seq != applied.hwm + 1 {
-                    tracing::warn!(agency, outbox, expected = applied.hwm + 1, got = e.seq, "sequence gap");
+                if let Err(stop) = next_in_line(applied.hwm, e.seq) {
+                    applied.stop = Some(stop);
+                    break;
                 }
                 match &e.row {
-                    Ok(row) => {
+                    None => applied.lost += 1,
+                    Some(Ok(row)) => {
                         store_row(&tx, id, e.seq, row, now)?;
                         applied.stored += 1;
                     }
-                    Err((code, reason)) => {
+                    Some(Err((code, reason))) => {
                         tx.prepare_cached(
                             "INSERT OR REPLACE INTO rejections (box, seq, code, reason, at_us) VALUES (?1, ?2, ?3, ?4, ?5)",
                         )?
@@ -281,22 +336,96 @@ impl Store {
     }
 }
 
+/// Whether `seq` may follow the high-water mark `hwm`.
+fn next_in_line(hwm: u64, seq: u64) -> Result<(), SeqError> {
+    let expected = hwm.saturating_add(1);
+    if seq > i64::MAX as u64 {
+        Err(SeqError::OutOfRange { expected, got: seq })
+    } else if seq != expected {
+        Err(SeqError::Gap { expected, got: seq })
+    } else {
+        Ok(())
+    }
+}
+
+/// `store.db-wal` and the like.
+fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Creates the store's folder (0700) if missing and the database file
+/// (0600), and makes an existing file 0600: set explicitly, so the umask
+/// has no say.
+fn private_files(path: &Path) -> Result<(), Error> {
+    let io = |p: &Path| {
+        let p = p.to_owned();
+        move |source| Error::Io { path: p, source }
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let mut missing = Vec::new();
+        let mut d = Some(dir);
+        while let Some(p) = d.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+            missing.push(p);
+            d = p.parent();
+        }
+        for p in missing.into_iter().rev() {
+            match std::fs::DirBuilder::new().mode(0o700).create(p) {
+                Ok(()) => std::fs::set_permissions(p, Permissions::from_mode(0o700)).map_err(io(p))?,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io(p)(e)),
+            }
+        }
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    make_private(path)
+}
+
+/// Makes an existing file 0600 (a missing one is left missing).
+fn make_private(path: &Path) -> Result<(), Error> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.permissions().mode() & 0o777 != 0o600 => {
+            std::fs::set_permissions(path, Permissions::from_mode(0o600)).map_err(|source| Error::Io {
+                path: path.to_owned(),
+                source,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The integer id and high-water mark of an outbox, if the hub knows it.
 fn find_outbox(tx: &rusqlite::Transaction<'_>, agency: &str, outbox: &str) -> rusqlite::Result<Option<(i64, u64)>> {
     tx.prepare_cached("SELECT id, hwm FROM outboxes WHERE agency = ?1 AND outbox_id = ?2")?
         .query_row(params![agency, outbox], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
         .optional()
 }
-/// Decodes and checks a record against the catalog.
-fn check(agency: &str, bytes: &[u8], catalog: &Catalog) -> Result<Record, (RejectCode, String)> {
-    let record = Record::decode(bytes).map_err(|e| (RejectCode::Malformed, format!("not a Record: {e}")))?;
+/// Decodes and checks a record against the catalog. Every reason is
+/// bounded: it may quote what the agent sent.
+fn check(
+    agency: &str,
+    bytes: &[u8],
+    catalog: &Catalog,
+    max_value_bytes: usize,
+) -> Result<Record, (RejectCode, String)> {
+    let record =
+        Record::decode(bytes).map_err(|e| (RejectCode::Malformed, text::reason(&format!("not a Record: {e}"))))?;
+    oversized(&record, max_value_bytes).map_err(|reason| (RejectCode::InvalidRecord, reason))?;
     let Some(resource) = catalog.resource(&record.resource) else {
         return Err((
             RejectCode::UnknownResource,
-            format!("resource {:?} is not in the hub's catalog", record.resource),
+            format!("resource {} is not in the hub's catalog", text::shown(&record.resource)),
         ));
     };
-    resource.check(agency, &record).map_err(|v| (v.code, v.reason))?;
+    resource
+        .check(agency, &record)
+        .map_err(|v| (v.code, text::reason(&v.reason)))?;
     if resource.sharing == Sharing::NotShared {
         return Err((
             RejectCode::InvalidRecord,
@@ -304,6 +433,27 @@ fn check(agency: &str, bytes: &[u8], catalog: &Catalog) -> Result<Record, (Rejec
         ));
     }
     Ok(record)
+}
+
+/// Refuses a record with a resource code, key value, item id or item value
+/// over `max` bytes, naming it by position and length only.
+fn oversized(record: &Record, max: usize) -> Result<(), String> {
+    let over = |what: String, len: usize| Err(format!("{what} is {len} bytes, over the hub's limit of {max}"));
+    if record.resource.len() > max {
+        return over("the resource code".into(), record.resource.len());
+    }
+    if let Some((i, v)) = record.key.iter().enumerate().find(|(_, v)| v.len() > max) {
+        return over(format!("key value {}", i + 1), v.len());
+    }
+    for (id, value) in &record.items {
+        if id.len() > max {
+            return over("an item id".into(), id.len());
+        }
+        if value.len() > max {
+            return over(format!("the value of item {}", text::shown(id)), value.len());
+        }
+    }
+    Ok(())
 }
 
 fn store_row(tx: &rusqlite::Transaction<'_>, id: i64, seq: u64, row: &Row, now: i64) -> rusqlite::Result<()> {

@@ -7,6 +7,7 @@ mod delivery;
 mod disk;
 mod folder;
 mod hub_guard;
+mod lying_hub;
 mod hostile_folder;
 mod normalization;
 mod package;

@@ -156,3 +156,18 @@ fn undecodable_field_is_quarantined_with_raw_values() {
     );
     assert!(q.raw.contains("\"id\":\"320282199001019995\""), "{}", q.raw);
 }
+
+/// What `qianzhi quarantine export` guards against formulas (a leading `'`)
+/// normalizes to the value it guarded.
+#[test]
+fn a_value_guarded_against_spreadsheet_formulas_normalizes_to_itself() {
+    for v in ["=1+1", "+8613912345678", "-5", "@SUM(A1)", "\tx"] {
+        assert!(super::needs_csv_guard(v), "{v}");
+        assert_eq!(super::csv_guard(&format!("'{v}")), v);
+    }
+    // A real apostrophe before anything else stays.
+    assert_eq!(super::csv_guard("'O'Brien"), "'O'Brien");
+    let name = check(&[Some("320282199001019995"), Some("'=李四"), Some("1990-01-01")], None);
+    let unguarded = check(&[Some("320282199001019995"), Some("=李四"), Some("1990-01-01")], None);
+    assert_eq!(name, unguarded);
+}

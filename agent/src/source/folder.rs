@@ -93,6 +93,9 @@ enum FileError {
     Unreadable(String),
     /// Something transient (I/O, outbox): try again later.
     Retry(String),
+    /// The outbox refused a chunk for the disk reserve: try again when
+    /// there is room.
+    Paused,
     /// Shutdown was requested; the last commit stands.
     Cancelled,
 }
@@ -388,6 +391,12 @@ impl Folder {
 
     /// Processes one complete file to the end (or to shutdown).
     async fn take(&self, name: &OsStr, dirs: &Dirs, token: &CancellationToken) -> Result<(), String> {
+        // Nothing is tried while the queue is full or the disk below its
+        // reserve: the file is not at fault.
+        tokio::select! {
+            () = self.outbox.room() => {}
+            () = token.cancelled() => return Ok(()),
+        }
         let file = match open_entry(dirs, name) {
             Ok(f) => f,
             Err(Opened::Gone) => return Ok(()),
@@ -415,12 +424,24 @@ impl Folder {
                 .await
                 .map_err(|e| e.to_string())?
         };
-        let attempts: u32 = attempts.and_then(|a| a.parse().ok()).unwrap_or(0);
+        // Restarts while this file was read that made no progress: a file
+        // that crashes the agent does so at the same row every time, while
+        // an agent killed for other reasons gets further between kills.
+        let progress = stored
+            .as_deref()
+            .and_then(|v| serde_json::from_str::<FilePosition>(v).ok())
+            .map_or((0, 0), |p| (p.byte, p.rows));
+        let attempts = match attempts.as_deref().map(|a| a.split(':').collect::<Vec<_>>()).as_deref() {
+            Some([n, byte, rows]) if (byte.parse().ok(), rows.parse().ok()) == (Some(progress.0), Some(progress.1)) => {
+                n.parse().unwrap_or(0)
+            }
+            _ => 0u32,
+        };
         if attempts >= self.config.max_attempts {
             let why = format!(
-                "the agent stopped while reading this file {attempts} times (source setting max_attempts = {}); \
-                 it is set aside so that the agent can go on. Rows already delivered stay delivered; fix or \
-                 split the file and drop it again",
+                "the agent stopped while reading this file {attempts} times at the same place (source setting \
+                 max_attempts = {}); it is set aside so that the agent can go on. Rows already delivered stay \
+                 delivered; fix or split the file and drop it again",
                 self.config.max_attempts
             );
             self.reject(name, dirs, &why).await?;
@@ -432,7 +453,7 @@ impl Folder {
                 positions: vec![PositionUpdate {
                     source: source.clone(),
                     key: reading.clone(),
-                    value: Some((attempts + 1).to_string()),
+                    value: Some(format!("{}:{}:{}", attempts + 1, progress.0, progress.1)),
                 }],
                 ..Write::default()
             })
@@ -488,6 +509,12 @@ impl Folder {
                 Ok(())
             }
             Err(FileError::Cancelled) => {
+                let _ = self.outbox.write(clear(&[&reading])).await;
+                Ok(())
+            }
+            Err(FileError::Paused) => {
+                // The disk went below its reserve mid-file: taken again from
+                // its last commit once there is room, without a backoff.
                 let _ = self.outbox.write(clear(&[&reading])).await;
                 Ok(())
             }
@@ -801,7 +828,8 @@ impl FileJob {
             _ => Rows::Json(JsonRows::open(file, charset, from, limits).map_err(unreadable)?),
         };
 
-        let mut receipts: std::collections::VecDeque<Receipt> = Default::default();
+        // Each submitted chunk with what it counts once committed.
+        let mut receipts: std::collections::VecDeque<(Receipt, Counts)> = Default::default();
         let mut write = Write::default();
         let mut bytes = 0;
         let mut warnings = 0u64;
@@ -870,24 +898,21 @@ impl FileJob {
                         () = self.outbox.room() => {}
                         () = self.token.cancelled() => return Err(FileError::Cancelled),
                     }
-                    self.outbox
-                        .submit(chunk)
-                        .await
-                        .map_err(|e| FileError::Retry(e.to_string()))
+                    self.outbox.submit(chunk).await.map_err(commit_error)
                 })?;
-                receipts.push_back(receipt);
+                let counts = Counts {
+                    records,
+                    quarantined,
+                    warnings: std::mem::take(&mut warnings),
+                    at_us: now,
+                };
+                receipts.push_back((receipt, counts));
                 let last = done || changed.is_some();
                 while receipts.len() > CHUNKS_AHEAD || (last && !receipts.is_empty()) {
-                    if let Some(r) = receipts.pop_front() {
-                        rt.block_on(r.committed())
-                            .map_err(|e| FileError::Retry(e.to_string()))?;
+                    if let Some((r, counts)) = receipts.pop_front() {
+                        rt.block_on(r.committed()).map_err(commit_error)?;
+                        self.count(&counts);
                     }
-                }
-                self.stats.records.inc_by(records);
-                self.stats.quarantined.inc_by(quarantined);
-                self.stats.warnings.inc_by(std::mem::take(&mut warnings));
-                if records > 0 {
-                    self.stats.changed(&self.mapping.resource().code, now);
                 }
                 if let Some(why) = changed {
                     return Err(FileError::Unreadable(why));
@@ -896,13 +921,32 @@ impl FileJob {
                     return Ok(read);
                 }
                 if self.token.is_cancelled() {
-                    for r in receipts {
-                        rt.block_on(r.committed())
-                            .map_err(|e| FileError::Retry(e.to_string()))?;
+                    for (r, counts) in receipts {
+                        rt.block_on(r.committed()).map_err(commit_error)?;
+                        self.count(&counts);
                     }
                     return Err(FileError::Cancelled);
                 }
             }
+        }
+    }
+}
+
+/// What one chunk adds to the source's counters once it has committed.
+struct Counts {
+    records: u64,
+    quarantined: u64,
+    warnings: u64,
+    at_us: i64,
+}
+
+impl FileJob {
+    fn count(&self, c: &Counts) {
+        self.stats.records.inc_by(c.records);
+        self.stats.quarantined.inc_by(c.quarantined);
+        self.stats.warnings.inc_by(c.warnings);
+        if c.records > 0 {
+            self.stats.changed(&self.mapping.resource().code, c.at_us);
         }
     }
 }
@@ -919,6 +963,16 @@ fn changed_since(handle: &File, read: &ReadFile) -> Option<String> {
             meta.len()
         )
     })
+}
+
+/// A chunk that did not commit: the disk reserve pauses the file (and the
+/// chunks after it fail as conflicts), anything else retries it.
+fn commit_error(e: outbox::Error) -> FileError {
+    match e {
+        outbox::Error::DiskLow { .. } | outbox::Error::Conflict { .. } => FileError::Paused,
+        e if e.is_disk_full() => FileError::Paused,
+        e => FileError::Retry(e.to_string()),
+    }
 }
 
 fn unreadable(u: Unreadable) -> FileError {

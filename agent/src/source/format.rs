@@ -48,7 +48,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            max_value: 1 << 20,
+            max_value: 64 << 10,
             max_row: 16 << 20,
         }
     }

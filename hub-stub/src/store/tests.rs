@@ -7,6 +7,10 @@ fn catalog() -> Catalog {
     Catalog::from_toml_str(include_str!("../../../deploy/catalog.example.toml")).unwrap()
 }
 
+const MAX_VALUE: usize = 64 << 10;
+const GAJ: &str = "320282-gaj";
+const PEOPLE: &str = "1010100/0001";
+
 const A: &str = "320282199001019995";
 const B: &str = "320282199512319981";
 
@@ -47,16 +51,28 @@ fn replays_store_nothing_twice_and_deletes_remove_state() {
     let (c, r) = (catalog(), "1010100/0001");
     let batch = [entry(1, r, A, Operation::Upsert), entry(2, r, B, Operation::Upsert)];
     let first = store
-        .apply("320282-gaj", "ob1", &prepare("320282-gaj", batch.to_vec(), &c))
+        .apply(
+            "320282-gaj",
+            "ob1",
+            &prepare("320282-gaj", batch.to_vec(), &c, MAX_VALUE),
+        )
         .unwrap();
     assert_eq!((first.stored, first.hwm), (2, 2));
     let again = store
-        .apply("320282-gaj", "ob1", &prepare("320282-gaj", batch.to_vec(), &c))
+        .apply(
+            "320282-gaj",
+            "ob1",
+            &prepare("320282-gaj", batch.to_vec(), &c, MAX_VALUE),
+        )
         .unwrap();
     assert_eq!((again.stored, again.replayed, again.hwm), (0, 2, 2));
     let more = [entry(2, r, B, Operation::Upsert), entry(3, r, A, Operation::Delete)];
     let applied = store
-        .apply("320282-gaj", "ob1", &prepare("320282-gaj", more.to_vec(), &c))
+        .apply(
+            "320282-gaj",
+            "ob1",
+            &prepare("320282-gaj", more.to_vec(), &c, MAX_VALUE),
+        )
         .unwrap();
     assert_eq!((applied.stored, applied.replayed), (1, 1));
     assert_eq!(export(&store, true).len(), 3);
@@ -66,7 +82,11 @@ fn replays_store_nothing_twice_and_deletes_remove_state() {
     // Another outbox of the same agency has its own sequence.
     assert_eq!(
         store
-            .apply("320282-gaj", "ob2", &prepare("320282-gaj", batch[..1].to_vec(), &c))
+            .apply(
+                "320282-gaj",
+                "ob2",
+                &prepare("320282-gaj", batch[..1].to_vec(), &c, MAX_VALUE)
+            )
             .unwrap()
             .stored,
         1
@@ -87,7 +107,11 @@ fn rejections_are_kept_until_the_agent_moves_past_them() {
         entry(3, "nope", A, Operation::Upsert),
     ];
     let applied = store
-        .apply("320282-gaj", "ob1", &prepare("320282-gaj", batch.to_vec(), &c))
+        .apply(
+            "320282-gaj",
+            "ob1",
+            &prepare("320282-gaj", batch.to_vec(), &c, MAX_VALUE),
+        )
         .unwrap();
     let codes: Vec<i32> = applied.rejected.iter().map(|r| r.code).collect();
     assert_eq!(
@@ -102,4 +126,139 @@ fn rejections_are_kept_until_the_agent_moves_past_them() {
     assert_eq!(export(&store, false).len(), 1);
     drop(store);
     let _ = std::fs::remove_file(&path);
+}
+
+fn scratch() -> (tempfile::TempDir, Store) {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(&d.path().join("hub/store.db")).unwrap();
+    (d, store)
+}
+
+fn people(seqs: &[u64]) -> Vec<Entry> {
+    seqs.iter()
+        .map(|&s| entry(s, PEOPLE, &citizen(s), Operation::Upsert))
+        .collect()
+}
+
+/// A valid citizen id per sequence (GB 11643 check digit).
+fn citizen(seq: u64) -> String {
+    let body = format!("32028219900101{:03}", seq % 1000);
+    format!("{body}{}", agent::element::citizen_check(body.as_bytes()))
+}
+
+fn apply(store: &Store, outbox: &str, seqs: &[u64]) -> Applied {
+    store
+        .apply(GAJ, outbox, &prepare(GAJ, people(seqs), &catalog(), MAX_VALUE))
+        .unwrap()
+}
+
+fn stored_seqs(store: &Store) -> Vec<i64> {
+    export(store, true).iter().map(|l| l["seq"].as_i64().unwrap()).collect()
+}
+
+#[test]
+fn a_gap_stops_the_batch_after_what_came_before_it() {
+    let (_d, store) = scratch();
+    let a = apply(&store, "ob", &[1, 2, 4, 5]);
+    assert_eq!((a.stored, a.hwm), (2, 2));
+    assert_eq!(a.stop, Some(SeqError::Gap { expected: 3, got: 4 }));
+    assert_eq!(stored_seqs(&store), [1, 2]);
+    // The hub's Welcome says 2: nothing beyond what it stored.
+    assert_eq!(store.welcome(GAJ, "ob", 1).unwrap().0, 2);
+    // A gap right at the start of a new outbox stops it too.
+    let a = apply(&store, "other", &[7]);
+    assert_eq!(
+        (a.stored, a.hwm, a.stop),
+        (0, 0, Some(SeqError::Gap { expected: 1, got: 7 }))
+    );
+}
+
+#[test]
+fn backwards_and_repeated_entries_are_replays() {
+    let (_d, store) = scratch();
+    let a = apply(&store, "ob", &[1, 2, 2, 1, 3]);
+    assert_eq!((a.stored, a.replayed, a.hwm, a.stop), (3, 2, 3, None));
+    assert_eq!(stored_seqs(&store), [1, 2, 3]);
+}
+
+#[test]
+fn sequences_beyond_i64_are_refused_and_later_ones_still_stored() {
+    let (_d, store) = scratch();
+    let a = apply(&store, "ob", &[1, u64::MAX, 2]);
+    assert_eq!((a.stored, a.hwm), (1, 1));
+    assert!(matches!(
+        a.stop,
+        Some(SeqError::OutOfRange {
+            expected: 2,
+            got: u64::MAX
+        })
+    ));
+    let a = apply(&store, "ob", &[2, 3]);
+    assert_eq!((a.stored, a.hwm, a.stop), (2, 3, None));
+    assert_eq!(stored_seqs(&store), [1, 2, 3]);
+    assert_eq!(
+        next_in_line(i64::MAX as u64, i64::MAX as u64 + 1),
+        Err(SeqError::OutOfRange {
+            expected: i64::MAX as u64 + 1,
+            got: i64::MAX as u64 + 1
+        })
+    );
+    assert_eq!(next_in_line(i64::MAX as u64 - 1, i64::MAX as u64), Ok(()));
+}
+
+#[test]
+fn rejection_reasons_are_bounded_where_they_are_made() {
+    let (_d, store) = scratch();
+    let c = catalog();
+    let hostile = format!("\n\u{1b}[31m{}", "9".repeat(20_000));
+    let mut invalid = entry(1, PEOPLE, A, Operation::Upsert);
+    let mut record = Record::decode(invalid.record.as_slice()).unwrap();
+    // The key item differs from the key: the rule quotes the value twice.
+    record.items.insert("DE00001".into(), hostile.clone());
+    invalid.record = record.encode_to_vec();
+    let mut huge = entry(2, PEOPLE, B, Operation::Upsert);
+    let mut record = Record::decode(huge.record.as_slice()).unwrap();
+    record.items.insert("DE00002".into(), "x".repeat(MAX_VALUE + 1));
+    huge.record = record.encode_to_vec();
+    let unknown = entry(3, &format!("\n{}", "r".repeat(10_000)), A, Operation::Upsert);
+    let a = store
+        .apply(GAJ, "ob", &prepare(GAJ, vec![invalid, huge, unknown], &c, MAX_VALUE))
+        .unwrap();
+    assert_eq!(a.rejected.len(), 3);
+    assert!(
+        a.rejected[1]
+            .reason
+            .contains(&format!("{} bytes, over the hub's limit", MAX_VALUE + 1))
+    );
+    let (_, kept) = store.welcome(GAJ, "ob", 1).unwrap();
+    for r in a.rejected.iter().chain(&kept) {
+        assert!(r.reason.len() <= crate::text::REASON_BYTES + 64, "{}", r.reason.len());
+        assert!(!r.reason.chars().any(char::is_control), "{:?}", r.reason);
+    }
+    assert!(a.rejected[0].reason.contains("truncated"), "{}", a.rejected[0].reason);
+}
+
+#[test]
+fn the_store_is_private_whatever_was_there_before() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("new/hub/store.db");
+    let store = Store::open(&path).unwrap();
+    apply(&store, "ob", &[1]);
+    assert_eq!(mode(&d.path().join("new")), 0o700);
+    assert_eq!(mode(&d.path().join("new/hub")), 0o700);
+    for f in ["store.db", "store.db-wal", "store.db-shm"] {
+        assert_eq!(mode(&d.path().join("new/hub").join(f)), 0o600, "{f}");
+    }
+    // Files made world-readable (by an older hub) are made private again
+    // when the store is opened.
+    for f in ["store.db", "store.db-wal", "store.db-shm"] {
+        std::fs::set_permissions(d.path().join("new/hub").join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let again = Store::open(&path).unwrap();
+    for f in ["store.db", "store.db-wal", "store.db-shm"] {
+        assert_eq!(mode(&d.path().join("new/hub").join(f)), 0o600, "{f}");
+    }
+    drop((again, store));
 }

@@ -25,6 +25,9 @@ async fn agent_killed_at_random_points_loses_and_repeats_nothing() {
     let hub = Hub::start(&w, 0).await;
     let mut spec = w.agent_spec(hub.addr.port());
     spec.hub_extra.push_str("batch_records = 500\nmax_in_flight = 4\n");
+    // Kills this frequent can stop a file three times before its first
+    // commit: not the crash loop that max_attempts guards against.
+    spec.sources = people_source("people", "drop/people", "max_attempts = 1000\n");
     spec.health_port = free_port();
     let config = w.agent_toml(&spec);
     let config = config.to_str().unwrap();

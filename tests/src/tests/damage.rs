@@ -53,6 +53,18 @@ async fn a_damaged_outbox_is_moved_aside_and_the_agent_keeps_working() {
         .filter(|f| f.starts_with("outbox.db.damaged-") && !f.ends_with("-wal") && !f.ends_with("-shm"))
         .collect();
     assert_eq!(aside.len(), 1, "the damaged file is kept for inspection");
+    // Not ready until an operator has read the report, however long it runs.
+    let ready = agent.running.health.ready();
+    assert!(ready.as_ref().is_err_and(|e| e.contains("qianzhi outbox acknowledge")), "{ready:?}");
+    let report = std::fs::read_to_string(data.join("outbox-recovered.txt")).unwrap();
+    assert!(report.contains("sequences missing"), "{report}");
+    let out = std::process::Command::new(bin("qianzhi"))
+        .args(["--config", config.to_str().unwrap(), "outbox", "acknowledge"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(agent.running.health.ready(), Ok(()));
+    assert!(agent.status().degraded.is_empty());
 
     // New input flows, and nothing reaches the hub twice.
     w.drop_file("drop/people", "b.csv", people_csv(3000..3500).as_bytes());

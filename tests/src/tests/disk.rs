@@ -28,8 +28,12 @@ impl Drop for Tmpfs {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_pauses_the_sources_and_loses_nothing() {
+/// A 64 MiB data filesystem, an 8 MiB reserve, the hub down and 200,000
+/// rows dropped at once (they fill it within a second). `junk` fills what is
+/// left to the last byte from outside the agent (a business system sharing
+/// the disk) before the hub comes back; it is removed once everything
+/// queued was delivered, and the rest of the file follows.
+async fn fill_the_disk(junk: bool) {
     let w = World::new();
     let Some(_fs) = Tmpfs::mount(&w.path("small"), "64m") else {
         assert!(
@@ -41,16 +45,14 @@ async fn a_full_disk_pauses_the_sources_and_loses_nothing() {
     };
     let hub_port = free_port();
     let mut spec = w.agent_spec(hub_port);
-    spec.data_dir = "small".into();
+    spec.data_dir = "small/data".into();
     let config = w.agent_toml(&spec);
-    let text =
-        std::fs::read_to_string(&config)
-            .unwrap()
-            .replacen("[hub]", "[outbox]\nreserve_free = \"24MiB\"\n[hub]", 1);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replacen("[hub]", "[outbox]\nreserve_free = \"8MiB\"\n[hub]", 1);
     std::fs::write(&config, text).unwrap();
     let agent = Agent::start(&config).await;
-    // About 40 MB of records for 40 MB above the reserve: it cannot all fit.
-    const ROWS: u64 = 160_000;
+    const ROWS: u64 = 200_000;
     w.drop_file("drop/people", "big.csv", people_csv(0..ROWS).as_bytes());
     let paused = eventually("the sources paused by the disk", Duration::from_secs(120), || {
         let s = agent.status();
@@ -60,20 +62,55 @@ async fn a_full_disk_pauses_the_sources_and_loses_nothing() {
             .ok_or(format!("{s:?}"))
     })
     .await;
-    assert!(paused.queue.records > 0 && paused.queue.error.is_none(), "{paused:?}");
+    assert!(paused.queue.records > 0, "{paused:?}");
+    assert!(paused.queue.error.is_none(), "no commit failed: {paused:?}");
     assert!(w.path("drop/people/big.csv").exists(), "the file waits, unfinished");
+    let junk_path = w.path("small/junk");
+    if junk {
+        // Another writer takes every byte left, the reserve included.
+        use std::io::Write;
+        let mut f = std::fs::File::create(&junk_path).unwrap();
+        let block = vec![7u8; 1 << 16];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+        assert!(agent::disk::free_bytes(&w.path("small")).unwrap() < 1 << 20);
+    }
 
-    // The hub comes back: acks give the space back and the source resumes.
+    // The hub comes back: deletes after acks still run on a full disk.
     let hub = Hub::start(&w, hub_port).await;
+    eventually("what was queued delivered", Duration::from_secs(300), || {
+        let s = agent.status();
+        (s.queue.records == 0).then_some(()).ok_or(format!("{s:?}"))
+    })
+    .await;
+    if junk {
+        std::fs::remove_file(&junk_path).unwrap();
+    }
     eventually("everything delivered", Duration::from_secs(300), || {
         let s = agent.status();
-        (s.link.acked == ROWS && s.queue.records == 0)
+        (s.sources[0].records == ROWS && s.queue.records == 0 && w.waiting("drop/people") == 0)
             .then_some(())
             .ok_or(format!("{s:?}"))
     })
     .await;
-    assert!(!agent.status().degraded.iter().any(|d| d.starts_with("SOURCES_PAUSED")));
+    eventually("the sources resumed", Duration::from_secs(30), || {
+        let s = agent.status();
+        (!s.degraded.iter().any(|d| d.starts_with("SOURCES_PAUSED")))
+            .then_some(())
+            .ok_or(format!("{s:?}"))
+    })
+    .await;
     assert_hub_holds(&w.store_path(), 0..ROWS);
     agent.stop().await;
     hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_fast_pauses_the_sources_and_loses_nothing() {
+    fill_the_disk(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_filled_to_the_last_byte_by_others_still_delivers_and_resumes() {
+    fill_the_disk(true).await;
 }

@@ -309,3 +309,82 @@ fn rustix_mkfifo(path: &std::path::Path) {
     let ok = std::process::Command::new("mkfifo").arg(path).status().unwrap();
     assert!(ok.success());
 }
+
+/// The agent's count of attempts at reading poison.jsonl, read from its
+/// outbox (SQLite allows a reader beside the running agent).
+fn reading_attempt(outbox: &std::path::Path) -> Option<String> {
+    let conn = rusqlite::Connection::open_with_flags(outbox, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    conn.query_row(
+        "SELECT value FROM positions WHERE key = 'reading:poison.jsonl'",
+        [],
+        |r| r.get(0),
+    )
+    .ok()
+}
+
+/// Whether process `pid` has `name` open.
+fn has_open(pid: u32, name: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .any(|p| p.to_string_lossy().ends_with(name))
+        })
+        .unwrap_or(false)
+}
+
+/// A file the agent dies reading (here: killed while it reads a 2 GiB
+/// file, each time before its first commit) is set aside in rejected/ after
+/// `max_attempts` such restarts, instead of stopping the agent for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_the_agent_keeps_dying_on_is_set_aside() {
+    let w = World::new();
+    let hub = Hub::start(&w, 0).await;
+    let mut spec = w.agent_spec(hub.addr.port());
+    spec.sources = people_source("people", "drop/people", "max_attempts = 2\n");
+    spec.sources.push_str(&people_source("later", "drop/later", ""));
+    spec.health_port = free_port();
+    let config = w.agent_toml(&spec);
+    let config = config.to_str().unwrap();
+    let dir = w.path("drop/people");
+    std::fs::create_dir_all(&dir).unwrap();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::File::create(dir.join(".poison.part")).unwrap();
+        writeln!(f, "{}", json_line(1)).unwrap();
+        f.seek(SeekFrom::Current(2 << 30)).unwrap();
+        f.write_all(b"\n").unwrap();
+    }
+    std::fs::rename(dir.join(".poison.part"), dir.join("poison.jsonl")).unwrap();
+    let log = w.path("agent.log");
+    let outbox = w.path("agent-data/outbox.db");
+    for attempt in 1..=2 {
+        let mut child = spawn("qianzhi", &["--config", config, "run"], &log);
+        let pid = child.id();
+        // Killed while it reads: the attempt is on disk and the file open.
+        eventually("the agent reading the file", Duration::from_secs(30), || {
+            let counted = reading_attempt(&outbox).is_some_and(|a| a.starts_with(&format!("{attempt}:")));
+            (counted && has_open(pid, "poison.jsonl"))
+                .then_some(())
+                .ok_or_else(String::new)
+        })
+        .await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let mut child = spawn("qianzhi", &["--config", config, "run"], &log);
+    w.drop_file("drop/later", "later.csv", people_csv(2..3).as_bytes());
+    let why = w.path("drop/people/rejected/poison.jsonl.error.txt");
+    eventually("the file set aside", Duration::from_secs(60), || {
+        std::fs::read_to_string(&why).map_err(|e| e.to_string())
+    })
+    .await;
+    assert!(std::fs::read_to_string(&why).unwrap().contains("stopped while reading this file 2 times"));
+    eventually("the agent goes on", Duration::from_secs(60), || {
+        (export(&w.store_path(), false).len() == 1).then_some(()).ok_or_else(String::new)
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    hub.stop().await;
+}
