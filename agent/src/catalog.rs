@@ -64,7 +64,7 @@ pub enum UpdateCycle {
 
 /// The value type of an item. Canonical forms: integers without sign `+` or
 /// leading zeros, decimals with `.`, dates as GB/T 7408 basic `YYYYMMDD`,
-/// date-times as `YYYYMMDDhhmmss`.
+/// date-times as `YYYYMMDDhhmmss[.ffffff]` (China Standard Time; see `element`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ItemType {

@@ -10,7 +10,28 @@
 //! Canonical forms, used everywhere:
 //! - codes (公民身份号码, 统一社会信用代码, 组织机构代码): upper case, no spaces or
 //!   hyphens, half-width; 组织机构代码 as its 9 characters;
-//! - dates: GB/T 7408 basic `YYYYMMDD`; date-times `YYYYMMDDhhmmss`;
+//! - dates: GB/T 7408 basic `YYYYMMDD`;
+//! - date-times: `YYYYMMDDhhmmss`, and when the value has a nonzero
+//!   fraction of a second (GB/T 7408 allows decimal fractions), `.` and the
+//!   fraction in microseconds without trailing zeros:
+//!   `20261125171546.586856`, `20261125171546.5`. A fraction longer than 6
+//!   digits is rounded half up to the microsecond, as PostgreSQL and MySQL
+//!   round what they store. A value without an offset is a local time and
+//!   keeps its fields. A value with an offset (`Z`, `+00:00`, `+0800`,
+//!   `+08`, `-05:00`, PostgreSQL's `+08:05:43`) is an instant, written as
+//!   the same instant in China Standard Time (UTC+08:00, the catalog's
+//!   local time) without an offset: `2026-11-25T17:15:46.586856+00:00` is
+//!   `20261126011546.586856`. Accepted: `YYYYMMDDhhmmss`, `YYYYMMDDThhmmss`,
+//!   `YYYY-MM-DD hh:mm[:ss]`, `YYYY-MM-DDThh:mm[:ss]` (any accepted date
+//!   form, 年月日 and 时分秒 too), each with an optional fraction after the
+//!   seconds (`.` or `,`) and an optional offset. This covers PostgreSQL
+//!   `timestamp`/`timestamptz` (`to_jsonb` and text output), MySQL/MariaDB
+//!   `DATETIME(6)`/`TIMESTAMP(6)` (`JSON_OBJECT` and SELECT output, MySQL's
+//!   `.000000` included), SQLite text (`datetime('now')`,
+//!   `strftime('%Y-%m-%d %H:%M:%f')`, ISO with `T` and `Z`) and Excel.
+//!   The databases' offset-less values are taken as written: SQLite's
+//!   `datetime('now')` is UTC and a MySQL `TIMESTAMP` is rendered in the
+//!   session's time zone, which the agent cannot know;
 //! - 性别代码 and 民族代码: the code digits (`1`, `01`);
 //! - phone numbers: digits (and `-` between area code and number);
 //! - amounts: plain decimal with exactly the element's scale (`1234.50`);
@@ -70,7 +91,8 @@ pub enum Rule {
     Ethnicity,
     /// GB/T 7408 date, `YYYYMMDD`.
     Date,
-    /// GB/T 7408 date and time, `YYYYMMDDhhmmss`.
+    /// GB/T 7408 date and time, `YYYYMMDDhhmmss[.ffffff]` (see the module
+    /// doc for fractions and offsets).
     DateTime,
     /// GB/T 2260 行政区划代码 (structure only, not membership).
     Division,
@@ -127,7 +149,14 @@ pub const DICTIONARY: &[Element] = &[
     el("MZDM", "民族代码", "n2", "GB/T 3304-1991", Rule::Ethnicity, 2),
     el("CSRQ", "出生日期", "YYYYMMDD", "GB/T 7408", Rule::Date, 8),
     el("RQ", "日期", "YYYYMMDD", "GB/T 7408", Rule::Date, 8),
-    el("RQSJ", "日期时间", "YYYYMMDDhhmmss", "GB/T 7408", Rule::DateTime, 14),
+    el(
+        "RQSJ",
+        "日期时间",
+        "YYYYMMDDhhmmss[.ffffff]",
+        "GB/T 7408",
+        Rule::DateTime,
+        21,
+    ),
     el("XZQHDM", "行政区划代码", "n6", "GB/T 2260", Rule::Division, 9),
     el("SJHM", "手机号码", "n11", "GB/T 39046-2020", Rule::Mobile, 11),
     el("LXDH", "联系电话", "an..18", "GB/T 39046-2020", Rule::Phone, 18),
@@ -670,6 +699,78 @@ fn date(name: &str, raw: &str) -> Result<(u32, u32, u32), Issue> {
     }
 }
 
+/// Seconds east of UTC of China Standard Time, the catalog's local time.
+const CST_OFFSET: i64 = 8 * 3600;
+const MICROS_PER_DAY: i64 = 86_400 * 1_000_000;
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(y: u32, m: u32, d: u32) -> i64 {
+    let y = i64::from(y) - i64::from(m <= 2);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date `days` after 1970-01-01 (`civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Splits a UTC offset off the end of a time: `Z`, or `+`/`-` and `hh`,
+/// `hhmm`, `hh:mm` or `hh:mm:ss`. Returns the time and the offset in
+/// seconds east of UTC; None when the offset is malformed.
+fn split_offset(t: &str) -> Option<(&str, Option<i64>)> {
+    if let Some(rest) = t.strip_suffix(['Z', 'z']) {
+        return Some((rest.trim_end(), Some(0)));
+    }
+    let Some(i) = t.rfind(['+', '-']) else {
+        return Some((t, None));
+    };
+    let (time, zone) = (t[..i].trim_end(), &t[i + 1..]);
+    let two = |f: &str| if f.len() == 2 { digits(f.as_bytes()) } else { None };
+    let (h, m, s) = if zone.contains(':') {
+        match zone.split(':').collect::<Vec<_>>().as_slice() {
+            [h, m] => (two(h)?, two(m)?, 0),
+            [h, m, s] => (two(h)?, two(m)?, two(s)?),
+            _ => return None,
+        }
+    } else {
+        match zone.len() {
+            2 => (two(zone)?, 0, 0),
+            4 if zone.is_char_boundary(2) => (two(&zone[..2])?, two(&zone[2..])?, 0),
+            _ => return None,
+        }
+    };
+    if h > 15 || m > 59 || s > 59 {
+        return None;
+    }
+    let seconds = i64::from(h * 3600 + m * 60 + s);
+    Some((time, Some(if t.as_bytes()[i] == b'-' { -seconds } else { seconds })))
+}
+
+/// Microseconds of a fraction of a second's digits, rounded half up; one
+/// million when it rounds up to the next second.
+fn fraction_micros(f: &str) -> i64 {
+    let b = f.as_bytes();
+    let mut micros = 0;
+    for i in 0..6 {
+        micros = micros * 10 + b.get(i).map_or(0, |c| i64::from(c - b'0'));
+    }
+    micros + i64::from(b.get(6).is_some_and(|c| *c >= b'5'))
+}
+
 fn datetime(name: &str, raw: &str) -> Result<Normalized, Issue> {
     let v = fold_width(raw);
     let v = v.trim();
@@ -677,7 +778,9 @@ fn datetime(name: &str, raw: &str) -> Result<Normalized, Issue> {
         issue(
             "DATETIME",
             format!(
-                "{name} 日期时间 {raw:?} 无效 (GB/T 7408): expected YYYYMMDDhhmmss, YYYY-MM-DD hh:mm:ss or YYYYMMDDThhmmss"
+                "{name} 日期时间 {raw:?} 无效 (GB/T 7408): expected YYYYMMDDhhmmss, YYYY-MM-DD hh:mm:ss or \
+                 YYYY-MM-DDThh:mm:ss, optionally with a fraction of a second (.586856) and an offset \
+                 (Z, +08:00, +0800, +08; converted to UTC+08:00)"
             ),
         )
     };
@@ -692,7 +795,13 @@ fn datetime(name: &str, raw: &str) -> Result<Normalized, Issue> {
         return Err(bad());
     };
     let (y, mo, da) = date(name, d).map_err(|_| bad())?;
+    let (t, offset) = split_offset(t).ok_or_else(bad)?;
     let t: String = t.replace(['时', '分'], ":").trim_end_matches(['秒', ':']).to_owned();
+    let (t, fraction) = match t.split_once(['.', ',']) {
+        Some((t, f)) if !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()) => (t, Some(f)),
+        Some(_) => return Err(bad()),
+        None => (t.as_str(), None),
+    };
     let fields: Vec<&str> = if t.contains(':') {
         t.split(':').collect()
     } else if t.len() == 6 || t.len() == 4 {
@@ -708,14 +817,31 @@ fn datetime(name: &str, raw: &str) -> Result<Normalized, Issue> {
         .map(|f| (f.len() <= 2).then(|| digits(f.as_bytes())).flatten())
         .collect();
     let (h, mi, s) = match nums.as_deref() {
-        Some([h, mi]) => (*h, *mi, 0),
+        Some([h, mi]) if fraction.is_none() => (*h, *mi, 0),
         Some([h, mi, s]) => (*h, *mi, *s),
         _ => return Err(bad()),
     };
     if h > 23 || mi > 59 || s > 59 {
         return Err(bad());
     }
-    Normalized::ok(format!("{y:04}{mo:02}{da:02}{h:02}{mi:02}{s:02}"))
+    // Microseconds since 1970-01-01 in local (China Standard) time.
+    let shift = offset.map_or(0, |o| CST_OFFSET - o);
+    let seconds = days_from_civil(y, mo, da) * 86_400 + i64::from(h * 3600 + mi * 60 + s) + shift;
+    let micros = seconds * 1_000_000 + fraction.map_or(0, fraction_micros);
+    let (days, rest) = (micros.div_euclid(MICROS_PER_DAY), micros.rem_euclid(MICROS_PER_DAY));
+    let (y, mo, da) = civil_from_days(days);
+    if !(1..=9999).contains(&y) {
+        return Err(bad());
+    }
+    let (secs, us) = (rest / 1_000_000, rest % 1_000_000);
+    let (h, mi, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut value = format!("{y:04}{mo:02}{da:02}{h:02}{mi:02}{s:02}");
+    if us != 0 {
+        let f = format!("{us:06}");
+        value.push('.');
+        value.push_str(f.trim_end_matches('0'));
+    }
+    Normalized::ok(value)
 }
 
 // --- GB/T 2260, phones, postcodes, amounts ---------------------------------

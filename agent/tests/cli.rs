@@ -333,3 +333,30 @@ fn sighup_reloads_and_a_bad_config_is_refused() {
         .unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn check_warns_of_a_readable_key_and_pki_dev_narrows_existing_keys() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = scratch();
+    let config = write_config(d.path(), "", 0);
+    let key = d.path().join("pki/agency-320282-gaj.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("WARN") && text.contains("chmod 600"), "{text}");
+    // A new development PKI over the old files makes every key 0600.
+    let out = Command::new(BIN)
+        .args(["pki", "dev", "--out"])
+        .arg(d.path().join("pki"))
+        .args(["--agency", "320282-gaj"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}

@@ -136,16 +136,27 @@ impl Db {
 
     /// The `[[source]]` table for the people table.
     pub fn source(&self, name: &str, extra: &str) -> String {
+        let columns: Vec<(&str, &str)> = COLUMNS
+            .iter()
+            .zip(PEOPLE_COLUMNS)
+            .map(|(c, (_, de))| (*c, de))
+            .collect();
+        self.source_for(name, PEOPLE, "people", &columns, extra)
+    }
+
+    /// A `[[source]]` table for `table`, its columns mapped to `resource`'s
+    /// items: (column, item).
+    pub fn source_for(&self, name: &str, resource: &str, table: &str, columns: &[(&str, &str)], extra: &str) -> String {
         let (kind, at) = match self.kind {
             Kind::Sqlite => ("sqlite", format!("path = \"{}\"", self.url)),
             Kind::Postgres => ("postgres", format!("url = \"{}\"", self.url)),
             Kind::Mysql => ("mysql", format!("url = \"{}\"", self.url)),
         };
         let mut s = format!(
-            "[[source]]\nname = \"{name}\"\ntype = \"{kind}\"\nresource = \"{PEOPLE}\"\n{at}\ntable = \"people\"\n{extra}[source.columns]\n"
+            "[[source]]\nname = \"{name}\"\ntype = \"{kind}\"\nresource = \"{resource}\"\n{at}\ntable = \"{table}\"\n{extra}[source.columns]\n"
         );
-        for (col, (_, de)) in COLUMNS.iter().zip(PEOPLE_COLUMNS) {
-            s.push_str(&format!("{col} = \"{de}\"\n"));
+        for (col, item) in columns {
+            s.push_str(&format!("{col} = \"{item}\"\n"));
         }
         s
     }

@@ -133,6 +133,212 @@ fn dates_and_times() {
     }
 }
 
+/// Every form in which the databases, Excel and people write a date-time
+/// with a fraction of a second or an offset.
+#[test]
+fn date_times_with_fractions_and_offsets() {
+    for (raw, want) in [
+        // PostgreSQL `timestamp`: to_jsonb, and text output.
+        ("2026-11-25T17:15:46.586856", "20261125171546.586856"),
+        ("2026-11-25 17:15:46.586856", "20261125171546.586856"),
+        ("2026-11-25T17:15:46.5", "20261125171546.5"),
+        ("2026-11-25T17:15:46", "20261125171546"),
+        // PostgreSQL `timestamptz`: to_jsonb in the session's time zone, and
+        // text output (`+00`, `+05:30`, local mean time to the second).
+        ("2026-11-25T17:15:46.586856+00:00", "20261126011546.586856"),
+        ("2026-11-25T17:15:46.586856+08:00", "20261125171546.586856"),
+        ("2026-11-25 17:15:46.586856+00", "20261126011546.586856"),
+        ("2026-11-25T12:15:46.5-05:00", "20261126011546.5"),
+        ("2026-11-25 23:45:00+05:30", "20261126021500"),
+        ("1900-01-01T00:00:00+08:05:43", "18991231235417"),
+        // MySQL/MariaDB DATETIME(6), TIMESTAMP(6); MySQL's JSON keeps six
+        // digits even for DATETIME(0).
+        ("2026-11-25 17:15:46.586856", "20261125171546.586856"),
+        ("2026-11-25 17:15:46.000000", "20261125171546"),
+        ("2026-11-25 17:15:46.500000", "20261125171546.5"),
+        // SQLite: strftime('%Y-%m-%d %H:%M:%f'), datetime('now'), ISO.
+        ("2026-11-25 17:15:46.586", "20261125171546.586"),
+        ("2026-11-25 17:15:46.000", "20261125171546"),
+        ("2026-11-25 17:15:46", "20261125171546"),
+        ("2026-11-25T17:15:46.586Z", "20261126011546.586"),
+        ("2026-11-25T17:15:46z", "20261126011546"),
+        // Excel (via calamine) and people.
+        ("2016-06-23 14:05:00", "20160623140500"),
+        ("2016年6月23日 14时05分09.25秒", "20160623140509.25"),
+        ("２０２６-１１-２５ １７:１５:４６．５", "20261125171546.5"),
+        // ISO 8601 basic and extended forms, comma as the decimal sign, a
+        // space before the offset.
+        ("20261125T171546+0800", "20261125171546"),
+        ("20261125T171546,25Z", "20261126011546.25"),
+        ("2026-11-25 17:15:46+08", "20261125171546"),
+        ("2026-11-25 17:15:46.586856 +08:00", "20261125171546.586856"),
+        ("2026-11-25T17:15:46-00:00", "20261126011546"),
+        // Canonical values are fixed points.
+        ("20261125171546.586856", "20261125171546.586856"),
+        ("20261125171546.5", "20261125171546.5"),
+        ("20261125171546", "20261125171546"),
+        // More than six digits: rounded half up to the microsecond.
+        ("2026-11-25T17:15:46.5868565", "20261125171546.586857"),
+        ("2026-11-25T17:15:46.586856499", "20261125171546.586856"),
+        ("2026-12-31 23:59:59.9999995", "20270101000000"),
+        // Offsets across days, months, years and leap days.
+        ("2026-12-31T16:00:00Z", "20270101000000"),
+        ("2024-02-28T16:30:00Z", "20240229003000"),
+        ("2024-03-01T07:59:59+08:00", "20240301075959"),
+        ("2024-03-01T01:00:00+10:00", "20240229230000"),
+    ] {
+        assert_eq!(check(Rule::DateTime, raw), want, "{raw}");
+        assert_eq!(check(Rule::DateTime, want), want, "{want} is a fixed point");
+    }
+    for raw in [
+        "2026-11-25 17:15.5",
+        "2026-11-25 17:15:46.",
+        "2026-11-25 17:15:46.5.5",
+        "2026-11-25 17:15:46.abc",
+        "2026-11-25 17:15:46+8",
+        "2026-11-25 17:15:46+16:00",
+        "2026-11-25 17:15:46+08:60",
+        "2026-11-25 17:15:46+080",
+        "2026-11-25 17:15:46+",
+        "2026-11-25 17:15:46ZZ",
+        "2026-11-25+08:00",
+        "2026-11-25 24:00:00.5",
+        "9999-12-31T20:00:00Z",
+        "0001-01-01T00:00:00+09:00",
+        "infinity",
+        "20261125171546.5868565Z+08",
+    ] {
+        assert_eq!(check(Rule::DateTime, raw), "!DATETIME", "{raw}");
+    }
+    let e = Rule::DateTime
+        .normalize("更新时间", "2026-11-25T17:15:46.586856x")
+        .unwrap_err();
+    assert!(
+        e.message.contains("fraction of a second") && e.message.contains("UTC+08:00"),
+        "{e}"
+    );
+    assert_eq!(builtin("RQSJ").map(|e| e.max_len), Some("20261125171546.586856".len()));
+}
+
+/// Every combination of date, separator, time, fraction and offset pieces:
+/// no panic, and whatever is accepted normalizes to a fixed point.
+#[test]
+fn date_time_pieces_normalize_to_fixed_points() {
+    let dates = [
+        "2026-11-25",
+        "20261125",
+        "2026/1/5",
+        "2026年1月5日",
+        "２０２６-１１-２５",
+        "",
+    ];
+    let seps = [" ", "T", "", "t", "  "];
+    let times = [
+        "17:15:46",
+        "171546",
+        "17:15",
+        "1715",
+        "17时15分46秒",
+        "23:59:59",
+        "1:2:3",
+        "",
+    ];
+    let points = [".", ",", ""];
+    let fractions = ["5", "586856", "5868565", "9999999", "0", "000000", ""];
+    let zones = [
+        "Z",
+        "+08:00",
+        "-0530",
+        "+08",
+        " +08:00",
+        "+15:59:59",
+        "+",
+        "-",
+        "+1",
+        "",
+    ];
+    let mut accepted = 0;
+    for d in dates {
+        for sep in seps {
+            for t in times {
+                for p in points {
+                    for f in fractions {
+                        for z in zones {
+                            let raw = format!("{d}{sep}{t}{p}{f}{z}");
+                            if let Ok(n) = Rule::DateTime.normalize("x", &raw) {
+                                accepted += 1;
+                                let again = Rule::DateTime.normalize("x", &n.value).map(|m| m.value);
+                                assert_eq!(again, Ok(n.value.clone()), "{raw:?}");
+                                assert!(n.value.len() == 14 || n.value.as_bytes()[14] == b'.', "{raw:?}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(accepted > 1000, "{accepted}");
+}
+
+/// The calendar arithmetic agrees with the `time` crate on every day of
+/// years 1 to 9999, and offsets convert as it converts them.
+#[test]
+fn offsets_convert_like_the_time_crate() {
+    let epoch = time::Date::from_calendar_date(1970, time::Month::January, 1).unwrap();
+    let mut day = time::Date::from_calendar_date(1, time::Month::January, 1).unwrap();
+    let last = time::Date::from_calendar_date(9999, time::Month::December, 31).unwrap();
+    loop {
+        let (y, m, d) = (day.year() as u32, u8::from(day.month()) as u32, u32::from(day.day()));
+        let days = i64::from(day.to_julian_day() - epoch.to_julian_day());
+        assert_eq!(days_from_civil(y, m, d), days, "{day}");
+        assert_eq!(civil_from_days(days), (i64::from(y), m, d), "{day}");
+        if day == last {
+            break;
+        }
+        day = day.next_day().unwrap();
+    }
+    let cst = time::UtcOffset::from_hms(8, 0, 0).unwrap();
+    let mut g = Gen(7);
+    for _ in 0..20_000 {
+        let date = time::Date::from_julian_day(epoch.to_julian_day() - 400_000 + g.next(800_000) as i32).unwrap();
+        let at = time::Time::from_hms_micro(
+            g.next(24) as u8,
+            g.next(60) as u8,
+            g.next(60) as u8,
+            g.next(1_000_000) as u32,
+        )
+        .unwrap();
+        let (oh, om) = (g.next(15) as i8, [0, 30, 45][g.next(3) as usize] as i8);
+        let sign = if g.next(2) == 0 { 1 } else { -1 };
+        let offset = time::UtcOffset::from_hms(sign * oh, sign * om, 0).unwrap();
+        let raw = format!(
+            "{date}T{:02}:{:02}:{:02}.{:06}{}{oh:02}:{om:02}",
+            at.hour(),
+            at.minute(),
+            at.second(),
+            at.microsecond(),
+            if sign > 0 { '+' } else { '-' }
+        );
+        let local = time::PrimitiveDateTime::new(date, at)
+            .assume_offset(offset)
+            .to_offset(cst);
+        let mut want = format!(
+            "{:04}{:02}{:02}{:02}{:02}{:02}",
+            local.year(),
+            u8::from(local.month()),
+            local.day(),
+            local.hour(),
+            local.minute(),
+            local.second()
+        );
+        if local.microsecond() != 0 {
+            want.push('.');
+            want.push_str(format!("{:06}", local.microsecond()).trim_end_matches('0'));
+        }
+        assert_eq!(check(Rule::DateTime, &raw), want, "{raw}");
+    }
+}
+
 #[test]
 fn phones_codes_amounts() {
     let cases = [
@@ -252,7 +458,7 @@ fn valid_codes_round_trip_and_their_variants_agree() {
 #[test]
 fn no_input_panics_and_canonical_values_are_fixed_points() {
     let mut g = Gen(42);
-    let alphabet: Vec<char> = "0123456789Xx-/. 年月日时分秒:T+E,一二〇十ＡＢ１２　\u{200B}汉族男"
+    let alphabet: Vec<char> = "0123456789Xx-/. 年月日时分秒:T+E,Zz一二〇十ＡＢ１２　\u{200B}汉族男"
         .chars()
         .collect();
     let rules = [

@@ -21,9 +21,10 @@
 //! read transaction: those ids are already reflected in the rows read, and
 //! are consumed with the snapshot's end.
 //!
-//! Wake-ups: SQLite's `PRAGMA data_version` (checked when a file watch on
-//! the database fires, and every `poll`), PostgreSQL's `LISTEN` (the trigger
-//! sends `NOTIFY`), MySQL a cheap indexed query every `poll`.
+//! Wake-ups: SQLite's `PRAGMA data_version` (checked when a watch on the
+//! database's folder sees its files change, after waiting for a writer that
+//! is still committing, and every `poll`), PostgreSQL's `LISTEN` (the
+//! trigger sends `NOTIFY`), MySQL a cheap indexed query every `poll`.
 //!
 //! Incremental capture reads rows whose watermark is above the last one
 //! taken and at most the highest watermark seen `lag` ago. It cannot see

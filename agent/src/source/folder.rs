@@ -744,11 +744,22 @@ pub fn shown(name: &OsStr) -> String {
     bounded(&out, 255)
 }
 
-/// At most `max` characters of `s`, with `…` if cut.
+/// At most `max` characters of `s`, with `…` if cut, and its control
+/// characters escaped: a reason can carry a file's header names.
 fn bounded(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
+    let cut = match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_owned(),
+    };
+    if cut.chars().any(char::is_control) {
+        cut.chars()
+            .flat_map(|c| {
+                let escaped: Vec<char> = if c.is_control() { c.escape_default().collect() } else { vec![c] };
+                escaped
+            })
+            .collect()
+    } else {
+        cut
     }
 }
 

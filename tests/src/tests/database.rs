@@ -614,3 +614,78 @@ async fn install_commands_print_and_apply_the_sql() {
     let (code, out) = run(&["source", "install", "nosuch"]);
     assert_eq!(code, Some(64), "{out}");
 }
+
+/// Commits on a connection of its own, on a thread of its own, and closes
+/// it: a business program that opens the database for one change.
+fn commit_alone(path: &str, sql: String) {
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        let c = rusqlite::Connection::open(&path).expect("open sqlite");
+        c.busy_timeout(Duration::from_secs(30)).expect("busy timeout");
+        c.execute_batch(&sql).expect("insert");
+        c.close().expect("close");
+    })
+    .join()
+    .expect("writer thread");
+}
+
+/// An idle SQLite source with `poll = "1h"` sees single commits of other
+/// programs at once: the wake-up, not the poll, brings them. In WAL mode the
+/// last file event of a commit comes before the commit is visible, so a
+/// source that only looks at each event missed most of them.
+async fn sqlite_single_commits_wake_an_idle_source(journal: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::sqlite(dir.path());
+    db.create_people().await;
+    let mut c = db.connect().await;
+    c.exec(&format!("PRAGMA journal_mode = {journal}")).await.unwrap();
+    c.exec(&insert_people(0..10)).await.unwrap();
+    drop(c);
+    let w = World::new();
+    let hub = Hub::start(&w, 0).await;
+    let mut spec = w.agent_spec(hub.addr.port());
+    spec.sources = db.source("business", "poll = \"1h\"\n");
+    let agent = Agent::start(&w.agent_toml(&spec)).await;
+    eventually(
+        "the snapshot at the hub and the queue empty",
+        Duration::from_secs(30),
+        || {
+            let s = agent.status();
+            let n = export(&w.store_path(), false).len();
+            (n == 10 && s.queue.records == 0)
+                .then_some(())
+                .ok_or(format!("{n} at the hub; {s:?}"))
+        },
+    )
+    .await;
+    // Idle: the source has read everything and waits for a wake-up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 10..16u64 {
+        let started = std::time::Instant::now();
+        commit_alone(&db.url, insert_people([i]));
+        eventually(
+            &format!("person {i} at the hub long before the poll"),
+            Duration::from_secs(20),
+            || {
+                let n = export(&w.store_path(), false).len();
+                (n == i as usize + 1).then_some(()).ok_or(format!("{n} at the hub"))
+            },
+        )
+        .await;
+        eprintln!("{journal}: person {i} arrived after {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_hub_matches(&w.store_path(), &(0..16).collect::<Vec<_>>(), 16);
+    agent.stop().await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_single_commits_wake_an_idle_source_in_wal_mode() {
+    sqlite_single_commits_wake_an_idle_source("wal").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_single_commits_wake_an_idle_source_in_rollback_journal_mode() {
+    sqlite_single_commits_wake_an_idle_source("delete").await;
+}

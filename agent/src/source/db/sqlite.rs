@@ -1,6 +1,31 @@
 //! SQLite: one long-lived connection (calls on the blocking pool), woken by
-//! a file watch on the database and its -wal file and confirmed by
+//! a watch on the folder holding the database and confirmed by
 //! `PRAGMA data_version`, which changes when another connection commits.
+//!
+//! A file event is not a commit. In WAL mode a commit appends its frames to
+//! the -wal file (the events) and only then, after the fsync, publishes them
+//! in the -shm index, which is memory-mapped and makes no event: a source
+//! that looks once right after the last event often sees nothing new, and
+//! the commit waited for the next poll. So when an event came and
+//! `data_version` has not moved, the source looks again after 1 ms, 2 ms,
+//! 4 ms and so on (at most a second apart), and at once at every further
+//! event. After 2 s without a change it
+//! asks whether a writer is still at work: it tries the write lock without
+//! waiting (`BEGIN IMMEDIATE` without a busy timeout, released at once
+//! without writing; a writer holds that lock from its first write until its
+//! commit is published). Free, nothing is in flight and the source sleeps
+//! until the next event; taken, it goes on looking every second. In
+//! rollback-journal mode the commit is the journal's deletion (or
+//! truncation), an event of its own, and the same looks cover a writer that
+//! still holds its lock. The write lock is never waited for: a business
+//! writer that commits a thousand times a second holds it almost always.
+//!
+//! The watch is on the folder, not on the files: the -wal and -journal files
+//! come and go (the last connection to close deletes the -wal, the next
+//! writer creates it again), and a watch on a file follows its old inode.
+//! A wake-up that arrives while the source is reading is kept (a stored
+//! permit), and `data_version` is compared with the value of the last look,
+//! so a commit during a read is seen by the next look.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -9,9 +34,20 @@ use std::time::Duration;
 use notify::Watcher;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{Notify, mpsc};
+use tracing::warn;
 
 use super::{Backend, CHUNK, Change, DbError, LOG_TABLE, Target, literal, missing_columns, quote};
 use crate::config::SourceKind;
+
+/// How long the connection waits for a lock held by the business system.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a file event, the first look for a commit being published...
+const FIRST_LOOK: Duration = Duration::from_millis(1);
+/// ...and the longest pause between looks while a writer may be at work.
+const LAST_LOOK: Duration = Duration::from_secs(1);
+/// Looks without a change after which the source asks whether a writer
+/// holds the write lock.
+const SETTLE: Duration = Duration::from_secs(2);
 
 pub struct Sqlite {
     conn: Arc<Mutex<Connection>>,
@@ -22,7 +58,10 @@ pub struct Sqlite {
     target: Target,
     /// `PRAGMA data_version` when the source last looked.
     version: i64,
+    /// Set by the folder watch: something changed the database's files.
     wake: Arc<Notify>,
+    /// Kept for its thread; None when the folder cannot be watched (then
+    /// changes are seen every `poll`, and the log says so).
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -36,7 +75,7 @@ struct Deleting {
 /// The deleter thread: one transaction per batch of ranges, in order.
 fn delete_in_background(path: PathBuf, jobs: std::sync::mpsc::Receiver<Vec<(i64, i64)>>, state: Arc<Mutex<Deleting>>) {
     let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .and_then(|c| c.busy_timeout(Duration::from_secs(10)).map(|()| c));
+        .and_then(|c| c.busy_timeout(BUSY_TIMEOUT).map(|()| c));
     let mut conn = match conn {
         Ok(c) => c,
         Err(e) => {
@@ -106,25 +145,62 @@ impl Sqlite {
             .collect()
     }
 
-    fn watch(path: &Path, wake: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
-        let dir = path.parent()?.to_owned();
-        let name = path.file_name()?.to_string_lossy().into_owned();
+    /// Watches the folder holding the database, not recursively, for events
+    /// on the database, its -wal and its -journal file.
+    fn watch(path: &Path, wake: Arc<Notify>) -> Result<notify::RecommendedWatcher, String> {
+        // SQLite puts the -wal beside the file a symbolic link points to.
+        let path = std::fs::canonicalize(path).map_err(|e| e.to_string())?;
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(format!("{} has no folder", path.display()));
+        };
+        let name = name.to_string_lossy().into_owned();
+        let names = [format!("{name}-wal"), format!("{name}-journal"), name];
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let Ok(e) = event else { return };
-            if matches!(e.kind, notify::EventKind::Access(_)) {
-                return;
-            }
-            let ours = e.paths.iter().any(|p| {
-                p.file_name()
-                    .is_some_and(|f| f.to_string_lossy().starts_with(name.as_str()))
-            });
+            let ours = match &event {
+                // Lost events (a full queue) or a failing watch: look anyway.
+                Err(_) => true,
+                Ok(e) if e.need_rescan() => true,
+                // Reads, opens and closes change nothing.
+                Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => false,
+                Ok(e) => e
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name().is_some_and(|f| names.iter().any(|n| f == n.as_str()))),
+            };
             if ours {
                 wake.notify_one();
             }
         })
-        .ok()?;
-        watcher.watch(&dir, notify::RecursiveMode::NonRecursive).ok()?;
-        Some(watcher)
+        .map_err(|e| e.to_string())?;
+        watcher
+            .watch(dir, notify::RecursiveMode::NonRecursive)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(watcher)
+    }
+}
+
+/// `PRAGMA data_version`: changes when another connection commits.
+fn data_version(c: &Connection) -> Result<i64, DbError> {
+    c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+        .map_err(err("data_version"))
+}
+
+/// Whether no connection holds the write lock: tries it without waiting
+/// and lets it go at once, without writing.
+fn no_writer(c: &Connection) -> Result<bool, DbError> {
+    c.busy_timeout(Duration::ZERO).map_err(err("busy_timeout"))?;
+    let taken = c.execute_batch("BEGIN IMMEDIATE");
+    let released = if taken.is_ok() {
+        c.execute_batch("ROLLBACK")
+    } else {
+        Ok(())
+    };
+    c.busy_timeout(BUSY_TIMEOUT).map_err(err("busy_timeout"))?;
+    released.map_err(err("release the write lock"))?;
+    match taken {
+        Ok(()) => Ok(true),
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy => Ok(false),
+        Err(e) => Err(err("try the write lock")(e)),
     }
 }
 
@@ -139,8 +215,7 @@ impl Backend for Sqlite {
             let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)
                 .map_err(err("cannot open the database"))?;
             // The business system may hold the write lock for a while.
-            conn.busy_timeout(Duration::from_secs(10))
-                .map_err(err("busy_timeout"))?;
+            conn.busy_timeout(BUSY_TIMEOUT).map_err(err("busy_timeout"))?;
             let table = quote(SourceKind::Sqlite, &t.table);
             let mut stmt = conn
                 .prepare(&format!("SELECT name FROM pragma_table_info({})", literal(&t.table)))
@@ -156,7 +231,13 @@ impl Backend for Sqlite {
         .await
         .map_err(|e| DbError(format!("SQLite task failed: {e}")))??;
         let wake = Arc::new(Notify::new());
-        let watcher = Self::watch(Path::new(&target.url), wake.clone());
+        let watcher = match Self::watch(Path::new(&target.url), wake.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, "cannot watch the database's folder: changes are seen every poll");
+                None
+            }
+        };
         let (deleter, jobs) = std::sync::mpsc::channel();
         let deleting = Arc::new(Mutex::new(Deleting::default()));
         {
@@ -389,24 +470,48 @@ impl Backend for Sqlite {
 
     async fn wait(&mut self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
+        // Since a file event: (pause before the next look, when it came).
+        // A writer may be between its last write and the published commit.
+        let mut settling: Option<(Duration, tokio::time::Instant)> = None;
         loop {
-            let version = self
-                .call(|c| {
-                    c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
-                        .map_err(err("data_version"))
+            let known = self.version;
+            let ask = settling.is_some_and(|(_, since)| since.elapsed() >= SETTLE);
+            let look = self
+                .call(move |c| {
+                    let v = data_version(c)?;
+                    if v != known || !ask {
+                        return Ok((v, false));
+                    }
+                    // With the write lock free, every commit is published:
+                    // this look is final until the next event.
+                    Ok(if no_writer(c)? {
+                        (data_version(c)?, true)
+                    } else {
+                        (v, false)
+                    })
                 })
                 .await;
-            match version {
-                Ok(v) if v != self.version => {
+            match look {
+                Ok((v, _)) if v != self.version => {
                     self.version = v;
                     return;
                 }
-                Ok(_) => {}
+                // No writer at work and nothing new: sleep until an event.
+                Ok((_, true)) => settling = None,
+                Ok((_, false)) => {}
                 // Let the next read report it.
                 Err(_) => return,
             }
+            let pause = settling.map_or(LAST_LOOK, |(p, _)| p);
             tokio::select! {
-                () = self.wake.notified() => {}
+                // Another event: look at once, then soon again.
+                () = self.wake.notified() => {
+                    let since = settling.map_or_else(tokio::time::Instant::now, |(_, since)| since);
+                    settling = Some((FIRST_LOOK, since));
+                }
+                () = tokio::time::sleep(pause), if settling.is_some() => {
+                    settling = settling.map(|(p, since)| ((p * 2).min(LAST_LOOK), since));
+                }
                 () = tokio::time::sleep_until(deadline) => return,
             }
         }
