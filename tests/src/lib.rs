@@ -255,6 +255,16 @@ pub fn people_csv(rows: impl IntoIterator<Item = u64>) -> String {
     s
 }
 
+/// Person `i` as one JSON Lines object (column → value).
+pub fn person_json(i: u64) -> String {
+    let m: serde_json::Map<String, serde_json::Value> = PEOPLE_COLUMNS
+        .iter()
+        .zip(person(i))
+        .map(|((c, _), v)| ((*c).to_owned(), v.into()))
+        .collect();
+    serde_json::Value::Object(m).to_string()
+}
+
 /// The canonical items the hub must hold for person `i`.
 pub fn expected_items(i: u64) -> serde_json::Value {
     let p = person(i);

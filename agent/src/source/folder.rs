@@ -119,6 +119,9 @@ struct Dirs {
 impl Dirs {
     fn open(path: &Path) -> Result<Dirs, String> {
         let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        // A missing folder is made (it may be on a share mounted later:
+        // then this fails and is retried).
+        std::fs::create_dir_all(path).map_err(|e| format!("cannot create the folder {}: {e}", path.display()))?;
         let folder = rustix::fs::open(path, dir_flags, Mode::empty())
             .map_err(|e| format!("cannot open the folder {}: {e}", path.display()))?;
         let dev = rustix::fs::fstat(&folder)

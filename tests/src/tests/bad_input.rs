@@ -28,14 +28,7 @@ async fn bad_files_and_rows_are_kept_with_reasons_and_the_rest_delivered() {
     w.drop_file("drop/people", "export.xml", b"<rows/>");
     // JSON Lines with a BOM: 2 good lines, one that is not JSON, and a
     // truncated last line.
-    let obj = |i: u64| {
-        let m: serde_json::Map<String, serde_json::Value> = PEOPLE_COLUMNS
-            .iter()
-            .zip(person(i))
-            .map(|((c, _), v)| ((*c).to_owned(), v.into()))
-            .collect();
-        serde_json::Value::Object(m).to_string()
-    };
+    let obj = person_json;
     let truncated = obj(13);
     let jsonl = format!(
         "\u{FEFF}{}\n{}\nnot json at all\n{}",

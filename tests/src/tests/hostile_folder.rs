@@ -38,15 +38,6 @@ async fn quarantine(agent: &Agent) -> Vec<agent::outbox::Quarantined> {
     agent.running.outbox.read(|r| r.quarantine(1000)).await.unwrap()
 }
 
-fn json_line(i: u64) -> String {
-    let m: serde_json::Map<String, serde_json::Value> = PEOPLE_COLUMNS
-        .iter()
-        .zip(person(i))
-        .map(|((c, _), v)| ((*c).to_owned(), v.into()))
-        .collect();
-    serde_json::Value::Object(m).to_string()
-}
-
 /// A valid row, a line of 1 GiB (a sparse file), a valid row: the huge line
 /// is quarantined cut to a prefix with its length and hash, and both rows
 /// reach the hub (the chunk holding the first row once failed to commit
@@ -61,12 +52,12 @@ async fn a_gigabyte_line_is_quarantined_cut_and_the_rows_around_it_delivered() {
     {
         use std::io::{Seek, SeekFrom, Write};
         let mut f = std::fs::File::create(&tmp).unwrap();
-        writeln!(f, "{}", json_line(1)).unwrap();
+        writeln!(f, "{}", person_json(1)).unwrap();
         f.write_all(b"{\"x\":\"").unwrap();
         // A hole: the line is 1 GiB of NUL bytes that take no disk.
         f.seek(SeekFrom::Current(1 << 30)).unwrap();
         f.write_all(b"\"}\n").unwrap();
-        writeln!(f, "{}", json_line(2)).unwrap();
+        writeln!(f, "{}", person_json(2)).unwrap();
     }
     std::fs::rename(&tmp, dir.join("huge.jsonl")).unwrap();
     handled(&agent, 1).await;
@@ -249,6 +240,12 @@ async fn names_that_are_not_utf8_are_taken_and_do_not_stop_the_folder() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_in_the_drop_folder_are_never_followed() {
     let w = World::new();
+    // done/ of the other folder is a link to a folder outside.
+    let outside = w.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::create_dir_all(w.path("drop/other")).unwrap();
+    std::os::unix::fs::symlink(&outside, w.path("drop/other/done")).unwrap();
+    w.drop_file("drop/other", "o.csv", people_csv([5000]).as_bytes());
     let (hub, agent) = start(&w, &people_source("other", "drop/other", ""), "").await;
     let dir = w.path("drop/people");
     std::fs::create_dir_all(dir.join("rejected")).unwrap();
@@ -271,12 +268,6 @@ async fn links_in_the_drop_folder_are_never_followed() {
     std::os::unix::fs::symlink(&secret, dir.join("plain-link.csv")).unwrap();
     rustix_mkfifo(&dir.join("pipe.csv"));
     std::fs::create_dir_all(dir.join("sub.csv")).unwrap();
-    // done/ of the other folder is a link to a folder outside.
-    let outside = w.path("outside");
-    std::fs::create_dir_all(&outside).unwrap();
-    std::fs::create_dir_all(w.path("drop/other")).unwrap();
-    std::os::unix::fs::symlink(&outside, w.path("drop/other/done")).unwrap();
-    w.drop_file("drop/other", "o.csv", people_csv([5000]).as_bytes());
 
     eventually("bad.csv rejected and the links counted", Duration::from_secs(60), || {
         let s = agent.status();
@@ -351,7 +342,7 @@ async fn a_file_the_agent_keeps_dying_on_is_set_aside() {
     {
         use std::io::{Seek, SeekFrom, Write};
         let mut f = std::fs::File::create(dir.join(".poison.part")).unwrap();
-        writeln!(f, "{}", json_line(1)).unwrap();
+        writeln!(f, "{}", person_json(1)).unwrap();
         f.seek(SeekFrom::Current(2 << 30)).unwrap();
         f.write_all(b"\n").unwrap();
     }
