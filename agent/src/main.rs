@@ -208,7 +208,10 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Ok(None) => {
-                    println!("nothing to acknowledge: no damaged outbox was recovered in {}", config.data_dir.display());
+                    println!(
+                        "nothing to acknowledge: no damaged outbox was recovered in {}",
+                        config.data_dir.display()
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

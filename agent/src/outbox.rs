@@ -65,7 +65,9 @@ pub enum Error {
     DiskLow { path: PathBuf, free: u64, reserve: u64 },
     /// A position the write expected was not there: an earlier write of the
     /// same source failed, so this one must not commit after it.
-    #[error("outbox: position {key} of source {source_name} is not the one this write follows (an earlier write failed)")]
+    #[error(
+        "outbox: position {key} of source {source_name} is not the one this write follows (an earlier write failed)"
+    )]
     Conflict { source_name: String, key: String },
     /// Another process holds the data directory.
     #[error("{path} is locked: a qianzhi agent is running with this data directory (stop it first)")]
@@ -679,7 +681,10 @@ impl Recovery {
     pub fn text(&self) -> String {
         let mut out = self.summary();
         if self.lost.len() > 8 {
-            out.push_str(&format!("\nall unreadable sequence ranges: {}", ranges_text(&self.lost, usize::MAX)));
+            out.push_str(&format!(
+                "\nall unreadable sequence ranges: {}",
+                ranges_text(&self.lost, usize::MAX)
+            ));
         }
         out
     }
@@ -855,8 +860,11 @@ fn recover(path: &Path) -> rusqlite::Result<Recovery> {
         false,
         |r| Ok((r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
         |_, (k, v)| {
-            tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![k, v])
-                .map(drop)
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                params![k, v],
+            )
+            .map(drop)
         },
     )?;
     if !meta_lost.is_empty() {

@@ -1,15 +1,15 @@
+mod at_rest;
 mod bad_input;
 mod crash;
 mod damage;
 mod database;
 mod degraded;
 mod delivery;
-mod at_rest;
 mod disk;
 mod folder;
+mod hostile_folder;
 mod hub_guard;
 mod lying_hub;
-mod hostile_folder;
 mod normalization;
 mod package;
 mod quarantine;

@@ -219,7 +219,10 @@ async fn a_write_that_follows_a_failed_one_is_refused_alone() {
     ok.committed().await.unwrap();
     other.committed().await.unwrap();
     let rows = ob.read(|r| r.records_from(0, 100, 1 << 20)).await.unwrap();
-    let data: Vec<String> = rows.iter().map(|(_, d)| String::from_utf8_lossy(d).into_owned()).collect();
+    let data: Vec<String> = rows
+        .iter()
+        .map(|(_, d)| String::from_utf8_lossy(d).into_owned())
+        .collect();
     assert_eq!(data, ["a-0", "a-1", "other-0"]);
     assert_eq!(ob.stats().records, 3);
     let positions = ob.read(|r| r.positions("s")).await.unwrap();
@@ -268,8 +271,15 @@ async fn recovery_reads_past_damaged_pages() {
     let report = ob.unacknowledged_recovery().expect("a recovery report");
     assert!(report.contains("sequences missing"), "{report}");
     // 64 KiB of 4 KiB pages holding ~20 records each: a few hundred lost.
-    assert!(recovered as usize > N - 1000 && (recovered as usize) < N, "{recovered}: {report}");
-    assert_eq!(rows.last().map(|r| r.0), Some(N as u64), "the tail past the damage is recovered");
+    assert!(
+        recovered as usize > N - 1000 && (recovered as usize) < N,
+        "{recovered}: {report}"
+    );
+    assert_eq!(
+        rows.last().map(|r| r.0),
+        Some(N as u64),
+        "the tail past the damage is recovered"
+    );
     assert!(!rows.last().unwrap().1.is_empty());
     assert_eq!(ob.stats().last_seq, N as u64);
     // Stays until acknowledged, across restarts.

@@ -296,7 +296,12 @@ impl Folder {
                 continue;
             }
             if ignored(&name) {
-                self.skip_once(scan.skipped, &name, "a hidden or temporary name (rename it when it is complete)", false);
+                self.skip_once(
+                    scan.skipped,
+                    &name,
+                    "a hidden or temporary name (rename it when it is complete)",
+                    false,
+                );
                 continue;
             }
             // Not followed: a link is reported, never taken.
@@ -384,7 +389,8 @@ impl Folder {
                     t.wait = (t.wait * 2).min(RETRY_MAX);
                     t.next = Instant::now() + t.wait;
                     warn!(file = %shown(&name), error = %e, retry_in = ?t.wait, "cannot take the file; the folder goes on");
-                    self.stats.set_problem(&shown(&name), Some(format!("{e} (retried in {:?})", t.wait)));
+                    self.stats
+                        .set_problem(&shown(&name), Some(format!("{e} (retried in {:?})", t.wait)));
                     due(t.wait);
                 }
             }
@@ -573,7 +579,8 @@ impl Folder {
             humantime::format_rfc3339_seconds(SystemTime::now()),
             bounded(reason, 4000)
         );
-        write_error_file(&dirs.rejected, &moved, text.as_bytes()).map_err(|e| format!("cannot write the error file: {e}"))?;
+        write_error_file(&dirs.rejected, &moved, text.as_bytes())
+            .map_err(|e| format!("cannot write the error file: {e}"))?;
         remove_marker(dirs, name);
         self.stats.files_rejected.inc();
         let forget = ["file:", "reading:"]
@@ -757,7 +764,11 @@ fn bounded(s: &str, max: usize) -> String {
     if cut.chars().any(char::is_control) {
         cut.chars()
             .flat_map(|c| {
-                let escaped: Vec<char> = if c.is_control() { c.escape_default().collect() } else { vec![c] };
+                let escaped: Vec<char> = if c.is_control() {
+                    c.escape_default().collect()
+                } else {
+                    vec![c]
+                };
                 escaped
             })
             .collect()
@@ -837,7 +848,9 @@ impl FileJob {
         file.rewind().map_err(|e| FileError::Retry(e.to_string()))?;
         let limits = self.config.limits;
         let mut rows = match format {
-            FileFormat::Csv => Rows::Csv(CsvRows::open(file, charset, &self.mapping, from, limits).map_err(unreadable)?),
+            FileFormat::Csv => Rows::Csv(Box::new(
+                CsvRows::open(file, charset, &self.mapping, from, limits).map_err(unreadable)?,
+            )),
             FileFormat::Xlsx => Rows::Xlsx(XlsxRows::open(file, &self.mapping, from, limits).map_err(unreadable)?),
             _ => Rows::Json(JsonRows::open(file, charset, from, limits).map_err(unreadable)?),
         };
@@ -903,7 +916,7 @@ impl FileJob {
                 write.expect.push(PositionUpdate {
                     source: self.config.name.clone(),
                     key: self.key.clone(),
-                    value: std::mem::replace(&mut previous, Some(value)),
+                    value: previous.replace(value),
                 });
                 let chunk = std::mem::take(&mut write);
                 bytes = 0;

@@ -299,7 +299,10 @@ impl CsvRows {
             // (blank lines and the LF of a CRLF are skipped).
             let mut rest = consumed;
             if start.is_none() {
-                let skip = rest.iter().position(|&b| b != b'\n' && b != b'\r').unwrap_or(rest.len());
+                let skip = rest
+                    .iter()
+                    .position(|&b| b != b'\n' && b != b'\r')
+                    .unwrap_or(rest.len());
                 self.pos.line += memchr::memchr_iter(b'\n', &rest[..skip]).count() as u64;
                 if skip < rest.len() {
                     start = Some(self.pos.line);
@@ -496,7 +499,10 @@ impl JsonRows {
                     "ROW_TOO_LONG: 第 {line} 行有 {n} 字节, 超过上限 {} (source limit max_row)",
                     self.limits.max_row
                 );
-                return Ok(Some((Row::Unreadable(mapping.unreadable(origin, kept, reason)), self.pos)));
+                return Ok(Some((
+                    Row::Unreadable(mapping.unreadable(origin, kept, reason)),
+                    self.pos,
+                )));
             }
             let text = match decode(&self.line, self.charset) {
                 Ok(t) => t,
@@ -541,10 +547,16 @@ impl JsonRows {
                     })),
                 })
                 .collect();
-            let long = fields.iter().any(|f| matches!(f, Some(Err(i)) if i.code == "VALUE_TOO_LONG"));
+            let long = fields
+                .iter()
+                .any(|f| matches!(f, Some(Err(i)) if i.code == "VALUE_TOO_LONG"));
             if long {
                 // The raw line would keep the long value whole: keep it cut.
-                let kept = oversized(trimmed.as_bytes(), trimmed.len() as u64, &Sha256::digest(trimmed.as_bytes()));
+                let kept = oversized(
+                    trimmed.as_bytes(),
+                    trimmed.len() as u64,
+                    &Sha256::digest(trimmed.as_bytes()),
+                );
                 let reasons: Vec<String> = fields
                     .iter()
                     .zip(mapping.columns())
@@ -763,7 +775,9 @@ fn read_sheet(
 /// [`MAX_WORKBOOK_PART`] (they are loaded whole), and legacy formats.
 fn check_zip_parts(file: &File) -> Result<(), Unreadable> {
     let mut head = [0u8; 8];
-    let n = (&*file).read(&mut head).map_err(|e| Unreadable(format!("cannot read: {e}")))?;
+    let n = (&*file)
+        .read(&mut head)
+        .map_err(|e| Unreadable(format!("cannot read: {e}")))?;
     (&*file)
         .seek(SeekFrom::Start(0))
         .map_err(|e| Unreadable(format!("cannot read: {e}")))?;
@@ -861,7 +875,11 @@ fn bind_header(mapping: &Mapping, names: &[String]) -> Result<Vec<Option<usize>>
             "header lacks mapped column(s) {}; the header has: {}{}",
             missing.join(", "),
             shown.join(", "),
-            if names.len() > 64 { format!(" and {} more", names.len() - 64) } else { String::new() }
+            if names.len() > 64 {
+                format!(" and {} more", names.len() - 64)
+            } else {
+                String::new()
+            }
         )));
     }
     Ok(index)
@@ -869,7 +887,7 @@ fn bind_header(mapping: &Mapping, names: &[String]) -> Result<Vec<Option<usize>>
 
 /// The rows of one file, whatever its format.
 pub enum Rows {
-    Csv(CsvRows),
+    Csv(Box<CsvRows>),
     Json(JsonRows),
     Xlsx(XlsxRows),
 }

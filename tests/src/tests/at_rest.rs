@@ -25,7 +25,11 @@ async fn half_open_health_connections_cost_bounded_descriptors_and_files_stay_pr
     let out = std::fs::File::create(&log).unwrap();
     let mut child = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!("umask 000; exec {} --config {} run", bin("qianzhi").display(), config.display()))
+        .arg(format!(
+            "umask 000; exec {} --config {} run",
+            bin("qianzhi").display(),
+            config.display()
+        ))
         .stdout(out.try_clone().unwrap())
         .stderr(out)
         .spawn()
@@ -49,13 +53,17 @@ async fn half_open_health_connections_cost_bounded_descriptors_and_files_stay_pr
     })
     .await;
     w.drop_file("drop/people", "a.csv", people_csv(0..3).as_bytes());
-    eventually("the file delivered while the connections are held", Duration::from_secs(60), || {
-        let body = agent::health::fetch(&addr, "/status").map_err(|e| e.to_string())?;
-        let s: agent::health::Status = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-        (s.queue.records == 0 && s.sources[0].files_done == 1)
-            .then_some(())
-            .ok_or(body)
-    })
+    eventually(
+        "the file delivered while the connections are held",
+        Duration::from_secs(60),
+        || {
+            let body = agent::health::fetch(&addr, "/status").map_err(|e| e.to_string())?;
+            let s: agent::health::Status = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            (s.queue.records == 0 && s.sources[0].files_done == 1)
+                .then_some(())
+                .ok_or(body)
+        },
+    )
     .await;
     for wal in ["outbox.db-wal", "outbox.db-shm"] {
         if data.join(wal).exists() {

@@ -55,7 +55,10 @@ async fn a_damaged_outbox_is_moved_aside_and_the_agent_keeps_working() {
     assert_eq!(aside.len(), 1, "the damaged file is kept for inspection");
     // Not ready until an operator has read the report, however long it runs.
     let ready = agent.running.health.ready();
-    assert!(ready.as_ref().is_err_and(|e| e.contains("qianzhi outbox acknowledge")), "{ready:?}");
+    assert!(
+        ready.as_ref().is_err_and(|e| e.contains("qianzhi outbox acknowledge")),
+        "{ready:?}"
+    );
     let report = std::fs::read_to_string(data.join("outbox-recovered.txt")).unwrap();
     assert!(report.contains("sequences missing"), "{report}");
     let out = std::process::Command::new(bin("qianzhi"))

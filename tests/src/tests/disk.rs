@@ -47,9 +47,10 @@ async fn fill_the_disk(junk: bool) {
     let mut spec = w.agent_spec(hub_port);
     spec.data_dir = "small/data".into();
     let config = w.agent_toml(&spec);
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replacen("[hub]", "[outbox]\nreserve_free = \"8MiB\"\n[hub]", 1);
+    let text =
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replacen("[hub]", "[outbox]\nreserve_free = \"8MiB\"\n[hub]", 1);
     std::fs::write(&config, text).unwrap();
     let agent = Agent::start(&config).await;
     const ROWS: u64 = 200_000;

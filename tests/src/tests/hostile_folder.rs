@@ -29,7 +29,9 @@ async fn handled(agent: &Agent, files: u64) {
     eventually(&format!("{files} files handled"), Duration::from_secs(120), || {
         let s = agent.status();
         let n: u64 = s.sources.iter().map(|x| x.files_done + x.files_rejected).sum();
-        (n >= files && s.queue.records == 0).then_some(()).ok_or(format!("{s:?}"))
+        (n >= files && s.queue.records == 0)
+            .then_some(())
+            .ok_or(format!("{s:?}"))
     })
     .await;
 }
@@ -66,7 +68,11 @@ async fn a_gigabyte_line_is_quarantined_cut_and_the_rows_around_it_delivered() {
     assert_eq!(q.len(), 1, "{q:?}");
     assert_eq!(q[0].line, 2);
     assert!(q[0].reasons[0].starts_with("ROW_TOO_LONG"), "{:?}", q[0].reasons);
-    assert!(q[0].raw.len() < 16 << 10 && q[0].raw.contains("sha256"), "{}", q[0].raw.len());
+    assert!(
+        q[0].raw.len() < 16 << 10 && q[0].raw.contains("sha256"),
+        "{}",
+        q[0].raw.len()
+    );
     assert_eq!(w.files_in("drop/people/done"), ["huge.jsonl"]);
     agent.stop().await;
     hub.stop().await;
@@ -269,29 +275,41 @@ async fn links_in_the_drop_folder_are_never_followed() {
     rustix_mkfifo(&dir.join("pipe.csv"));
     std::fs::create_dir_all(dir.join("sub.csv")).unwrap();
 
-    eventually("bad.csv rejected and the links counted", Duration::from_secs(60), || {
-        let s = agent.status();
-        let people = s.sources.iter().find(|x| x.name == "people").unwrap();
-        let other = s.sources.iter().find(|x| x.name == "other").unwrap();
-        (people.files_rejected == 1 && people.files_skipped >= 3 && other.error.is_some())
-            .then_some(())
-            .ok_or(format!("{s:?}"))
-    })
+    eventually(
+        "bad.csv rejected and the links counted",
+        Duration::from_secs(60),
+        || {
+            let s = agent.status();
+            let people = s.sources.iter().find(|x| x.name == "people").unwrap();
+            let other = s.sources.iter().find(|x| x.name == "other").unwrap();
+            (people.files_rejected == 1 && people.files_skipped >= 3 && other.error.is_some())
+                .then_some(())
+                .ok_or(format!("{s:?}"))
+        },
+    )
     .await;
     let s = agent.status();
     let other = s.sources.iter().find(|x| x.name == "other").unwrap();
     assert!(other.error.as_deref().unwrap().contains("not a folder"), "{other:?}");
-    assert!(std::fs::read_dir(&outside).unwrap().next().is_none(), "nothing moved outside");
+    assert!(
+        std::fs::read_dir(&outside).unwrap().next().is_none(),
+        "nothing moved outside"
+    );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
     let keys: Vec<String> = export(&w.store_path(), false)
         .iter()
         .map(|l| l["key"][0].as_str().unwrap().to_owned())
         .collect();
-    assert!(!keys.contains(&citizen_id(777)), "a file outside the folder reached the hub");
-    assert!(w.path("drop/people/rejected/bad.csv.1.error.txt").exists() || w
-        .files_in("drop/people/rejected")
-        .iter()
-        .any(|f| f.starts_with("bad.csv") && f.ends_with(".error.txt") && f != "bad.csv.error.txt"));
+    assert!(
+        !keys.contains(&citizen_id(777)),
+        "a file outside the folder reached the hub"
+    );
+    assert!(
+        w.path("drop/people/rejected/bad.csv.1.error.txt").exists()
+            || w.files_in("drop/people/rejected")
+                .iter()
+                .any(|f| f.starts_with("bad.csv") && f.ends_with(".error.txt") && f != "bad.csv.error.txt")
+    );
     agent.stop().await;
     hub.stop().await;
 }
@@ -370,9 +388,15 @@ async fn a_file_the_agent_keeps_dying_on_is_set_aside() {
         std::fs::read_to_string(&why).map_err(|e| e.to_string())
     })
     .await;
-    assert!(std::fs::read_to_string(&why).unwrap().contains("stopped while reading this file 2 times"));
+    assert!(
+        std::fs::read_to_string(&why)
+            .unwrap()
+            .contains("stopped while reading this file 2 times")
+    );
     eventually("the agent goes on", Duration::from_secs(60), || {
-        (export(&w.store_path(), false).len() == 1).then_some(()).ok_or_else(String::new)
+        (export(&w.store_path(), false).len() == 1)
+            .then_some(())
+            .ok_or_else(String::new)
     })
     .await;
     child.kill().unwrap();
