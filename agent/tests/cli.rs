@@ -341,6 +341,16 @@ fn check_warns_of_a_readable_key_and_pki_dev_narrows_existing_keys() {
     let config = write_config(d.path(), "", 0);
     let key = d.path().join("pki/agency-320282-gaj.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // A drop folder every account may write.
+    let drop = d.path().join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    std::fs::set_permissions(&drop, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(
+        "[[source]]\nname = \"people\"\ntype = \"folder\"\nresource = \"1010100/0001\"\npath = \"drop\"\n\
+         [source.columns]\n\"公民身份号码\" = \"DE00001\"\n\"姓名\" = \"DE00002\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
     let out = Command::new(BIN)
         .arg("--config")
         .arg(&config)
@@ -349,6 +359,7 @@ fn check_warns_of_a_readable_key_and_pki_dev_narrows_existing_keys() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("WARN") && text.contains("chmod 600"), "{text}");
+    assert!(text.contains("writable by every account"), "{text}");
     // A new development PKI over the old files makes every key 0600.
     let out = Command::new(BIN)
         .args(["pki", "dev", "--out"])
