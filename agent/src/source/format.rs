@@ -173,9 +173,16 @@ impl Utf8Evidence {
     }
 }
 
-/// Lead bytes of multi-byte characters in valid UTF-8.
+/// Lead bytes of multi-byte characters in valid UTF-8 (bytes `11xxxxxx`),
+/// counted eight at a time.
 fn leads(valid: &[u8]) -> u64 {
-    valid.iter().filter(|&&b| b >= 0xC0).count() as u64
+    let mut words = valid.chunks_exact(8);
+    let mut n = 0u64;
+    for w in &mut words {
+        let w = u64::from_ne_bytes(w.try_into().unwrap_or_default());
+        n += u64::from((w & (w << 1) & 0x8080_8080_8080_8080).count_ones());
+    }
+    n + words.remainder().iter().filter(|&&b| b >= 0xC0).count() as u64
 }
 
 /// One CSV record as read, before decoding.
@@ -193,9 +200,13 @@ struct RawRecord {
 pub struct CsvRows {
     input: BufReader<File>,
     core: csv_core::Reader,
-    /// The current record's field bytes, and where each field ends.
+    /// The current record's field bytes, and where each field ends: the
+    /// buffers keep their length (only grown), `out_len` and `ends_len` say
+    /// how much of them the record uses.
     out: Vec<u8>,
     ends: Vec<usize>,
+    out_len: usize,
+    ends_len: usize,
     /// Field index of each of the mapping's columns in the header.
     index: Vec<Option<usize>>,
     width: usize,
@@ -220,6 +231,8 @@ impl CsvRows {
             core: csv_core::ReaderBuilder::new().build(),
             out: vec![0; 4096],
             ends: vec![0; 64],
+            out_len: 0,
+            ends_len: 0,
             index: Vec::new(),
             width: 0,
             charset,
@@ -266,7 +279,7 @@ impl CsvRows {
     }
 
     fn field_count(&self) -> usize {
-        self.ends.len()
+        self.ends_len
     }
 
     fn field(&self, i: usize) -> &[u8] {
@@ -274,13 +287,11 @@ impl CsvRows {
         &self.out[start..self.ends[i]]
     }
 
-    /// Reads the next record into `out`/`ends` (shrunk to their used
-    /// length), or `None` at the end of the file.
+    /// Reads the next record into `out`/`ends`, or `None` at the end of
+    /// the file.
     fn read_raw(&mut self) -> std::io::Result<Option<RawRecord>> {
         use csv_core::ReadRecordResult as R;
         let (mut nout, mut nend) = (0usize, 0usize);
-        self.out.resize(self.out.capacity().max(4096), 0);
-        self.ends.resize(self.ends.capacity().max(64), 0);
         let mut start: Option<u64> = None;
         // Past a limit the rest of the record is only hashed and counted.
         let mut over: Option<(Sha256, u64, Vec<u8>)> = None;
@@ -343,8 +354,15 @@ impl CsvRows {
                 }
                 R::Record => {
                     let line = start.unwrap_or(self.pos.line);
-                    self.out.truncate(nout);
-                    self.ends.truncate(nend);
+                    self.out_len = nout;
+                    self.ends_len = nend;
+                    if over.is_none() && nout > self.limits.max_row {
+                        let kept = oversized(&self.out[..nout], nout as u64, &Sha256::digest(&self.out[..nout]));
+                        return Ok(Some(RawRecord {
+                            line,
+                            oversized: Some(kept),
+                        }));
+                    }
                     let oversized = over.map(|(hash, total, prefix)| oversized(&prefix, total, &hash.finalize()));
                     return Ok(Some(RawRecord { line, oversized }));
                 }
@@ -942,5 +960,37 @@ mod tests {
         assert_eq!(text(&Data::Float(13912345678.0), "DE00007"), Ok("13912345678".into()));
         assert_eq!(text(&Data::Int(1), "DE00003"), Ok("1".into()));
         assert_eq!(text(&Data::Empty, "DE00002"), Err("empty"));
+    }
+
+    #[test]
+    fn utf8_evidence_is_the_same_whatever_the_chunks() {
+        let mut text = "公民身份号码,姓名\n320282199001019995,李四\n".repeat(50).into_bytes();
+        text.insert(200, 0xB0);
+        let mut whole = Utf8Evidence::default();
+        whole.update(&text);
+        whole.finish();
+        assert_eq!(whole.invalid, 1);
+        assert_eq!(whole.multibyte as usize, "公民身份号码姓名李四".chars().count() * 50);
+        assert_eq!(whole.charset(), Charset::Utf8);
+        for size in [1, 2, 3, 7, 64] {
+            let mut parts = Utf8Evidence::default();
+            for chunk in text.chunks(size) {
+                parts.update(chunk);
+            }
+            parts.finish();
+            assert_eq!(
+                (parts.multibyte, parts.invalid),
+                (whole.multibyte, whole.invalid),
+                "{size}"
+            );
+        }
+        // GBK text: its bytes are mostly not UTF-8.
+        let (gbk, _, _) = encoding_rs::GB18030.encode("姓名,李四,王五,赵六\n");
+        let mut e = Utf8Evidence::default();
+        e.update(&gbk);
+        e.finish();
+        assert_eq!(e.charset(), Charset::Gb18030);
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        assert_eq!(leads(&bytes), bytes.iter().filter(|&&b| b >= 0xC0).count() as u64);
     }
 }
