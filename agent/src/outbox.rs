@@ -1240,18 +1240,22 @@ impl Space {
         released
     }
 
-    /// Writes the ballast (real blocks, not a sparse file) and syncs it.
+    /// Makes the ballast: real blocks, not a sparse file (allocated with
+    /// `fallocate`, or written where a filesystem cannot), synced.
     fn restore_ballast(&self) -> std::io::Result<()> {
         use std::io::Write as _;
         let tmp = self.ballast.with_extension("ballast.tmp");
         let result = (|| {
             let mut f = std::fs::File::create(&tmp)?;
-            let zeros = vec![0u8; 1 << 20];
-            let mut left = self.ballast_size;
-            while left > 0 {
-                let n = left.min(zeros.len() as u64) as usize;
-                f.write_all(&zeros[..n])?;
-                left -= n as u64;
+            let len = self.ballast_size;
+            if rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, len).is_err() {
+                let zeros = vec![0u8; 1 << 20];
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(zeros.len() as u64) as usize;
+                    f.write_all(&zeros[..n])?;
+                    left -= n as u64;
+                }
             }
             f.sync_all()?;
             std::fs::rename(&tmp, &self.ballast)
@@ -1412,12 +1416,14 @@ fn writer_loop(
     }
 }
 
-/// Applies a group in one transaction, each command in a savepoint of its
-/// own: a command that fails (a value SQLite refuses, a position conflict)
-/// fails alone. `refuse_writes` answers every write without applying it.
-/// Returns each command's failure, or the error that failed the whole
-/// transaction. `stats` takes the effects of the commands that applied (the
-/// caller publishes them only if the commit succeeds).
+/// Applies a group in one transaction. A command that SQLite fails (a value
+/// it refuses) fails alone: the group is then applied again with each
+/// command in a savepoint of its own. A refused command (a position
+/// conflict) changes nothing and fails alone at once. `refuse_writes`
+/// answers every write without applying it. Returns each command's failure,
+/// or the error that failed the whole transaction. `stats` takes the effects
+/// of the commands that applied (the caller publishes them only if the
+/// commit succeeds).
 fn apply(
     conn: &mut Connection,
     group: &[Command],
@@ -1425,11 +1431,29 @@ fn apply(
     refuse_writes: Option<Error>,
     path: &Path,
 ) -> rusqlite::Result<Vec<Option<Error>>> {
+    let before = stats.clone();
+    match apply_group(conn, group, stats, refuse_writes.as_ref(), path, false) {
+        Err(e) if group.len() > 1 && !sqlite_disk_full(&e) => {
+            *stats = before;
+            apply_group(conn, group, stats, refuse_writes.as_ref(), path, true)
+        }
+        other => other,
+    }
+}
+
+fn apply_group(
+    conn: &mut Connection,
+    group: &[Command],
+    stats: &mut Stats,
+    refuse_writes: Option<&Error>,
+    path: &Path,
+    isolate: bool,
+) -> rusqlite::Result<Vec<Option<Error>>> {
     let mut tx = conn.transaction()?;
     let now = now_us();
     let mut outcomes = Vec::with_capacity(group.len());
     for command in group {
-        if let (Command::Write(..), Some(refusal)) = (command, &refuse_writes) {
+        if let (Command::Write(..), Some(refusal)) = (command, refuse_writes) {
             outcomes.push(Some(match refusal {
                 Error::DiskLow { path, free, reserve } => Error::DiskLow {
                     path: path.clone(),
@@ -1442,6 +1466,11 @@ fn apply(
                     disk_full: true,
                 },
             }));
+            continue;
+        }
+        if !isolate {
+            // Refusals are decided before a command writes anything.
+            outcomes.push(apply_one(&tx, command, stats, now)?);
             continue;
         }
         let mut after = stats.clone();
