@@ -866,9 +866,15 @@ impl FileJob {
         let mut previous = stored;
         loop {
             let now = outbox::now_us();
-            let row = rows
-                .next(&self.mapping, &self.shown, now)
-                .map_err(|e| FileError::Retry(format!("read error at line {}: {e}", pos.line)))?;
+            let row = rows.next(&self.mapping, &self.shown, now).map_err(|e| {
+                let why = format!("read error at line {}: {e}", pos.line);
+                // A malformed workbook stays malformed; an I/O error may pass.
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    FileError::Unreadable(why)
+                } else {
+                    FileError::Retry(why)
+                }
+            })?;
             let mut done = row.is_none();
             if let Some((row, next)) = row {
                 pos = next;

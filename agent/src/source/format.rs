@@ -207,6 +207,10 @@ pub struct CsvRows {
     ends: Vec<usize>,
     out_len: usize,
     ends_len: usize,
+    /// Set at a resume point: csv-core strips a UTF-8 BOM at what it takes
+    /// for the start of a file, so its first input there is one byte (a BOM
+    /// in the middle of a file is data, as it was when first read).
+    resumed: bool,
     /// Field index of each of the mapping's columns in the header.
     index: Vec<Option<usize>>,
     width: usize,
@@ -233,6 +237,7 @@ impl CsvRows {
             ends: vec![0; 64],
             out_len: 0,
             ends_len: 0,
+            resumed: false,
             index: Vec::new(),
             width: 0,
             charset,
@@ -273,6 +278,7 @@ impl CsvRows {
                 .seek(SeekFrom::Start(from.byte))
                 .map_err(|e| Unreadable(format!("cannot resume at byte {}: {e}", from.byte)))?;
             rows.core.reset();
+            rows.resumed = true;
             rows.pos = from;
         }
         Ok(rows)
@@ -298,7 +304,10 @@ impl CsvRows {
         let mut scratch_out = [0u8; 8192];
         let mut scratch_ends = [0usize; 256];
         loop {
-            let input = self.input.fill_buf()?;
+            let mut input = self.input.fill_buf()?;
+            if std::mem::take(&mut self.resumed) && !input.is_empty() {
+                input = &input[..1];
+            }
             let (res, nin, o, e) = match &mut over {
                 None => self
                     .core
@@ -616,7 +625,9 @@ const SHEET_ROWS_AHEAD: usize = 64;
 /// workbooks are refused: calamine expands them to their full dimensions
 /// in memory, which a tiny hostile file can make terabytes.
 pub struct XlsxRows {
-    rows: std::sync::mpsc::Receiver<Result<SheetRow, String>>,
+    /// Rows, then `Ok(None)` at the end of the sheet; a reader that stops
+    /// without it failed.
+    rows: std::sync::mpsc::Receiver<Result<Option<SheetRow>, String>>,
     /// Column of each of the mapping's columns.
     index: Vec<Option<usize>>,
     rows_read: u64,
@@ -634,20 +645,30 @@ struct SheetRow {
 impl XlsxRows {
     pub fn open(file: File, mapping: &Mapping, from: Pos, limits: Limits) -> Result<XlsxRows, Unreadable> {
         check_zip_parts(&file)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<SheetRow, String>>(SHEET_ROWS_AHEAD);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Option<SheetRow>, String>>(SHEET_ROWS_AHEAD);
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
         std::thread::Builder::new()
             .name("xlsx-reader".into())
-            .spawn(move || read_sheet(file, tx, ready_tx))
+            .spawn(move || {
+                // calamine can panic on a malformed sheet (seen by fuzzing:
+                // a shared-string index past the table): the file is
+                // unreadable, the agent goes on.
+                let failed = tx.clone();
+                let run = std::panic::AssertUnwindSafe(|| read_sheet(file, tx, ready_tx));
+                if std::panic::catch_unwind(run).is_err() {
+                    let _ = failed.send(Err("the workbook reader failed on a malformed worksheet".into()));
+                }
+            })
             .map_err(|e| Unreadable(format!("cannot start the workbook reader: {e}")))?;
         ready_rx
             .recv()
             .map_err(|_| Unreadable("the workbook reader stopped".into()))?
             .map_err(Unreadable)?;
         let header = match rx.recv() {
-            Ok(Ok(h)) => h,
+            Ok(Ok(Some(h))) => h,
+            Ok(Ok(None)) => return Err(Unreadable("empty worksheet: no header row".into())),
             Ok(Err(e)) => return Err(Unreadable(format!("first worksheet: {e}"))),
-            Err(_) => return Err(Unreadable("empty worksheet: no header row".into())),
+            Err(_) => return Err(Unreadable("the workbook reader stopped".into())),
         };
         let width = header.cells.iter().map(|(c, _)| *c as usize + 1).max().unwrap_or(0);
         let mut names = vec![String::new(); width];
@@ -668,10 +689,18 @@ impl XlsxRows {
 impl XlsxRows {
     pub fn next(&mut self, mapping: &Mapping, object: &str, now_us: i64) -> std::io::Result<Option<(Row, Pos)>> {
         loop {
+            // A worksheet that cannot be read on is unreadable for good
+            // (InvalidData): the rows before it stay delivered.
             let sheet_row = match self.rows.recv() {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => return Err(std::io::Error::other(e)),
-                Err(_) => return Ok(None),
+                Ok(Ok(Some(r))) => r,
+                Ok(Ok(None)) => return Ok(None),
+                Ok(Err(e)) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the workbook reader stopped",
+                    ));
+                }
             };
             // Line numbers as Excel shows them (1-based, header on line 1).
             let line = u64::from(sheet_row.row) + 1;
@@ -725,7 +754,7 @@ const MAX_ROW_CELLS: usize = 16_384;
 /// time, until the consumer hangs up.
 fn read_sheet(
     file: File,
-    tx: std::sync::mpsc::SyncSender<Result<SheetRow, String>>,
+    tx: std::sync::mpsc::SyncSender<Result<Option<SheetRow>, String>>,
     ready: std::sync::mpsc::SyncSender<Result<(), String>>,
 ) {
     use calamine::Reader;
@@ -773,7 +802,7 @@ fn read_sheet(
             }
             _ => {
                 if let Some(done) = current.take()
-                    && tx.send(Ok(done)).is_err()
+                    && tx.send(Ok(Some(done))).is_err()
                 {
                     return;
                 }
@@ -784,9 +813,12 @@ fn read_sheet(
             }
         }
     }
-    if let Some(done) = current {
-        let _ = tx.send(Ok(done));
+    if let Some(done) = current
+        && tx.send(Ok(Some(done))).is_err()
+    {
+        return;
     }
+    let _ = tx.send(Ok(None));
 }
 
 /// Refuses a workbook whose shared parts would inflate past
@@ -992,5 +1024,138 @@ mod tests {
         assert_eq!(e.charset(), Charset::Gb18030);
         let bytes: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
         assert_eq!(leads(&bytes), bytes.iter().filter(|&&b| b >= 0xC0).count() as u64);
+    }
+
+    fn people_mapping() -> Mapping {
+        let catalog =
+            crate::catalog::Catalog::from_toml_str(include_str!("../../../deploy/catalog.example.toml")).unwrap();
+        let columns = [
+            ("公民身份号码", "DE00001"),
+            ("姓名", "DE00002"),
+            ("性别", "DE00003"),
+            ("出生日期", "DE00004"),
+        ];
+        let source = crate::config::SourceConfig {
+            name: "people".into(),
+            kind: crate::config::SourceKind::Folder,
+            resource: "1010100/0001".into(),
+            path: "/tmp".into(),
+            format: crate::config::FileFormat::Auto,
+            encoding: crate::config::Encoding::Auto,
+            complete: crate::config::Completion::Rename,
+            settle: std::time::Duration::ZERO,
+            rescan: std::time::Duration::ZERO,
+            after: crate::config::AfterDone::Move,
+            op_column: None,
+            db: None,
+            transforms: Default::default(),
+            columns: columns
+                .iter()
+                .map(|(c, e)| ((*c).to_owned(), (*e).to_owned()))
+                .collect(),
+            limits: Limits::default(),
+            max_attempts: 3,
+        };
+        Mapping::new("320282-gaj", &source, catalog.resource("1010100/0001").unwrap())
+    }
+
+    fn temp_file(bytes: &[u8]) -> File {
+        use std::io::Write as _;
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(bytes).unwrap();
+        f.rewind().unwrap();
+        f
+    }
+
+    /// Found by fuzzing: a row that starts with the bytes of a BOM, read
+    /// again from its position after a restart, lost them (csv-core strips a
+    /// BOM at what it takes for the start of a file).
+    #[test]
+    fn a_csv_resumed_before_bom_bytes_reads_the_same_rows() {
+        let m = people_mapping();
+        let text = "公民身份号码,姓名,性别,出生日期\n320282199001019995,李四,1,1990-01-01\n\u{FEFF}320282199001019995,王五,2,1990-01-01\n";
+        let read = |from: Pos| {
+            let mut rows =
+                CsvRows::open(temp_file(text.as_bytes()), Charset::Utf8, &m, from, Limits::default()).unwrap();
+            let mut out = Vec::new();
+            while let Some((row, pos)) = rows.next(&m, "f.csv", 0).unwrap() {
+                let kind = match row {
+                    Row::Outcome(Outcome::Record { bytes, .. }) => format!("record {bytes:?}"),
+                    Row::Outcome(Outcome::Quarantine(q)) | Row::Unreadable(q) => format!("quarantine {q:?}"),
+                };
+                out.push((kind, pos));
+            }
+            out
+        };
+        let whole = read(Pos::default());
+        assert_eq!(whole.len(), 2);
+        assert_eq!(read(whole[0].1), whole[1..]);
+    }
+
+    /// Found by fuzzing: calamine panics on a shared-string index past the
+    /// table. The file is unreadable (an error), never a silent end of the
+    /// sheet that would move unread rows to done/.
+    #[test]
+    fn a_worksheet_calamine_panics_on_is_an_error_not_an_end() {
+        use std::io::Write as _;
+        let m = people_mapping();
+        let ns = "http://schemas.openxmlformats.org/";
+        let parts = [
+            (
+                "[Content_Types].xml",
+                format!(
+                    r#"<?xml version="1.0"?><Types xmlns="{ns}package/2006/content-types"><Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/><Default Extension="xml" ContentType="application/xml"/><Override PartName="/xl/workbook.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"/><Override PartName="/xl/worksheets/sheet1.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml"/><Override PartName="/xl/sharedStrings.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sharedStrings+xml"/></Types>"#
+                ),
+            ),
+            (
+                "_rels/.rels",
+                format!(
+                    r#"<?xml version="1.0"?><Relationships xmlns="{ns}package/2006/relationships"><Relationship Id="rId1" Type="{ns}officeDocument/2006/relationships/officeDocument" Target="xl/workbook.xml"/></Relationships>"#
+                ),
+            ),
+            (
+                "xl/workbook.xml",
+                format!(
+                    r#"<?xml version="1.0"?><workbook xmlns="{ns}spreadsheetml/2006/main" xmlns:r="{ns}officeDocument/2006/relationships"><sheets><sheet name="S" sheetId="1" r:id="rId1"/></sheets></workbook>"#
+                ),
+            ),
+            (
+                "xl/_rels/workbook.xml.rels",
+                format!(
+                    r#"<?xml version="1.0"?><Relationships xmlns="{ns}package/2006/relationships"><Relationship Id="rId1" Type="{ns}officeDocument/2006/relationships/worksheet" Target="worksheets/sheet1.xml"/><Relationship Id="rId2" Type="{ns}officeDocument/2006/relationships/sharedStrings" Target="sharedStrings.xml"/></Relationships>"#
+                ),
+            ),
+            (
+                "xl/sharedStrings.xml",
+                format!(
+                    r#"<?xml version="1.0"?><sst xmlns="{ns}spreadsheetml/2006/main"><si><t>公民身份号码</t></si><si><t>姓名</t></si><si><t>性别</t></si><si><t>出生日期</t></si></sst>"#
+                ),
+            ),
+            (
+                "xl/worksheets/sheet1.xml",
+                // Row 2 is a person; row 3 names shared string 99 of a table of four.
+                format!(
+                    r#"<?xml version="1.0"?><worksheet xmlns="{ns}spreadsheetml/2006/main"><sheetData><row r="1"><c r="A1" t="s"><v>0</v></c><c r="B1" t="s"><v>1</v></c><c r="C1" t="s"><v>2</v></c><c r="D1" t="s"><v>3</v></c></row><row r="2"><c r="A2" t="inlineStr"><is><t>320282199001019995</t></is></c><c r="B2" t="inlineStr"><is><t>李四</t></is></c></row><row r="3"><c r="A3" t="s"><v>99</v></c></row><row r="4"><c r="A4" t="inlineStr"><is><t>x</t></is></c></row></sheetData></worksheet>"#
+                ),
+            ),
+        ];
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        for (name, text) in &parts {
+            zip.start_file(*name, stored).unwrap();
+            zip.write_all(text.as_bytes()).unwrap();
+        }
+        let bytes = zip.finish().unwrap().into_inner();
+        let mut rows = XlsxRows::open(temp_file(&bytes), &m, Pos::default(), Limits::default()).unwrap();
+        loop {
+            match rows.next(&m, "f.xlsx", 0) {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the sheet ended silently: rows after the bad cell would be lost"),
+                Err(e) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+                    break;
+                }
+            }
+        }
     }
 }
