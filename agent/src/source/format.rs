@@ -632,7 +632,10 @@ pub struct XlsxRows {
     index: Vec<Option<usize>>,
     rows_read: u64,
     /// The sheet line to resume at (rows above it were read before).
-    skip_to: u64,
+    /// Rows read before the resume point, still to skip: by count, not by
+    /// sheet line, since a sheet's rows need not come in line order (the
+    /// file's hash is checked before a resume, so the order is the same).
+    skip: u64,
     limits: Limits,
 }
 
@@ -680,7 +683,7 @@ impl XlsxRows {
             rows: rx,
             index,
             rows_read: from.rows,
-            skip_to: from.line,
+            skip: from.rows,
             limits,
         })
     }
@@ -704,9 +707,6 @@ impl XlsxRows {
             };
             // Line numbers as Excel shows them (1-based, header on line 1).
             let line = u64::from(sheet_row.row) + 1;
-            if line < self.skip_to {
-                continue;
-            }
             let mut cells: Vec<Option<&calamine::Data>> = vec![None; self.index.len()];
             for (slot, col) in cells.iter_mut().zip(&self.index) {
                 if let Some(col) = col {
@@ -718,6 +718,10 @@ impl XlsxRows {
                 }
             }
             if cells.iter().all(|c| c.is_none_or(|d| *d == calamine::Data::Empty)) {
+                continue;
+            }
+            if self.skip > 0 {
+                self.skip -= 1;
                 continue;
             }
             self.rows_read += 1;
