@@ -239,13 +239,16 @@ pub struct Outbox {
 }
 
 struct Inner {
+    // Fields drop in declaration order: the read connection closes before
+    // the last sender ends the writer loop, so the writer's connection is the
+    // last one and checkpoints the WAL into outbox.db as it closes.
+    reader: Mutex<Connection>,
+    commands: mpsc::Sender<Command>,
     dir: PathBuf,
     path: PathBuf,
     id: String,
     max_bytes: u64,
-    commands: mpsc::Sender<Command>,
     stats: watch::Receiver<Stats>,
-    reader: Mutex<Connection>,
 }
 
 /// Commands one transaction takes at most: bounds the memory of a group.
