@@ -11,6 +11,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .btree_map(".")
         .build_client(true)
         .build_server(true)
+        // No `connect` helper: callers bring their own channel, so the
+        // protocol crate needs no tonic transport (the hub builds no client).
+        .build_transport(false)
         .compile_fds(descriptors)?;
     Ok(())
 }

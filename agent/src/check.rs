@@ -52,7 +52,7 @@ pub async fn run(config: &Config) -> Vec<Finding> {
     out.push(Finding {
         what: format!("hub {}: TLS 1.3 handshake as {}", config.hub.url, config.agency),
         outcome: crate::link::handshake(&config.hub).await.map_err(|e| e.to_string()),
-        warnings: crate::pki::key_warning(&config.hub.key).into_iter().collect(),
+        warnings: pki::tls::key_warning(&config.hub.key).into_iter().collect(),
     });
     out
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::catalog::{self, Catalog, Sharing};
+use rules::catalog::{self, Catalog, Sharing};
 
 #[cfg(test)]
 mod tests;
@@ -78,24 +78,14 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// A whole number of bytes with an optional unit (`KB`, `KiB`, … `TiB`):
+/// the `bytesize` crate's units, without its fractions.
 fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KB" | "kB" => 1_000,
-        "KiB" => 1 << 10,
-        "MB" => 1_000_000,
-        "MiB" => 1 << 20,
-        "GB" => 1_000_000_000,
-        "GiB" => 1 << 30,
-        "TB" => 1_000_000_000_000,
-        "TiB" => 1 << 40,
-        _ => return None,
-    };
-    n.checked_mul(mult)
+    if s.contains('.') {
+        return None;
+    }
+    s.parse::<bytesize::ByteSize>().ok().map(|b| b.as_u64())
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, UpdateCycle};
+use rules::catalog::{Catalog, UpdateCycle};
 
 /// The outbox position namespace of last-change times.
 pub const POSITIONS: &str = "__freshness";

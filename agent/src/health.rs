@@ -696,13 +696,6 @@ struct QuarantineTrend {
 /// How long a growing quarantine stays in the degraded list.
 const QUARANTINE_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// When the first certificate of a PEM file expires (seconds since the epoch).
-fn cert_not_after(path: &std::path::Path) -> Result<i64, String> {
-    let certs = crate::link::tls::read_certs(path).map_err(|e| e.to_string())?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&certs[0]).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(cert.validity().not_after.timestamp())
-}
-
 impl Health {
     /// Notes changes that only show over time (the quarantine growing).
     /// Called every few seconds by the systemd task.
@@ -777,7 +770,7 @@ impl Health {
                 w.data_dir.display()
             )),
         }
-        match cert_not_after(&w.cert) {
+        match pki::identity::not_after(&w.cert) {
             Ok(not_after) => {
                 let now = SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)

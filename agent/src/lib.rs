@@ -21,18 +21,15 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub mod catalog;
 pub mod check;
 pub mod config;
 pub mod disk;
-pub mod element;
 pub mod freshness;
 pub mod fsx;
 pub mod health;
 pub mod link;
 pub mod normalize;
 pub mod outbox;
-pub mod pki;
 pub mod quarantine;
 pub mod signal;
 pub mod source;
@@ -179,7 +176,7 @@ pub async fn start(
     let link = spawn_link(&config, &outbox, &health, tasks, &token);
     tasks.spawn(systemd::run(health.clone(), outbox.clone(), token.clone()));
     tasks.spawn(disk::watch(outbox.clone(), token.clone()));
-    if let Some(w) = pki::key_warning(&config.hub.key) {
+    if let Some(w) = pki::tls::key_warning(&config.hub.key) {
         tracing::warn!("{w}");
     }
     tracing::info!(

@@ -36,14 +36,12 @@ use crate::config::{Compression, HubConfig};
 use crate::health::{Health, LinkState};
 use crate::outbox::{self, Outbox, Quarantined};
 
-pub mod tls;
-
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Certificates or keys cannot be used: an operator must fix a file.
     #[error("tls material: {0}")]
-    Tls(#[from] tls::Error),
+    Tls(#[from] pki::tls::Error),
     /// The TLS handshake failed (wrong CA, expired or revoked certificate,
     /// wrong name): an operator must act.
     #[error("tls handshake with the hub failed: {0}")]
@@ -138,7 +136,7 @@ async fn tls_connect(
 /// Makes one TLS handshake with the hub, for `qianzhi check`: proves the
 /// certificates, the CA and the address without opening a stream.
 pub async fn handshake(hub: &HubConfig) -> Result<(), Error> {
-    let config = tls::client_config(&hub.ca, &hub.cert, &hub.key)?;
+    let config = pki::tls::client_config(&hub.ca, &hub.cert, &hub.key)?;
     let name = ServerName::try_from(hub.server_name.clone())
         .map_err(|e| Error::Handshake(format!("invalid server name {:?}: {e}", hub.server_name)))?;
     let uri: Uri = hub
@@ -229,7 +227,7 @@ impl Link {
     /// Connects the channel: our own connector does TCP + rustls so that the
     /// TLS config (TLS 1.3, ring, files re-read) is entirely ours.
     async fn connect(&self) -> Result<tonic::transport::Channel, Error> {
-        let config = tls::client_config(&self.hub.ca, &self.hub.cert, &self.hub.key)?;
+        let config = pki::tls::client_config(&self.hub.ca, &self.hub.cert, &self.hub.key)?;
         let server_name = ServerName::try_from(self.hub.server_name.clone())
             .map_err(|e| Error::Handshake(format!("invalid server name {:?}: {e}", self.hub.server_name)))?;
         // tonic must not try TLS itself: give it the plain scheme.

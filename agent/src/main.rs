@@ -182,7 +182,7 @@ fn main() -> ExitCode {
                     agencies,
                     hub_names,
                 },
-        } => match agent::pki::write_dev(&out, &agencies, &hub_names) {
+        } => match pki::dev::write_dev(&out, &agencies, &hub_names) {
             Ok(files) => {
                 for f in files {
                     println!("wrote {}", f.display());

@@ -3,16 +3,16 @@
 //!
 //! Pure: no I/O, and it cannot fail the pipeline. Every row comes out as
 //! exactly one of the two, so the counts always add up to the input. The
-//! value rules are those of the item's data element ([`crate::element`],
-//! bound in [`crate::catalog`]); warnings travel with the record.
+//! value rules are those of the item's data element ([`rules::element`],
+//! bound in [`rules::catalog`]); warnings travel with the record.
 
 use prost::Message;
 use proto::v1::{Operation, Record, SourcePosition};
 
-use crate::catalog::Resource;
 use crate::config::SourceConfig;
-use crate::element::Issue;
 use crate::outbox::Quarantined;
+use rules::catalog::Resource;
+use rules::element::Issue;
 
 #[cfg(test)]
 mod tests;
@@ -87,7 +87,7 @@ impl Mapping {
 
     /// The item of each of [`Mapping::columns`] (`None` for the operation
     /// column).
-    pub fn column_items(&self) -> impl Iterator<Item = Option<&crate::catalog::Item>> {
+    pub fn column_items(&self) -> impl Iterator<Item = Option<&rules::catalog::Item>> {
         self.columns
             .iter()
             .map(|(_, idx, _)| self.resource.items.get(*idx))

@@ -12,9 +12,9 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use crate::config::{Config, Encoding};
-use crate::element::Issue;
 use crate::normalize::{Field, Mapping, Origin, Outcome};
 use crate::outbox::{self, Held, Offline, QuarantineFilter};
+use rules::element::Issue;
 
 /// A failure of a quarantine command.
 #[derive(Debug, thiserror::Error)]

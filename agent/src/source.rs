@@ -17,11 +17,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::catalog::Catalog;
 use crate::config::{SourceConfig, SourceKind};
 use crate::health::Health;
 use crate::normalize::Mapping;
 use crate::outbox::Outbox;
+use rules::catalog::Catalog;
 
 pub mod db;
 pub mod folder;

@@ -11,9 +11,9 @@
 
 use std::borrow::Cow;
 
-use agent::catalog::{ItemType, canonical};
+use rules::catalog::{ItemType, canonical};
 use agent::config::Transform;
-use agent::element::DICTIONARY;
+use rules::element::DICTIONARY;
 use agent::normalize::{Field, Mapping, Origin, Outcome, trim};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;

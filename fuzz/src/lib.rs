@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{Seek, Write};
 use std::sync::OnceLock;
 
-use agent::catalog::Catalog;
+use rules::catalog::Catalog;
 use agent::config::{AfterDone, Completion, Encoding, FileFormat, SourceConfig, SourceKind};
 use agent::normalize::{Mapping, Outcome};
 use agent::source::format::{Charset, CsvRows, JsonRows, Limits, Pos, Row, Rows, Unreadable, Utf8Evidence, XlsxRows};

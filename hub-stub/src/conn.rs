@@ -121,7 +121,7 @@ impl Conn {
     /// connection left.
     fn new(io: TlsStream<TcpStream>, peer: SocketAddr, quota: &Arc<Quota>, idle: Duration) -> Option<Conn> {
         let agency = match io.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-            Some(cert) => crate::tls::agency_of(cert),
+            Some(cert) => pki::identity::agency_of(cert),
             None => Err("no client certificate".to_owned()),
         };
         let slot = match &agency {

@@ -3,12 +3,16 @@
 //! data one source (a resource only from its provider), a durable
 //! idempotent store, and an export.
 //!
+//! It depends on the protocol and the two leaf crates only: `rules` (the
+//! catalog and the data elements it checks records with) and `pki` (its TLS
+//! config and the agency identity in a client certificate). It knows nothing
+//! of the agent's sources, queue or configuration.
+//!
 //! Module map: [`config`] (hub.toml), [`limits`] (what one agency may
-//! cost the hub), [`tls`] (server config and agency identity), [`conn`]
-//! (accepting connections, idle timeout), [`codec`] (the Sync method on the
-//! wire), [`service`] (the gRPC service), [`session`] (one live session per
-//! outbox), [`store`] (SQLite), [`text`] (untrusted text made safe to show),
-//! [`demo`] (the one-command demo).
+//! cost the hub), [`conn`] (accepting connections, TLS, idle timeout),
+//! [`codec`] (the Sync method on the wire), [`service`] (the gRPC service),
+//! [`session`] (one live session per outbox), [`store`] (SQLite), [`text`]
+//! (untrusted text made safe to show).
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -16,7 +20,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent::catalog::Catalog;
+use rules::catalog::Catalog;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -24,13 +28,11 @@ use tokio_util::sync::CancellationToken;
 pub mod codec;
 pub mod config;
 pub mod conn;
-pub mod demo;
 pub mod limits;
 pub mod service;
 pub mod session;
 pub mod store;
 pub mod text;
-pub mod tls;
 
 pub use limits::Limits;
 pub use store::Store;
@@ -72,7 +74,8 @@ pub async fn serve_with(
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .max_concurrent_streams(Some(u32::try_from(limits.max_streams).unwrap_or(u32::MAX)))
-        .add_service(exchange)
-        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown.cancelled_owned())
+        // One service, served without a router: unknown paths are answered
+        // UNIMPLEMENTED by the service itself.
+        .serve_with_incoming_shutdown(exchange, ReceiverStream::new(incoming), shutdown.cancelled_owned())
         .await
 }

@@ -129,27 +129,12 @@ fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     }
     let n = match Repr::deserialize(d)? {
         Repr::N(n) => Some(n),
-        Repr::S(s) => parse_size(&s),
+        // Whole numbers with the `bytesize` crate's units, as the agent reads them.
+        Repr::S(s) if !s.contains('.') => s.trim().parse::<bytesize::ByteSize>().ok().map(|b| b.as_u64()),
+        Repr::S(_) => None,
     };
     n.and_then(|n| usize::try_from(n).ok())
         .ok_or_else(|| serde::de::Error::custom("not a size (examples: 1048576, \"16MiB\", \"64KiB\")"))
-}
-
-fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KB" | "kB" => 1_000,
-        "KiB" => 1 << 10,
-        "MB" => 1_000_000,
-        "MiB" => 1 << 20,
-        "GB" => 1_000_000_000,
-        "GiB" => 1 << 30,
-        _ => return None,
-    };
-    n.parse::<u64>().ok()?.checked_mul(mult)
 }
 
 /// How many connections or streams each agency has open, against a cap.

@@ -1,4 +1,4 @@
-//! `qianzhi-hub`: serve the hub, export its store, or run the demo.
+//! `qianzhi-hub`: serve the hub or export its store.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -39,15 +39,6 @@ enum Command {
         #[arg(long)]
         history: bool,
     },
-    /// Run hub, agent and a sample file on this machine, in a scratch folder.
-    Demo {
-        /// The scratch folder (default: a new one under the temp folder).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Keep running after the sample arrived, until Ctrl-C.
-        #[arg(long)]
-        keep: bool,
-    },
 }
 
 fn main() -> ExitCode {
@@ -61,15 +52,10 @@ fn main() -> ExitCode {
             };
         }
     };
-    let level = if matches!(cli.command, Command::Demo { .. }) {
-        "warn"
-    } else {
-        "info"
-    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         // Colours only on a terminal: a log file gets plain text.
@@ -95,19 +81,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let text =
                 std::fs::read_to_string(&c.catalog).with_context(|| format!("catalog {}", c.catalog.display()))?;
             let catalog = Arc::new(
-                agent::catalog::Catalog::from_toml_str(&text)
+                rules::catalog::Catalog::from_toml_str(&text)
                     .with_context(|| format!("catalog {}", c.catalog.display()))?,
             );
-            let tls = hub_stub::tls::server_config(&c.tls.ca, &c.tls.cert, &c.tls.key)?;
+            let tls = pki::tls::server_config(&c.tls.ca, &c.tls.cert, &c.tls.key)?;
             let store = Arc::new(Store::open(&c.store)?);
             let listener = tokio::net::TcpListener::bind(c.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", c.listen))?;
             tracing::info!(listen = %listener.local_addr()?, store = %c.store.display(), "hub serving");
+            let stopped = shutdown()?;
             let token = CancellationToken::new();
             let stop = token.clone();
             tokio::spawn(async move {
-                agent::signal::shutdown().await;
+                stopped.await;
                 stop.cancel();
             });
             hub_stub::serve_with(listener, tls, store, catalog, c.limits, token).await?;
@@ -127,9 +114,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
             store.export(resource.as_deref(), history, &mut out)?;
             Ok(())
         }
-        Command::Demo { dir, keep } => {
-            let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("qianzhi-demo-{}", std::process::id())));
-            hub_stub::demo::run(&dir, keep).await
-        }
     }
+}
+
+/// SIGTERM (systemd) or SIGINT (Ctrl-C), watched from the start: a hub that
+/// could not be stopped cleanly refuses to start.
+fn shutdown() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

@@ -15,9 +15,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use agent::catalog::Catalog;
 use proto::v1::exchange_server::Exchange;
 use proto::v1::{AgentMessage, Hello, HubMessage, Welcome, agent_message, hub_message};
+use rules::catalog::Catalog;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};

@@ -40,9 +40,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use agent::catalog::{Catalog, Sharing};
 use prost::Message;
 use proto::v1::{Entry, Operation, Record, RejectCode, Rejected};
+use rules::catalog::{Catalog, Sharing};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::text;

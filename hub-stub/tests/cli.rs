@@ -1,33 +1,10 @@
-//! The `qianzhi-hub` binary: the one-command demo and error messages.
+//! The `qianzhi-hub` binary: its error messages.
 //! (Also makes `cargo test --workspace` build the binary for the
 //! end-to-end tests.)
 
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_qianzhi-hub");
-
-#[test]
-fn demo_runs_end_to_end() {
-    let d = tempfile::Builder::new().prefix("qianzhi-demo-").tempdir().unwrap();
-    let out = Command::new(BIN)
-        .arg("demo")
-        .arg("--dir")
-        .arg(d.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(text.matches("\"resource\":\"1010100/0001\"").count(), 5, "{text}");
-    assert!(text.contains("RAGGED_ROW") && text.contains("BIRTH_DATE"), "{text}");
-    let export = Command::new(BIN)
-        .args(["export", "--store"])
-        .arg(d.path().join("hub/store.db"))
-        .arg("--history")
-        .output()
-        .unwrap();
-    assert!(export.status.success());
-    assert_eq!(String::from_utf8_lossy(&export.stdout).lines().count(), 5);
-}
 
 #[test]
 fn export_of_a_missing_store_says_so() {

@@ -18,8 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent::pki::{Ca, Validity};
 use hub_stub::Store;
+use pki::dev::{Ca, Validity};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -31,7 +31,7 @@ mod tests;
 pub const GAJ: &str = "320282-gaj";
 pub const SCJGJ: &str = "320282-scjgj";
 pub const PEOPLE: &str = "1010100/0001";
-pub const CATALOG: &str = hub_stub::demo::CATALOG;
+pub const CATALOG: &str = include_str!("../../deploy/catalog.example.toml");
 
 /// The people resource's columns, in file order, and their data elements.
 pub const PEOPLE_COLUMNS: [(&str, &str); 8] = [
@@ -226,7 +226,7 @@ pub fn citizen_id(i: u64) -> String {
         1 + k % 28,
         i % 1000
     );
-    let check = agent::element::citizen_check(body.as_bytes());
+    let check = rules::element::citizen_check(body.as_bytes());
     format!("{body}{check}")
 }
 
@@ -367,14 +367,14 @@ impl Hub {
             .await
             .expect("bind hub");
         let addr = listener.local_addr().expect("hub addr");
-        let tls = hub_stub::tls::server_config(
+        let tls = pki::tls::server_config(
             &world.path("pki/ca.pem"),
             &world.path("pki/hub.pem"),
             &world.path("pki/hub.key"),
         )
         .expect("hub tls");
         let store = Arc::new(Store::open(&world.store_path()).expect("store"));
-        let catalog = Arc::new(agent::catalog::Catalog::from_toml_str(catalog).expect("catalog"));
+        let catalog = Arc::new(rules::catalog::Catalog::from_toml_str(catalog).expect("catalog"));
         let token = CancellationToken::new();
         let t = token.clone();
         let task = tokio::spawn(async move {

@@ -1,9 +1,9 @@
 use std::borrow::Cow;
 
 use super::*;
-use crate::catalog::Catalog;
 use crate::config::{AfterDone, Completion, Encoding, FileFormat, SourceConfig, SourceKind};
-use crate::element::Issue;
+use rules::catalog::Catalog;
+use rules::element::Issue;
 
 fn mapping(op_column: Option<&str>) -> Mapping {
     let catalog = Catalog::from_toml_str(include_str!("../../../deploy/catalog.example.toml")).unwrap();

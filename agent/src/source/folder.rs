@@ -731,7 +731,7 @@ fn is_marker(name: &OsStr) -> bool {
 fn name_key(name: &OsStr) -> String {
     match name.to_str() {
         Some(s) => s.to_owned(),
-        None => format!("bytes:{}", crate::catalog::hex(name.as_bytes())),
+        None => format!("bytes:{}", rules::catalog::hex(name.as_bytes())),
     }
 }
 
@@ -1039,7 +1039,7 @@ fn identify(file: &mut File) -> std::io::Result<FileScan> {
         evidence.update(&buf[..n]);
     }
     evidence.finish();
-    let digest = crate::catalog::hex(&hasher.finalize());
+    let digest = rules::catalog::hex(&hasher.finalize());
     Ok(FileScan {
         identity: format!("{}:{nanos}:{digest}", meta.len()),
         size: meta.len(),

@@ -15,9 +15,9 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 
 use sha2::{Digest, Sha256};
 
-use crate::element::Issue;
 use crate::normalize::{Field, Mapping, Origin, Outcome};
 use crate::outbox::Quarantined;
+use rules::element::Issue;
 
 /// A character encoding decided for one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +67,7 @@ fn oversized(prefix: &[u8], total: u64, digest: &[u8]) -> String {
     format!(
         "{}… [truncated: {total} bytes in all, sha256 {}]",
         String::from_utf8_lossy(&prefix[..end]),
-        crate::catalog::hex(digest)
+        rules::catalog::hex(digest)
     )
 }
 
@@ -866,10 +866,10 @@ fn check_zip_parts(file: &File) -> Result<(), Unreadable> {
 /// The text of one worksheet cell for an item. Numbers never stand for
 /// identifiers: Excel keeps 15 significant digits and drops leading zeros,
 /// so such a value is refused, never repaired.
-pub fn cell(d: &calamine::Data, item: Option<&crate::catalog::Item>) -> Field<'static> {
-    use crate::catalog::ValueRule;
-    use crate::element::Rule;
+pub fn cell(d: &calamine::Data, item: Option<&rules::catalog::Item>) -> Field<'static> {
     use calamine::{Data, DataType};
+    use rules::catalog::ValueRule;
+    use rules::element::Rule;
     let rule = item.and_then(|i| match &i.rule {
         ValueRule::Builtin(e) => Some(e.rule),
         _ => None,
@@ -964,7 +964,7 @@ mod tests {
 
     fn text(d: &Data, item: &str) -> Result<String, &'static str> {
         let catalog =
-            crate::catalog::Catalog::from_toml_str(include_str!("../../../deploy/catalog.example.toml")).unwrap();
+            rules::catalog::Catalog::from_toml_str(include_str!("../../../deploy/catalog.example.toml")).unwrap();
         let item = catalog.resource("1010100/0001").unwrap().item(item).unwrap();
         match cell(d, Some(item)) {
             Some(Ok(v)) => Ok(v.into_owned()),
@@ -1032,7 +1032,7 @@ mod tests {
 
     fn people_mapping() -> Mapping {
         let catalog =
-            crate::catalog::Catalog::from_toml_str(include_str!("../../../deploy/catalog.example.toml")).unwrap();
+            rules::catalog::Catalog::from_toml_str(include_str!("../../../deploy/catalog.example.toml")).unwrap();
         let columns = [
             ("公民身份号码", "DE00001"),
             ("姓名", "DE00002"),

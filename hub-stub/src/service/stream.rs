@@ -19,8 +19,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use agent::catalog::Catalog;
 use proto::v1::{Ack, AgentMessage, Batch, HubMessage, agent_message, hub_message};
+use rules::catalog::Catalog;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tonic::{Status, Streaming};
 use tracing::{Instrument, Span, info, warn};

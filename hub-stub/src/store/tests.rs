@@ -143,7 +143,7 @@ fn people(seqs: &[u64]) -> Vec<Entry> {
 /// A valid citizen id per sequence (GB 11643 check digit).
 fn citizen(seq: u64) -> String {
     let body = format!("32028219900101{:03}", seq % 1000);
-    format!("{body}{}", agent::element::citizen_check(body.as_bytes()))
+    format!("{body}{}", rules::element::citizen_check(body.as_bytes()))
 }
 
 fn apply(store: &Store, outbox: &str, seqs: &[u64]) -> Applied {

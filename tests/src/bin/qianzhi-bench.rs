@@ -73,7 +73,7 @@ async fn wait(what: &str, addr: &str, mut done: impl FnMut(&Status) -> bool) -> 
 fn bench_normalize(rows: u64) {
     use agent::normalize::{Field, Mapping, Origin, Outcome};
     use std::borrow::Cow;
-    let catalog = agent::catalog::Catalog::from_toml_str(CATALOG).expect("catalog");
+    let catalog = rules::catalog::Catalog::from_toml_str(CATALOG).expect("catalog");
     let text = format!(
         "agency = \"{GAJ}\"\ndata_dir = \"d\"\ncatalog = \"c\"\n[hub]\nurl = \"https://h:1\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n{}",
         people_source("people", "drop", "")

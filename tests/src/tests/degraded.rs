@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use agent::pki::Validity;
+use pki::dev::Validity;
 
 use crate::*;
 

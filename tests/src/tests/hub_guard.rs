@@ -735,7 +735,7 @@ async fn idle_connections_close_but_an_idle_agent_stays_connected() {
     .await;
 
     // An authenticated connection that never opens a stream is closed.
-    let config = agent::link::tls::client_config(
+    let config = pki::tls::client_config(
         &w.path("pki/ca.pem"),
         &w.path(&format!("pki/{SCJGJ}.pem")),
         &w.path(&format!("pki/{SCJGJ}.key")),

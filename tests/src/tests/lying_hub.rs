@@ -63,8 +63,7 @@ impl Exchange for Liar {
 /// Serves the liar with the hub's certificate on `port` until cancelled.
 async fn serve_liar(w: &World, port: u16, lie: Lie, token: CancellationToken) -> tokio::task::JoinHandle<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let tls =
-        hub_stub::tls::server_config(&w.path("pki/ca.pem"), &w.path("pki/hub.pem"), &w.path("pki/hub.key")).unwrap();
+    let tls = pki::tls::server_config(&w.path("pki/ca.pem"), &w.path("pki/hub.pem"), &w.path("pki/hub.key")).unwrap();
     let incoming = hub_stub::conn::accept(listener, tls, Arc::new(hub_stub::Limits::default()), token.clone());
     tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()

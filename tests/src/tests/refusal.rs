@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use agent::pki::{Ca, Validity};
+use pki::dev::{Ca, Validity};
 
 use crate::*;
 

@@ -1,4 +1,5 @@
-//! rustls configuration from PEM files, ring provider only, TLS 1.3 only.
+//! rustls configurations from PEM files, ring provider only, TLS 1.3 only:
+//! the agent's client config and the hub's server config.
 //!
 //! Files are read again for every connection, so certificates renewed on
 //! disk are used from the next handshake without a restart.
@@ -8,7 +9,8 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// The one crypto provider of the project.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -70,4 +72,44 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ClientCon
         .map_err(|e| err(key, format!("key does not fit the certificate: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The hub's server config: requires a client certificate issued by `ca`,
+/// presents `cert` and `key`.
+pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Error> {
+    let roots = Arc::new(read_roots(ca)?);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| err(ca, e))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| err(ca, e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(read_certs(cert)?, read_key(key)?)
+        .map_err(|e| err(key, format!("key does not fit the certificate: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// What is wrong with how a private key file is kept, if anything: a
+/// symbolic link (whoever controls the link's target controls the
+/// agency's identity), or readable by the group or others.
+pub fn key_warning(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if meta.file_type().is_symlink() {
+        return Some(format!(
+            "the private key {} is a symbolic link: keep the key itself there (owned by the agent's account, mode 600)",
+            path.display()
+        ));
+    }
+    let mode = meta.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "the private key {} can be read by other accounts (mode {:o}): chmod 600 {}",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        )
+    })
 }

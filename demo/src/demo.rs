@@ -10,8 +10,10 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::Store;
+use hub_stub::Store;
 
+/// The example catalog (deploy/catalog.example.toml) the demo and the
+/// tests share.
 pub const CATALOG: &str = include_str!("../../deploy/catalog.example.toml");
 pub const AGENCY: &str = "320282-gaj";
 
@@ -32,7 +34,7 @@ pub async fn run(dir: &Path, keep: bool) -> anyhow::Result<()> {
     let dir = dir.canonicalize()?;
     println!("== Qianzhi demo in {}", dir.display());
     let pki = dir.join("pki");
-    agent::pki::write_dev(&pki, &[AGENCY.to_owned()], &["localhost".into(), "127.0.0.1".into()])?;
+    pki::dev::write_dev(&pki, &[AGENCY.to_owned()], &["localhost".into(), "127.0.0.1".into()])?;
     println!("1. development PKI in {} (CA, hub, agency {AGENCY})", pki.display());
     std::fs::write(dir.join("catalog.toml"), CATALOG)?;
 
@@ -41,9 +43,9 @@ pub async fn run(dir: &Path, keep: bool) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let hub_addr = listener.local_addr()?;
     let store = Arc::new(Store::open(&dir.join("hub/store.db"))?);
-    let catalog = Arc::new(agent::catalog::Catalog::from_toml_str(CATALOG)?);
-    let tls = crate::tls::server_config(&pki.join("ca.pem"), &pki.join("hub.pem"), &pki.join("hub.key"))?;
-    tasks.spawn(crate::serve(listener, tls, store.clone(), catalog, token.clone()));
+    let catalog = Arc::new(rules::catalog::Catalog::from_toml_str(CATALOG)?);
+    let tls = pki::tls::server_config(&pki.join("ca.pem"), &pki.join("hub.pem"), &pki.join("hub.key"))?;
+    tasks.spawn(hub_stub::serve(listener, tls, store.clone(), catalog, token.clone()));
     println!(
         "2. hub-stub listening on {hub_addr} (mTLS, store {})",
         dir.join("hub/store.db").display()

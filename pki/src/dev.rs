@@ -16,8 +16,7 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-/// The SAN URI prefix that carries an agency code.
-pub const AGENCY_URI_PREFIX: &str = "urn:qianzhi:agency:";
+use crate::AGENCY_URI_PREFIX;
 
 /// A certificate and its private key, PEM.
 #[derive(Debug, Clone)]
@@ -145,29 +144,6 @@ pub fn write_file(path: &Path, contents: &str, private: bool) -> std::io::Result
     }
     f.write_all(contents.as_bytes())?;
     f.sync_all()
-}
-
-/// What is wrong with how a private key file is kept, if anything: a
-/// symbolic link (whoever controls the link's target controls the
-/// agency's identity), or readable by the group or others.
-pub fn key_warning(path: &Path) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::symlink_metadata(path).ok()?;
-    if meta.file_type().is_symlink() {
-        return Some(format!(
-            "the private key {} is a symbolic link: keep the key itself there (owned by the agent's account, mode 600)",
-            path.display()
-        ));
-    }
-    let mode = meta.permissions().mode();
-    (mode & 0o077 != 0).then(|| {
-        format!(
-            "the private key {} can be read by other accounts (mode {:o}): chmod 600 {}",
-            path.display(),
-            mode & 0o777,
-            path.display()
-        )
-    })
 }
 
 /// Makes a development PKI in `out`: `ca.pem`, `ca.key`, `hub.pem`,
