@@ -51,6 +51,23 @@ pub enum Outcome {
     Quarantine(Quarantined),
 }
 
+/// One row as a reader gives it, before normalization: what every source
+/// hands to [`Mapping::apply`].
+#[derive(Debug)]
+pub enum Row<'a> {
+    /// The row's values, aligned with [`Mapping::columns`]; `op` when the
+    /// source knows the operation (a database change).
+    Values {
+        line: u64,
+        fields: Vec<Field<'a>>,
+        op: Option<Operation>,
+    },
+    /// A row that could not be split into values (a ragged CSV row, a line
+    /// that is not JSON, a row over the size limits): what is kept of it,
+    /// and why.
+    Unreadable { line: u64, raw: String, reason: String },
+}
+
 impl Mapping {
     /// Builds the mapping of a validated source. Config validation has
     /// already checked that the resource and every element exist.
@@ -100,6 +117,16 @@ impl Mapping {
 
     pub fn resource(&self) -> &Resource {
         &self.resource
+    }
+
+    /// The one place a source's row becomes a record or a quarantine entry.
+    pub fn apply(&self, row: Row<'_>, object: &str, captured_at_us: i64) -> Outcome {
+        match row {
+            Row::Values { line, fields, op } => self.normalize_as(&fields, Origin { object, line }, captured_at_us, op),
+            Row::Unreadable { line, raw, reason } => {
+                Outcome::Quarantine(self.unreadable(Origin { object, line }, raw, reason))
+            }
+        }
     }
 
     /// Normalizes one row. `fields` is aligned with [`Mapping::columns`]:

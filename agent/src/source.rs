@@ -23,6 +23,7 @@ use crate::normalize::Mapping;
 use crate::outbox::Outbox;
 use rules::catalog::Catalog;
 
+pub mod commit;
 pub mod db;
 pub mod folder;
 pub mod format;

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use rules::catalog::Catalog;
 use agent::config::{AfterDone, Completion, Encoding, FileFormat, SourceConfig, SourceKind};
 use agent::normalize::{Mapping, Outcome};
-use agent::source::format::{Charset, CsvRows, JsonRows, Limits, Pos, Row, Rows, Unreadable, Utf8Evidence, XlsxRows};
+use agent::source::format::{Charset, CsvRows, JsonRows, Limits, Pos, Rows, Unreadable, Utf8Evidence, XlsxRows};
 use prost::Message;
 
 /// The agency that provides the people resource.
@@ -115,13 +115,6 @@ pub fn open(format: Format, data: &[u8], from: Pos, limits: Limits) -> Result<Ro
     })
 }
 
-/// A row as text, for comparing two reads of the same file.
-fn describe(row: &Row) -> String {
-    match row {
-        Row::Outcome(o) => format!("{o:?}"),
-        Row::Unreadable(q) => format!("unreadable {q:?}"),
-    }
-}
 
 /// Every row of a file, each checked; `complete` is false when the read
 /// ended on an I/O error (a file the folder retries later).
@@ -158,12 +151,14 @@ fn read_rows(format: Format, data: &[u8], from: Pos, limits: Limits) -> Option<R
     };
     let mut rows = Vec::new();
     loop {
-        match reader.next(people_mapping(), "fuzz", 0) {
+        match reader.next(people_mapping()) {
             Ok(Some((row, pos))) => {
-                if let Row::Outcome(Outcome::Record { bytes, .. }) = &row {
+                // The row as text, for comparing two reads of the same file.
+                let outcome = people_mapping().apply(row, "fuzz", 0);
+                if let Outcome::Record { bytes, .. } = &outcome {
                     check_record(bytes);
                 }
-                let text = describe(&row);
+                let text = format!("{outcome:?}");
                 if verbose() {
                     eprintln!("{format:?} {limits:?} from {from:?}: {text} at {pos:?}");
                 }

@@ -41,10 +41,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
+use super::commit::{Chunk, Committer, Position};
 use crate::config::{CaptureMode, DbConfig, InstallMode, SourceConfig, SourceKind};
 use crate::health::SourceStats;
-use crate::normalize::{Field, Mapping, Origin, Outcome};
-use crate::outbox::{self, Outbox, PositionUpdate, Write};
+use crate::normalize::{Field, Mapping, Origin, Outcome, Row};
+use crate::outbox::{self, Outbox};
 
 mod mysql;
 mod postgres;
@@ -199,6 +200,7 @@ pub struct DbSource {
     db: DbConfig,
     mapping: Arc<Mapping>,
     outbox: Outbox,
+    committer: Committer,
     stats: Arc<SourceStats>,
 }
 
@@ -226,11 +228,13 @@ impl DbSource {
             .db
             .clone()
             .unwrap_or_else(|| unreachable!("database source without db config"));
+        let committer = Committer::new(&config.name, &mapping.resource().code, &outbox, &stats);
         DbSource {
             config,
             db,
             mapping: Arc::new(mapping),
             outbox,
+            committer,
             stats,
         }
     }
@@ -330,12 +334,11 @@ impl DbSource {
             None if self.db.snapshot => self.snapshot(b).await?,
             None => {
                 self.commit(
-                    Write::default(),
+                    Chunk::default(),
                     &LogPosition {
                         snapshot: true,
                         consumed: vec![],
                     },
-                    0,
                 )
                 .await?;
             }
@@ -369,22 +372,20 @@ impl DbSource {
                 continue;
             }
             let now = outbox::now_us();
-            let mut write = Write::default();
-            let mut records = 0;
+            let mut chunk = Chunk::default();
             for change in &fresh {
-                records += self.change(change, now, &mut write)?;
+                self.change(change, now, &mut chunk)?;
                 pending.insert(change.id);
             }
             let ids: Vec<i64> = pending.iter().copied().collect();
             let mut consumed = ranges(&ids);
             consumed.extend(unconfirmed);
             self.commit(
-                write,
+                chunk,
                 &LogPosition {
                     snapshot: true,
                     consumed,
                 },
-                records,
             )
             .await?;
             since.get_or_insert_with(Instant::now);
@@ -392,33 +393,31 @@ impl DbSource {
     }
 
     /// Turns one change into records (a key change is a delete of the old
-    /// key, then the new row) or a quarantine entry. Returns the records.
-    fn change(&self, c: &Change, now: i64, write: &mut Write) -> Result<u64, DbError> {
+    /// key, then the new row) or a quarantine entry.
+    fn change(&self, c: &Change, now: i64, chunk: &mut Chunk) -> Result<(), DbError> {
         let origin = Origin {
             object: &self.db.table,
             line: c.id as u64,
         };
         let old = c.old.as_deref().map(|t| self.image(t, c.id)).transpose()?;
         let new = c.new.as_deref().map(|t| self.image(t, c.id)).transpose()?;
-        let mut records = 0;
         match (c.op.as_str(), old, new) {
-            ("I", _, Some(new)) => records += self.push(&new, origin, now, None, write)?,
+            ("I", _, Some(new)) => self.push(&new, origin, now, None, chunk)?,
             ("U", Some(old), Some(new)) => {
                 let moved = self.mapping.key_columns().any(|k| old.get(k) != new.get(k));
                 if moved {
                     // The old key goes first; an old row that never passed
                     // the rules never reached the hub and has nothing to delete.
                     let fields = self.fields(&old, c.id)?;
-                    if let Outcome::Record { bytes, .. } =
+                    if let outcome @ Outcome::Record { .. } =
                         self.mapping.normalize_as(&fields, origin, now, Some(Operation::Delete))
                     {
-                        write.records.push(bytes);
-                        records += 1;
+                        chunk.push(outcome);
                     }
                 }
-                records += self.push(&new, origin, now, None, write)?;
+                self.push(&new, origin, now, None, chunk)?;
             }
-            ("D", Some(old), _) => records += self.push(&old, origin, now, Some(Operation::Delete), write)?,
+            ("D", Some(old), _) => self.push(&old, origin, now, Some(Operation::Delete), chunk)?,
             (op, _, _) => {
                 return Err(DbError(format!(
                     "change {} in {LOG_TABLE} has op {op:?} without its row image: was the change log altered?",
@@ -426,7 +425,7 @@ impl DbSource {
                 )));
             }
         }
-        Ok(records)
+        Ok(())
     }
 
     fn image(&self, text: &str, id: i64) -> Result<Image, DbError> {
@@ -454,53 +453,34 @@ impl DbSource {
             .collect()
     }
 
-    /// Normalizes one image into the write; returns 1 for a record, 0 for
-    /// a quarantine entry.
+    /// Normalizes one image into the chunk.
     fn push(
         &self,
         image: &Image,
         origin: Origin<'_>,
         now: i64,
         op: Option<Operation>,
-        write: &mut Write,
-    ) -> Result<u64, DbError> {
+        chunk: &mut Chunk,
+    ) -> Result<(), DbError> {
         let fields = self.fields(image, origin.line as i64)?;
         self.stats.rows.inc();
-        Ok(match self.mapping.normalize_as(&fields, origin, now, op) {
-            Outcome::Record { bytes, warnings } => {
-                self.stats.warnings.inc_by(warnings as u64);
-                write.records.push(bytes);
-                1
-            }
-            Outcome::Quarantine(q) => {
-                write.quarantine.push(q);
-                0
-            }
-        })
+        let row = Row::Values {
+            line: origin.line,
+            fields,
+            op,
+        };
+        chunk.push_row(&self.mapping, row, origin.object, now);
+        Ok(())
     }
 
-    /// Commits a chunk with its position (and the resource's freshness).
-    async fn commit(&self, mut write: Write, position: &impl Serialize, records: u64) -> Result<(), Stop> {
-        let now = outbox::now_us();
-        let quarantined = write.quarantine.len() as u64;
-        if records > 0 {
-            write
-                .positions
-                .push(crate::freshness::changed(&self.mapping.resource().code, now));
-        }
-        write.positions.push(PositionUpdate {
-            source: self.config.name.clone(),
+    /// Commits a chunk with the source's position after it.
+    async fn commit(&self, chunk: Chunk, position: &impl Serialize) -> Result<(), Stop> {
+        let position = Position {
             key: POSITION_KEY.to_owned(),
-            value: Some(serde_json::to_string(position).unwrap_or_default()),
-        });
-        self.outbox.room().await;
-        self.outbox.write(write).await?;
-        self.stats.records.inc_by(records);
-        self.stats.quarantined.inc_by(quarantined);
-        if records > 0 {
-            self.stats.changed(&self.mapping.resource().code, now);
-        }
-        Ok(())
+            value: serde_json::to_string(position).unwrap_or_default(),
+            follows: None,
+        };
+        Ok(self.committer.commit(chunk, position).await?)
     }
 
     /// The initial snapshot: every row as an upsert, then the change-log
@@ -515,8 +495,7 @@ impl DbSource {
             let object = format!("{} (snapshot)", self.db.table);
             while let Some(rows) = rx.recv().await {
                 let now = outbox::now_us();
-                let mut write = Write::default();
-                let mut records = 0;
+                let mut chunk = Chunk::default();
                 for text in &rows {
                     n += 1;
                     let origin = Origin {
@@ -524,19 +503,20 @@ impl DbSource {
                         line: n,
                     };
                     match serde_json::from_str::<Image>(text) {
-                        Ok(image) => records += self.push(&image, origin, now, None, &mut write)?,
+                        Ok(image) => self.push(&image, origin, now, None, &mut chunk)?,
                         Err(e) => {
                             self.stats.rows.inc();
-                            write.quarantine.push(self.mapping.unreadable(
-                                origin,
-                                text.clone(),
-                                format!("row image: {e}"),
-                            ));
+                            let row = Row::Unreadable {
+                                line: origin.line,
+                                raw: text.clone(),
+                                reason: format!("row image: {e}"),
+                            };
+                            chunk.push_row(&self.mapping, row, origin.object, now);
                         }
                     }
                 }
-                total += records;
-                self.commit(write, &LogPosition::default(), records).await?;
+                total += chunk.records() as u64;
+                self.commit(chunk, &LogPosition::default()).await?;
             }
             Ok::<u64, Stop>(total)
         };
@@ -544,12 +524,11 @@ impl DbSource {
         let visible = read?;
         let total = consumed?;
         self.commit(
-            Write::default(),
+            Chunk::default(),
             &LogPosition {
                 snapshot: true,
                 consumed: ranges(&visible),
             },
-            0,
         )
         .await?;
         if !visible.is_empty() {
@@ -569,7 +548,7 @@ impl DbSource {
             None if self.db.snapshot => None,
             None => {
                 let now = b.max_watermark().await?;
-                self.commit(Write::default(), &MarkPosition { after: now.clone() }, 0)
+                self.commit(Chunk::default(), &MarkPosition { after: now.clone() })
                     .await?;
                 now
             }
@@ -606,19 +585,17 @@ impl DbSource {
                 if let Some((_, last)) = rows.last() {
                     let last = last.clone();
                     let now = outbox::now_us();
-                    let mut write = Write::default();
-                    let mut records = 0;
+                    let mut chunk = Chunk::default();
                     for (n, (text, _)) in rows.iter().enumerate() {
                         let origin = Origin {
                             object: &self.db.table,
                             line: n as u64 + 1,
                         };
                         let image = self.image(text, 0)?;
-                        records += self.push(&image, origin, now, None, &mut write)?;
+                        self.push(&image, origin, now, None, &mut chunk)?;
                     }
                     after = Some(last);
-                    self.commit(write, &MarkPosition { after: after.clone() }, records)
-                        .await?;
+                    self.commit(chunk, &MarkPosition { after: after.clone() }).await?;
                     progressed = true;
                 }
             }
@@ -861,28 +838,4 @@ fn missing_columns(target: &Target, have: &[String]) -> Result<(), DbError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_round_trip() {
-        let ids = [7, 3, 4, 5, 10, 11, 20];
-        let r = ranges(&ids);
-        assert_eq!(r, vec![(3, 5), (7, 7), (10, 11), (20, 20)]);
-        assert!(ranges(&[]).is_empty());
-        assert_eq!(
-            forget_sql(&r),
-            vec![format!(
-                "DELETE FROM {LOG_TABLE} WHERE id BETWEEN 3 AND 5 OR id = 7 OR id BETWEEN 10 AND 11 OR id = 20"
-            )]
-        );
-        assert_eq!(forget_sql(&vec![(1, 1); 600]).len(), 3);
-    }
-
-    #[test]
-    fn quoting_follows_the_dialect() {
-        assert_eq!(quote(SourceKind::Postgres, "hr.people"), "\"hr\".\"people\"");
-        assert_eq!(quote(SourceKind::Mysql, "people"), "`people`");
-        assert_eq!(literal("o'k"), "'o''k'");
-    }
-}
+mod tests;

@@ -42,16 +42,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::format::{Charset, CsvRows, JsonRows, Pos, Row, Rows, Unreadable, Utf8Evidence, XlsxRows};
+use super::commit::{Chunk, Committer, Position, Submitted};
+use super::format::{Charset, CsvRows, JsonRows, Pos, Rows, Unreadable, Utf8Evidence, XlsxRows};
 use crate::config::{AfterDone, Completion, Encoding, FileFormat, SourceConfig};
 use crate::health::SourceStats;
-use crate::normalize::{Mapping, Outcome};
-use crate::outbox::{self, Outbox, PositionUpdate, Receipt, Write};
+use crate::normalize::Mapping;
+use crate::outbox::{self, Outbox};
 
-/// Rows per outbox transaction, at most.
-const CHUNK_ROWS: usize = 4096;
-/// Encoded bytes per outbox transaction, about.
-const CHUNK_BYTES: usize = 1 << 20;
 /// Chunks submitted but not yet committed, at most: lets parsing run ahead
 /// of the fsync without holding much memory.
 const CHUNKS_AHEAD: usize = 2;
@@ -62,6 +59,7 @@ pub struct Folder {
     config: SourceConfig,
     mapping: Arc<Mapping>,
     outbox: Outbox,
+    committer: Committer,
     stats: Arc<SourceStats>,
 }
 
@@ -152,10 +150,12 @@ impl Dirs {
 
 impl Folder {
     pub fn new(config: SourceConfig, mapping: Mapping, outbox: Outbox, stats: Arc<SourceStats>) -> Folder {
+        let committer = Committer::new(&config.name, &mapping.resource().code, &outbox, &stats);
         Folder {
             config,
             mapping: Arc::new(mapping),
             outbox,
+            committer,
             stats,
         }
     }
@@ -225,27 +225,11 @@ impl Folder {
         if names.is_empty() && !self.config.path.is_dir() {
             return Ok(()); // The folder is not there (yet): forget nothing.
         }
-        let gone: Vec<PositionUpdate> = positions
-            .into_iter()
-            .filter(|(key, _)| {
-                let name = key.strip_prefix("file:").or_else(|| key.strip_prefix("reading:"));
-                name.is_some_and(|n| !names.contains(n))
-            })
-            .map(|(key, _)| PositionUpdate {
-                source: self.config.name.clone(),
-                key,
-                value: None,
-            })
-            .collect();
-        if !gone.is_empty() {
-            self.outbox
-                .write(Write {
-                    positions: gone,
-                    ..Write::default()
-                })
-                .await?;
-        }
-        Ok(())
+        let gone = positions.into_iter().filter_map(|(key, _)| {
+            let name = key.strip_prefix("file:").or_else(|| key.strip_prefix("reading:"));
+            name.is_some_and(|n| !names.contains(n)).then_some((key, None))
+        });
+        self.committer.set(gone).await
     }
 
     /// Starts a notify watch that wakes the scan loop. A failure only costs
@@ -457,15 +441,9 @@ impl Folder {
             return Ok(());
         }
         // Counted before reading: a crash while reading leaves it raised.
-        self.outbox
-            .write(Write {
-                positions: vec![PositionUpdate {
-                    source: source.clone(),
-                    key: reading.clone(),
-                    value: Some(format!("{}:{}:{}", attempts + 1, progress.0, progress.1)),
-                }],
-                ..Write::default()
-            })
+        let counted = format!("{}:{}:{}", attempts + 1, progress.0, progress.1);
+        self.committer
+            .set([(reading.clone(), Some(counted))])
             .await
             .map_err(|e| e.to_string())?;
 
@@ -476,7 +454,7 @@ impl Folder {
                 key: key.clone(),
                 config: self.config.clone(),
                 mapping: self.mapping.clone(),
-                outbox: self.outbox.clone(),
+                committer: self.committer.clone(),
                 stats: self.stats.clone(),
                 token: token.clone(),
             };
@@ -485,16 +463,9 @@ impl Folder {
                 .await
                 .map_err(|e| format!("file task failed: {e}"))?
         };
-        let clear = |keys: &[&str]| Write {
-            positions: keys
-                .iter()
-                .map(|k| PositionUpdate {
-                    source: source.clone(),
-                    key: (*k).to_owned(),
-                    value: None,
-                })
-                .collect(),
-            ..Write::default()
+        let clear = |keys: &[&String]| {
+            self.committer
+                .set(keys.iter().map(|k| ((*k).clone(), None)).collect::<Vec<_>>())
         };
         match result {
             Ok(read) => {
@@ -506,29 +477,26 @@ impl Folder {
                     }
                     Err(Finish::Failed(e)) => {
                         // Read and committed, not moved: the next try only moves it.
-                        let _ = self.outbox.write(clear(&[&reading])).await;
+                        let _ = clear(&[&reading]).await;
                         return Err(e);
                     }
                 }
-                self.outbox
-                    .write(clear(&[&key, &reading]))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                clear(&[&key, &reading]).await.map_err(|e| e.to_string())?;
                 self.stats.files_done.inc();
                 Ok(())
             }
             Err(FileError::Cancelled) => {
-                let _ = self.outbox.write(clear(&[&reading])).await;
+                let _ = clear(&[&reading]).await;
                 Ok(())
             }
             Err(FileError::Paused) => {
                 // The disk went below its reserve mid-file: taken again from
                 // its last commit once there is room, without a backoff.
-                let _ = self.outbox.write(clear(&[&reading])).await;
+                let _ = clear(&[&reading]).await;
                 Ok(())
             }
             Err(FileError::Retry(e)) => {
-                let _ = self.outbox.write(clear(&[&reading])).await;
+                let _ = clear(&[&reading]).await;
                 Err(e)
             }
             Err(FileError::Unreadable(reason)) => {
@@ -583,21 +551,8 @@ impl Folder {
             .map_err(|e| format!("cannot write the error file: {e}"))?;
         remove_marker(dirs, name);
         self.stats.files_rejected.inc();
-        let forget = ["file:", "reading:"]
-            .iter()
-            .map(|p| PositionUpdate {
-                source: self.config.name.clone(),
-                key: format!("{p}{}", name_key(name)),
-                value: None,
-            })
-            .collect();
-        self.outbox
-            .write(Write {
-                positions: forget,
-                ..Write::default()
-            })
-            .await
-            .map_err(|e| e.to_string())
+        let forget = ["file:", "reading:"].map(|p| (format!("{p}{}", name_key(name)), None));
+        self.committer.set(forget).await.map_err(|e| e.to_string())
     }
 }
 
@@ -785,7 +740,7 @@ struct FileJob {
     key: String,
     config: SourceConfig,
     mapping: Arc<Mapping>,
-    outbox: Outbox,
+    committer: Committer,
     stats: Arc<SourceStats>,
     token: CancellationToken,
 }
@@ -855,18 +810,16 @@ impl FileJob {
             _ => Rows::Json(JsonRows::open(file, charset, from, limits).map_err(unreadable)?),
         };
 
-        // Each submitted chunk with what it counts once committed.
-        let mut receipts: std::collections::VecDeque<(Receipt, Counts)> = Default::default();
-        let mut write = Write::default();
-        let mut bytes = 0;
-        let mut warnings = 0u64;
+        // Chunks submitted and not yet durable, oldest first.
+        let mut submitted: std::collections::VecDeque<Submitted> = Default::default();
+        let mut chunk = Chunk::default();
         let mut pos = from;
-        // Each chunk commits only after the one before it: it expects the
+        // Each chunk commits only after the one before it: it follows the
         // position that one wrote.
         let mut previous = stored;
         loop {
             let now = outbox::now_us();
-            let row = rows.next(&self.mapping, &self.shown, now).map_err(|e| {
+            let row = rows.next(&self.mapping).map_err(|e| {
                 let why = format!("read error at line {}: {e}", pos.line);
                 // A malformed workbook stays malformed; an I/O error may pass.
                 if e.kind() == std::io::ErrorKind::InvalidData {
@@ -879,17 +832,7 @@ impl FileJob {
             if let Some((row, next)) = row {
                 pos = next;
                 self.stats.rows.inc();
-                match row {
-                    Row::Outcome(Outcome::Record { bytes: r, warnings: w }) => {
-                        bytes += r.len();
-                        write.records.push(r);
-                        warnings += w as u64;
-                    }
-                    Row::Outcome(Outcome::Quarantine(q)) | Row::Unreadable(q) => {
-                        bytes += q.raw.len();
-                        write.quarantine.push(q);
-                    }
-                }
+                chunk.push_row(&self.mapping, row, &self.shown, now);
             }
             let mut changed = None;
             if done {
@@ -897,15 +840,7 @@ impl FileJob {
                 changed = changed_since(&handle, &read);
                 done = changed.is_none();
             }
-            let full = write.records.len() + write.quarantine.len() >= CHUNK_ROWS || bytes >= CHUNK_BYTES;
-            if full || done || changed.is_some() {
-                let (records, quarantined) = (write.records.len() as u64, write.quarantine.len() as u64);
-                if records > 0 {
-                    // The resource changed: its freshness commits with the records.
-                    write
-                        .positions
-                        .push(crate::freshness::changed(&self.mapping.resource().code, now));
-                }
+            if chunk.is_full() || done || changed.is_some() {
                 let value = serde_json::to_string(&FilePosition {
                     identity: scan.identity.clone(),
                     byte: pos.byte,
@@ -914,37 +849,24 @@ impl FileJob {
                     done,
                 })
                 .unwrap_or_default();
-                write.positions.push(PositionUpdate {
-                    source: self.config.name.clone(),
+                let position = Position {
                     key: self.key.clone(),
-                    value: Some(value.clone()),
-                });
-                write.expect.push(PositionUpdate {
-                    source: self.config.name.clone(),
-                    key: self.key.clone(),
-                    value: previous.replace(value),
-                });
-                let chunk = std::mem::take(&mut write);
-                bytes = 0;
-                let receipt = rt.block_on(async {
-                    tokio::select! {
-                        () = self.outbox.room() => {}
-                        () = self.token.cancelled() => return Err(FileError::Cancelled),
-                    }
-                    self.outbox.submit(chunk).await.map_err(commit_error)
-                })?;
-                let counts = Counts {
-                    records,
-                    quarantined,
-                    warnings: std::mem::take(&mut warnings),
-                    at_us: now,
+                    follows: Some(previous.replace(value.clone())),
+                    value,
                 };
-                receipts.push_back((receipt, counts));
+                let handed = rt.block_on(async {
+                    tokio::select! {
+                        // A chunk handed over is not taken back.
+                        biased;
+                        s = self.committer.submit(std::mem::take(&mut chunk), position) => s.map_err(commit_error),
+                        () = self.token.cancelled() => Err(FileError::Cancelled),
+                    }
+                })?;
+                submitted.push_back(handed);
                 let last = done || changed.is_some();
-                while receipts.len() > CHUNKS_AHEAD || (last && !receipts.is_empty()) {
-                    if let Some((r, counts)) = receipts.pop_front() {
-                        rt.block_on(r.committed()).map_err(commit_error)?;
-                        self.count(&counts);
+                while submitted.len() > CHUNKS_AHEAD || (last && !submitted.is_empty()) {
+                    if let Some(p) = submitted.pop_front() {
+                        rt.block_on(self.committer.committed(p)).map_err(commit_error)?;
                     }
                 }
                 if let Some(why) = changed {
@@ -954,32 +876,12 @@ impl FileJob {
                     return Ok(read);
                 }
                 if self.token.is_cancelled() {
-                    for (r, counts) in receipts {
-                        rt.block_on(r.committed()).map_err(commit_error)?;
-                        self.count(&counts);
+                    for p in submitted {
+                        rt.block_on(self.committer.committed(p)).map_err(commit_error)?;
                     }
                     return Err(FileError::Cancelled);
                 }
             }
-        }
-    }
-}
-
-/// What one chunk adds to the source's counters once it has committed.
-struct Counts {
-    records: u64,
-    quarantined: u64,
-    warnings: u64,
-    at_us: i64,
-}
-
-impl FileJob {
-    fn count(&self, c: &Counts) {
-        self.stats.records.inc_by(c.records);
-        self.stats.quarantined.inc_by(c.quarantined);
-        self.stats.warnings.inc_by(c.warnings);
-        if c.records > 0 {
-            self.stats.changed(&self.mapping.resource().code, c.at_us);
         }
     }
 }

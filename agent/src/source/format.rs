@@ -15,8 +15,7 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 
 use sha2::{Digest, Sha256};
 
-use crate::normalize::{Field, Mapping, Origin, Outcome};
-use crate::outbox::Quarantined;
+use crate::normalize::{Field, Mapping, Row};
 use rules::element::Issue;
 
 /// A character encoding decided for one file.
@@ -24,12 +23,6 @@ use rules::element::Issue;
 pub enum Charset {
     Utf8,
     Gb18030,
-}
-
-/// What one row produced.
-pub enum Row {
-    Outcome(Outcome),
-    Unreadable(Quarantined),
 }
 
 /// Why a file cannot be read at all (it goes to `rejected/`).
@@ -382,20 +375,26 @@ impl CsvRows {
 
     /// The next row, or `None` at the end of the file. An I/O error is
     /// returned as `Err` (the file is retried later, from its last commit).
-    pub fn next(&mut self, mapping: &Mapping, object: &str, now_us: i64) -> std::io::Result<Option<(Row, Pos)>> {
+    pub fn next_row(&mut self) -> std::io::Result<Option<(Row<'_>, Pos)>> {
         let Some(raw) = self.read_raw()? else {
             return Ok(None);
         };
         self.pos.rows += 1;
         let pos = self.pos;
         let line = raw.line;
-        let origin = Origin { object, line };
         if let Some(kept) = raw.oversized {
             let reason = format!(
                 "ROW_TOO_LONG: 第 {line} 行超过 {} 字节或 {MAX_FIELDS} 列的上限 (source limit max_row)",
                 self.limits.max_row
             );
-            return Ok(Some((Row::Unreadable(mapping.unreadable(origin, kept, reason)), pos)));
+            return Ok(Some((
+                Row::Unreadable {
+                    line,
+                    raw: kept,
+                    reason,
+                },
+                pos,
+            )));
         }
         let long = (0..self.field_count()).find(|&i| self.field(i).len() > self.limits.max_value);
         if self.field_count() != self.width || long.is_some() {
@@ -422,14 +421,14 @@ impl CsvRows {
                 ),
             };
             let raw = serde_json::Value::from(raw).to_string();
-            return Ok(Some((Row::Unreadable(mapping.unreadable(origin, raw, reason)), pos)));
+            return Ok(Some((Row::Unreadable { line, raw, reason }, pos)));
         }
         let fields: Vec<Field<'_>> = self
             .index
             .iter()
             .map(|i| i.map(|i| decode(self.field(i), self.charset)))
             .collect();
-        Ok(Some((Row::Outcome(mapping.normalize(&fields, origin, now_us)), pos)))
+        Ok(Some((Row::Values { line, fields, op: None }, pos)))
     }
 }
 
@@ -510,7 +509,7 @@ impl JsonRows {
         })
     }
 
-    pub fn next(&mut self, mapping: &Mapping, object: &str, now_us: i64) -> std::io::Result<Option<(Row, Pos)>> {
+    pub fn next_row(&mut self, mapping: &Mapping) -> std::io::Result<Option<(Row<'_>, Pos)>> {
         loop {
             let (n, fits) = read_line_bounded(&mut self.reader, &mut self.line, self.limits.max_row)?;
             if n == 0 {
@@ -519,7 +518,6 @@ impl JsonRows {
             let line = self.pos.line;
             self.pos.byte += n as u64;
             self.pos.line += 1;
-            let origin = Origin { object, line };
             if let Line::Over(kept) = fits {
                 self.pos.rows += 1;
                 let reason = format!(
@@ -527,7 +525,11 @@ impl JsonRows {
                     self.limits.max_row
                 );
                 return Ok(Some((
-                    Row::Unreadable(mapping.unreadable(origin, kept, reason)),
+                    Row::Unreadable {
+                        line,
+                        raw: kept,
+                        reason,
+                    },
                     self.pos,
                 )));
             }
@@ -536,8 +538,8 @@ impl JsonRows {
                 Err(e) => {
                     self.pos.rows += 1;
                     let raw = String::from_utf8_lossy(&self.line).trim_end().to_owned();
-                    let q = mapping.unreadable(origin, raw, format!("{e} (第 {line} 行)"));
-                    return Ok(Some((Row::Unreadable(q), self.pos)));
+                    let reason = format!("{e} (第 {line} 行)");
+                    return Ok(Some((Row::Unreadable { line, raw, reason }, self.pos)));
                 }
             };
             let trimmed = crate::normalize::trim(&text);
@@ -548,12 +550,9 @@ impl JsonRows {
             let object_map = match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(trimmed) {
                 Ok(m) => m,
                 Err(e) => {
-                    let q = mapping.unreadable(
-                        origin,
-                        trimmed.to_owned(),
-                        format!("INVALID_JSON: 第 {line} 行不是 JSON 对象: {e}"),
-                    );
-                    return Ok(Some((Row::Unreadable(q), self.pos)));
+                    let reason = format!("INVALID_JSON: 第 {line} 行不是 JSON 对象: {e}");
+                    let raw = trimmed.to_owned();
+                    return Ok(Some((Row::Unreadable { line, raw, reason }, self.pos)));
                 }
             };
             let max_value = self.limits.max_value;
@@ -592,13 +591,17 @@ impl JsonRows {
                         _ => None,
                     })
                     .collect();
-                let q = mapping.unreadable(origin, kept, reasons.join("; "));
-                return Ok(Some((Row::Unreadable(q), self.pos)));
+                let reason = reasons.join("; ");
+                return Ok(Some((
+                    Row::Unreadable {
+                        line,
+                        raw: kept,
+                        reason,
+                    },
+                    self.pos,
+                )));
             }
-            return Ok(Some((
-                Row::Outcome(mapping.normalize(&fields, origin, now_us)),
-                self.pos,
-            )));
+            return Ok(Some((Row::Values { line, fields, op: None }, self.pos)));
         }
     }
 }
@@ -690,7 +693,7 @@ impl XlsxRows {
 }
 
 impl XlsxRows {
-    pub fn next(&mut self, mapping: &Mapping, object: &str, now_us: i64) -> std::io::Result<Option<(Row, Pos)>> {
+    pub fn next_row(&mut self, mapping: &Mapping) -> std::io::Result<Option<(Row<'_>, Pos)>> {
         loop {
             // A worksheet that cannot be read on is unreadable for good
             // (InvalidData): the rows before it stay delivered.
@@ -742,10 +745,7 @@ impl XlsxRows {
                     other => other,
                 })
                 .collect();
-            return Ok(Some((
-                Row::Outcome(mapping.normalize(&fields, Origin { object, line }, now_us)),
-                pos,
-            )));
+            return Ok(Some((Row::Values { line, fields, op: None }, pos)));
         }
     }
 }
@@ -947,219 +947,17 @@ pub enum Rows {
 }
 
 impl Rows {
-    pub fn next(&mut self, mapping: &Mapping, object: &str, now_us: i64) -> std::io::Result<Option<(Row, Pos)>> {
+    /// The next row and the position after it, or `None` at the end. An
+    /// I/O error is returned as `Err` (the file is retried later, from its
+    /// last commit); `InvalidData` means the file stays unreadable.
+    pub fn next(&mut self, mapping: &Mapping) -> std::io::Result<Option<(Row<'_>, Pos)>> {
         match self {
-            Rows::Csv(r) => r.next(mapping, object, now_us),
-            Rows::Json(r) => r.next(mapping, object, now_us),
-            Rows::Xlsx(r) => r.next(mapping, object, now_us),
+            Rows::Csv(r) => r.next_row(),
+            Rows::Json(r) => r.next_row(mapping),
+            Rows::Xlsx(r) => r.next_row(mapping),
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use calamine::{Data, ExcelDateTime, ExcelDateTimeType};
-
-    use super::*;
-
-    fn text(d: &Data, item: &str) -> Result<String, &'static str> {
-        let catalog =
-            rules::catalog::Catalog::from_toml_str(include_str!("../../../deploy/catalog.example.toml")).unwrap();
-        let item = catalog.resource("1010100/0001").unwrap().item(item).unwrap();
-        match cell(d, Some(item)) {
-            Some(Ok(v)) => Ok(v.into_owned()),
-            Some(Err(e)) => Err(e.code),
-            None => Err("empty"),
-        }
-    }
-
-    #[test]
-    fn excel_serial_dates_in_both_systems() {
-        // shared/standards.md: serials 42544 / 59 / 61 in the 1900 system.
-        assert_eq!(text(&Data::Float(42544.0), "DE00004"), Ok("2016-06-23".into()));
-        assert_eq!(text(&Data::Int(59), "DE00004"), Ok("1900-02-28".into()));
-        assert_eq!(text(&Data::Int(61), "DE00004"), Ok("1900-03-01".into()));
-        let d1904 = Data::DateTime(ExcelDateTime::new(0.0, ExcelDateTimeType::DateTime, true));
-        assert_eq!(text(&d1904, "DE00004"), Ok("1904-01-01".into()));
-        let d1900 = Data::DateTime(ExcelDateTime::new(42544.0, ExcelDateTimeType::DateTime, false));
-        assert_eq!(text(&d1900, "DE00008"), Ok("2016-06-23".into()));
-    }
-
-    #[test]
-    fn numbers_never_stand_for_identifiers() {
-        assert_eq!(
-            text(&Data::Float(3.20282199001019e17), "DE00001"),
-            Err("NUMERIC_IDENTIFIER")
-        );
-        assert_eq!(text(&Data::Int(214200), "DE00001"), Err("NUMERIC_IDENTIFIER"));
-        // A mobile number is exact as a number; a name is not an identifier.
-        assert_eq!(text(&Data::Float(13912345678.0), "DE00007"), Ok("13912345678".into()));
-        assert_eq!(text(&Data::Int(1), "DE00003"), Ok("1".into()));
-        assert_eq!(text(&Data::Empty, "DE00002"), Err("empty"));
-    }
-
-    #[test]
-    fn utf8_evidence_is_the_same_whatever_the_chunks() {
-        let mut text = "公民身份号码,姓名\n320282199001019995,李四\n".repeat(50).into_bytes();
-        text.insert(200, 0xB0);
-        let mut whole = Utf8Evidence::default();
-        whole.update(&text);
-        whole.finish();
-        assert_eq!(whole.invalid, 1);
-        assert_eq!(whole.multibyte as usize, "公民身份号码姓名李四".chars().count() * 50);
-        assert_eq!(whole.charset(), Charset::Utf8);
-        for size in [1, 2, 3, 7, 64] {
-            let mut parts = Utf8Evidence::default();
-            for chunk in text.chunks(size) {
-                parts.update(chunk);
-            }
-            parts.finish();
-            assert_eq!(
-                (parts.multibyte, parts.invalid),
-                (whole.multibyte, whole.invalid),
-                "{size}"
-            );
-        }
-        // GBK text: its bytes are mostly not UTF-8.
-        let (gbk, _, _) = encoding_rs::GB18030.encode("姓名,李四,王五,赵六\n");
-        let mut e = Utf8Evidence::default();
-        e.update(&gbk);
-        e.finish();
-        assert_eq!(e.charset(), Charset::Gb18030);
-        let bytes: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
-        assert_eq!(leads(&bytes), bytes.iter().filter(|&&b| b >= 0xC0).count() as u64);
-    }
-
-    fn people_mapping() -> Mapping {
-        let catalog =
-            rules::catalog::Catalog::from_toml_str(include_str!("../../../deploy/catalog.example.toml")).unwrap();
-        let columns = [
-            ("公民身份号码", "DE00001"),
-            ("姓名", "DE00002"),
-            ("性别", "DE00003"),
-            ("出生日期", "DE00004"),
-        ];
-        let source = crate::config::SourceConfig {
-            name: "people".into(),
-            kind: crate::config::SourceKind::Folder,
-            resource: "1010100/0001".into(),
-            path: "/tmp".into(),
-            format: crate::config::FileFormat::Auto,
-            encoding: crate::config::Encoding::Auto,
-            complete: crate::config::Completion::Rename,
-            settle: std::time::Duration::ZERO,
-            rescan: std::time::Duration::ZERO,
-            after: crate::config::AfterDone::Move,
-            op_column: None,
-            db: None,
-            transforms: Default::default(),
-            columns: columns
-                .iter()
-                .map(|(c, e)| ((*c).to_owned(), (*e).to_owned()))
-                .collect(),
-            limits: Limits::default(),
-            max_attempts: 3,
-        };
-        Mapping::new("320282-gaj", &source, catalog.resource("1010100/0001").unwrap())
-    }
-
-    fn temp_file(bytes: &[u8]) -> File {
-        use std::io::Write as _;
-        let mut f = tempfile::tempfile().unwrap();
-        f.write_all(bytes).unwrap();
-        f.rewind().unwrap();
-        f
-    }
-
-    /// Found by fuzzing: a row that starts with the bytes of a BOM, read
-    /// again from its position after a restart, lost them (csv-core strips a
-    /// BOM at what it takes for the start of a file).
-    #[test]
-    fn a_csv_resumed_before_bom_bytes_reads_the_same_rows() {
-        let m = people_mapping();
-        let text = "公民身份号码,姓名,性别,出生日期\n320282199001019995,李四,1,1990-01-01\n\u{FEFF}320282199001019995,王五,2,1990-01-01\n";
-        let read = |from: Pos| {
-            let mut rows =
-                CsvRows::open(temp_file(text.as_bytes()), Charset::Utf8, &m, from, Limits::default()).unwrap();
-            let mut out = Vec::new();
-            while let Some((row, pos)) = rows.next(&m, "f.csv", 0).unwrap() {
-                let kind = match row {
-                    Row::Outcome(Outcome::Record { bytes, .. }) => format!("record {bytes:?}"),
-                    Row::Outcome(Outcome::Quarantine(q)) | Row::Unreadable(q) => format!("quarantine {q:?}"),
-                };
-                out.push((kind, pos));
-            }
-            out
-        };
-        let whole = read(Pos::default());
-        assert_eq!(whole.len(), 2);
-        assert_eq!(read(whole[0].1), whole[1..]);
-    }
-
-    /// Found by fuzzing: calamine panics on a shared-string index past the
-    /// table. The file is unreadable (an error), never a silent end of the
-    /// sheet that would move unread rows to done/.
-    #[test]
-    fn a_worksheet_calamine_panics_on_is_an_error_not_an_end() {
-        use std::io::Write as _;
-        let m = people_mapping();
-        let ns = "http://schemas.openxmlformats.org/";
-        let parts = [
-            (
-                "[Content_Types].xml",
-                format!(
-                    r#"<?xml version="1.0"?><Types xmlns="{ns}package/2006/content-types"><Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/><Default Extension="xml" ContentType="application/xml"/><Override PartName="/xl/workbook.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"/><Override PartName="/xl/worksheets/sheet1.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.worksheet+xml"/><Override PartName="/xl/sharedStrings.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sharedStrings+xml"/></Types>"#
-                ),
-            ),
-            (
-                "_rels/.rels",
-                format!(
-                    r#"<?xml version="1.0"?><Relationships xmlns="{ns}package/2006/relationships"><Relationship Id="rId1" Type="{ns}officeDocument/2006/relationships/officeDocument" Target="xl/workbook.xml"/></Relationships>"#
-                ),
-            ),
-            (
-                "xl/workbook.xml",
-                format!(
-                    r#"<?xml version="1.0"?><workbook xmlns="{ns}spreadsheetml/2006/main" xmlns:r="{ns}officeDocument/2006/relationships"><sheets><sheet name="S" sheetId="1" r:id="rId1"/></sheets></workbook>"#
-                ),
-            ),
-            (
-                "xl/_rels/workbook.xml.rels",
-                format!(
-                    r#"<?xml version="1.0"?><Relationships xmlns="{ns}package/2006/relationships"><Relationship Id="rId1" Type="{ns}officeDocument/2006/relationships/worksheet" Target="worksheets/sheet1.xml"/><Relationship Id="rId2" Type="{ns}officeDocument/2006/relationships/sharedStrings" Target="sharedStrings.xml"/></Relationships>"#
-                ),
-            ),
-            (
-                "xl/sharedStrings.xml",
-                format!(
-                    r#"<?xml version="1.0"?><sst xmlns="{ns}spreadsheetml/2006/main"><si><t>公民身份号码</t></si><si><t>姓名</t></si><si><t>性别</t></si><si><t>出生日期</t></si></sst>"#
-                ),
-            ),
-            (
-                "xl/worksheets/sheet1.xml",
-                // Row 2 is a person; row 3 names shared string 99 of a table of four.
-                format!(
-                    r#"<?xml version="1.0"?><worksheet xmlns="{ns}spreadsheetml/2006/main"><sheetData><row r="1"><c r="A1" t="s"><v>0</v></c><c r="B1" t="s"><v>1</v></c><c r="C1" t="s"><v>2</v></c><c r="D1" t="s"><v>3</v></c></row><row r="2"><c r="A2" t="inlineStr"><is><t>320282199001019995</t></is></c><c r="B2" t="inlineStr"><is><t>李四</t></is></c></row><row r="3"><c r="A3" t="s"><v>99</v></c></row><row r="4"><c r="A4" t="inlineStr"><is><t>x</t></is></c></row></sheetData></worksheet>"#
-                ),
-            ),
-        ];
-        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-        let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-        for (name, text) in &parts {
-            zip.start_file(*name, stored).unwrap();
-            zip.write_all(text.as_bytes()).unwrap();
-        }
-        let bytes = zip.finish().unwrap().into_inner();
-        let mut rows = XlsxRows::open(temp_file(&bytes), &m, Pos::default(), Limits::default()).unwrap();
-        loop {
-            match rows.next(&m, "f.xlsx", 0) {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the sheet ended silently: rows after the bad cell would be lost"),
-                Err(e) => {
-                    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
-                    break;
-                }
-            }
-        }
-    }
-}
+mod tests;
