@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::config::Config;
+use crate::config::{Config, Input};
 
 /// One line of the report: what was checked, and how it went.
 pub struct Finding {
@@ -33,16 +33,16 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         warnings: Vec::new(),
     });
     for s in &config.sources {
-        match &s.db {
-            None => out.push(Finding {
-                what: format!("source {}: drop folder {}", s.name, s.path.display()),
-                outcome: writable_dir(&s.path),
-                warnings: folder_warnings(&s.path),
+        match &s.input {
+            Input::Folder(f) => out.push(Finding {
+                what: format!("source {}: drop folder {}", s.name, f.path.display()),
+                outcome: writable_dir(&f.path),
+                warnings: folder_warnings(&f.path),
             }),
-            Some(db) => out.push(Finding {
+            Input::Database(db) => out.push(Finding {
                 what: format!(
                     "source {}: {:?} table {} ({:?} capture)",
-                    s.name, s.kind, db.table, db.capture
+                    s.name, db.kind, db.table, db.capture
                 ),
                 outcome: crate::source::db::check(s).await.map_err(|e| e.to_string()),
                 warnings: Vec::new(),

@@ -252,7 +252,7 @@ fn main() -> ExitCode {
                     let did = if install { "installed" } else { "removed" };
                     println!(
                         "source {name}: change log {did} on table {}",
-                        source.db.as_ref().map_or("", |d| d.table.as_str())
+                        source.database().map_or("", |d| d.table.as_str())
                     );
                     ExitCode::SUCCESS
                 }

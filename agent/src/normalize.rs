@@ -9,13 +9,16 @@
 use prost::Message;
 use proto::v1::{Operation, Record, SourcePosition};
 
-use crate::config::SourceConfig;
+use crate::config::MappingConfig;
 use crate::outbox::Quarantined;
 use rules::catalog::Resource;
 use rules::element::Issue;
 
 #[cfg(test)]
 mod tests;
+mod transform;
+
+pub use transform::Transform;
 
 /// How one source's columns map onto one resource.
 #[derive(Debug, Clone)]
@@ -24,7 +27,7 @@ pub struct Mapping {
     source: String,
     resource: Resource,
     /// (column, index of the item in `resource.items`, transforms).
-    columns: Vec<(String, usize, Vec<crate::config::Transform>)>,
+    columns: Vec<(String, usize, Vec<Transform>)>,
     op_column: Option<String>,
 }
 
@@ -69,10 +72,10 @@ pub enum Row<'a> {
 }
 
 impl Mapping {
-    /// Builds the mapping of a validated source. Config validation has
-    /// already checked that the resource and every element exist.
-    pub fn new(agency: &str, source: &SourceConfig, resource: &Resource) -> Mapping {
-        let columns = source
+    /// Builds the mapping of source `source`. Config validation has already
+    /// checked that the resource and every element exist.
+    pub fn new(agency: &str, source: &str, config: &MappingConfig, resource: &Resource) -> Mapping {
+        let columns = config
             .columns
             .iter()
             .filter_map(|(col, element)| {
@@ -80,16 +83,16 @@ impl Mapping {
                 Some((
                     col.clone(),
                     idx,
-                    source.transforms.get(col).cloned().unwrap_or_default(),
+                    config.transforms.get(col).cloned().unwrap_or_default(),
                 ))
             })
             .collect();
         Mapping {
             agency: agency.to_owned(),
-            source: source.name.clone(),
+            source: source.to_owned(),
             resource: resource.clone(),
             columns,
-            op_column: source.op_column.clone(),
+            op_column: config.op_column.clone(),
         }
     }
 

@@ -122,7 +122,7 @@ pub fn export_csv(config: &Config, entries: &[Held], encoding: Option<Encoding>)
         .first()
         .and_then(|h| config.sources.iter().find(|s| s.name == h.entry.source));
     let columns: Vec<String> = source
-        .map(|s| s.columns.iter().map(|(c, _)| c.clone()).collect())
+        .map(|s| s.mapping.columns.iter().map(|(c, _)| c.clone()).collect())
         .unwrap_or_default();
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header = vec!["隔离编号", "来源", "文件", "行号", "原因"];
@@ -154,7 +154,9 @@ pub fn export_csv(config: &Config, entries: &[Held], encoding: Option<Encoding>)
     }
     let text = String::from_utf8(w.into_inner().map_err(|e| Error::Csv(e.to_string()))?)
         .map_err(|e| Error::Csv(e.to_string()))?;
-    let encoding = encoding.or(source.map(|s| s.encoding)).unwrap_or(Encoding::Utf8);
+    let encoding = encoding
+        .or(source.and_then(|s| s.folder()).map(|f| f.encoding))
+        .unwrap_or(Encoding::Utf8);
     Ok(match encoding {
         Encoding::Gb18030 => encoding_rs::GB18030.encode(&text).0.into_owned(),
         Encoding::Utf8 | Encoding::Auto => {
@@ -199,7 +201,7 @@ pub fn retry(config: &Config, filter: &QuarantineFilter) -> Result<Retried, Erro
             result.not_retryable += 1;
             continue;
         };
-        let mapping = Mapping::new(&config.agency, source, resource);
+        let mapping = Mapping::new(&config.agency, &source.name, &source.mapping, resource);
         // A value by column name, or by data element (entries the hub
         // rejected keep their items by element).
         let mut placeholder = false;

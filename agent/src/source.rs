@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{SourceConfig, SourceKind};
+use crate::config::{Input, SourceConfig};
 use crate::health::Health;
 use crate::normalize::Mapping;
 use crate::outbox::Outbox;
@@ -97,16 +97,16 @@ impl Sources {
             let Some(resource) = catalog.resource(&config.resource) else {
                 continue;
             };
-            let mapping = Mapping::new(&self.agency, config, resource);
+            let mapping = Mapping::new(&self.agency, &config.name, &config.mapping, resource);
             let stats = self.health.source(&config.name);
             let token = self.parent.child_token();
-            let task = match config.kind {
-                SourceKind::Folder => {
-                    let folder = folder::Folder::new(config.clone(), mapping, self.outbox.clone(), stats);
+            let task = match &config.input {
+                Input::Folder(f) => {
+                    let folder = folder::Folder::new(&config.name, f.clone(), mapping, self.outbox.clone(), stats);
                     self.tasks.spawn(folder.run(token.clone()))
                 }
-                SourceKind::Sqlite | SourceKind::Postgres | SourceKind::Mysql => {
-                    let source = db::DbSource::new(config.clone(), mapping, self.outbox.clone(), stats);
+                Input::Database(d) => {
+                    let source = db::DbSource::new(config.clone(), d.clone(), mapping, self.outbox.clone(), stats);
                     self.tasks.spawn(source.run(token.clone()))
                 }
             };

@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 
 use rules::catalog::{ItemType, canonical};
-use agent::config::Transform;
+use agent::normalize::Transform;
 use rules::element::DICTIONARY;
 use agent::normalize::{Field, Mapping, Origin, Outcome, trim};
 use libfuzzer_sys::fuzz_target;
@@ -48,8 +48,8 @@ fn mappings() -> &'static [Mapping] {
         ]
         .into();
         vec![
-            Mapping::new(AGENCY, &plain, resource),
-            Mapping::new(AGENCY, &transformed, resource),
+            Mapping::new(AGENCY, "people", &plain, resource),
+            Mapping::new(AGENCY, "people", &transformed, resource),
         ]
     })
 }

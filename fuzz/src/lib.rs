@@ -14,7 +14,7 @@ use std::io::{Seek, Write};
 use std::sync::OnceLock;
 
 use rules::catalog::Catalog;
-use agent::config::{AfterDone, Completion, Encoding, FileFormat, SourceConfig, SourceKind};
+use agent::config::MappingConfig;
 use agent::normalize::{Mapping, Outcome};
 use agent::source::format::{Charset, CsvRows, JsonRows, Limits, Pos, Rows, Unreadable, Utf8Evidence, XlsxRows};
 use prost::Message;
@@ -43,29 +43,16 @@ pub fn catalog() -> &'static Catalog {
     })
 }
 
-/// The people source of `deploy/agent.example.toml` (and of the end-to-end
-/// tests), as config validation would build it.
-pub fn people_source(op_column: Option<&str>) -> SourceConfig {
-    SourceConfig {
-        name: "people".into(),
-        kind: SourceKind::Folder,
-        resource: PEOPLE.into(),
-        path: "/nonexistent".into(),
-        format: FileFormat::Auto,
-        encoding: Encoding::Auto,
-        complete: Completion::Rename,
-        settle: std::time::Duration::ZERO,
-        rescan: std::time::Duration::ZERO,
-        after: AfterDone::Move,
+/// The people mapping of `deploy/agent.example.toml` (and of the
+/// end-to-end tests), as config validation would build it.
+pub fn people_source(op_column: Option<&str>) -> MappingConfig {
+    MappingConfig {
         op_column: op_column.map(str::to_owned),
-        db: None,
         transforms: Default::default(),
         columns: PEOPLE_COLUMNS
             .iter()
             .map(|(c, e)| ((*c).to_owned(), (*e).to_owned()))
             .collect(),
-        limits: Default::default(),
-        max_attempts: 3,
     }
 }
 
@@ -76,7 +63,7 @@ pub fn people_mapping() -> &'static Mapping {
         let resource = catalog()
             .resource(PEOPLE)
             .expect("the example catalog has the people resource");
-        Mapping::new(AGENCY, &people_source(None), resource)
+        Mapping::new(AGENCY, "people", &people_source(None), resource)
     })
 }
 

@@ -1,4 +1,6 @@
+use super::raw::parse_size;
 use super::*;
+use crate::normalize::Transform;
 
 const CATALOG: &str = include_str!("../../../deploy/catalog.example.toml");
 
@@ -37,9 +39,10 @@ fn good_config_gets_defaults_and_resolved_paths() {
     assert_eq!(c.hub.compression, Compression::Zstd);
     assert_eq!(c.health_listen.to_string(), "127.0.0.1:9720");
     let s = &c.sources[0];
-    assert_eq!(s.path, PathBuf::from("/etc/qianzhi/drop"));
-    assert_eq!(s.complete, Completion::Rename);
-    assert_eq!(s.columns.len(), 2);
+    let f = s.folder().unwrap();
+    assert_eq!(f.path, PathBuf::from("/etc/qianzhi/drop"));
+    assert_eq!(f.complete, Completion::Rename);
+    assert_eq!(s.mapping.columns.len(), 2);
 }
 
 #[test]
@@ -77,7 +80,7 @@ fn sources_are_checked_against_the_catalog() {
 fn transforms_are_checked_when_the_config_loads() {
     let with = |t: &str| format!("{GOOD}[source.transforms]\n{t}\n");
     let c = parse(&with("\"姓名\" = [\"remove_spaces\", \"map:无=未知\"]")).unwrap();
-    let t = &c.sources[0].transforms["姓名"];
+    let t = &c.sources[0].mapping.transforms["姓名"];
     assert_eq!(
         t,
         &vec![Transform::RemoveSpaces, Transform::Map("无".into(), "未知".into())]
@@ -107,7 +110,7 @@ fn sizes_parse() {
 fn the_shipped_example_config_is_valid() {
     let text = include_str!("../../../deploy/agent.example.toml");
     let c = Config::from_toml_str(text, Path::new("/etc/qianzhi/agent.toml"), |_| Ok(CATALOG.to_owned())).unwrap();
-    assert_eq!(c.sources[0].columns.len(), 8);
+    assert_eq!(c.sources[0].mapping.columns.len(), 8);
     assert_eq!(c.health_listen.to_string(), "127.0.0.1:9720");
 }
 
@@ -134,7 +137,7 @@ xm = "DE00002"
 #[test]
 fn database_source_gets_defaults() {
     let c = parse(DB).unwrap();
-    let db = c.sources[0].db.as_ref().unwrap();
+    let db = c.sources[0].database().unwrap();
     assert_eq!(db.capture, CaptureMode::Changelog);
     assert_eq!(db.install, InstallMode::Auto);
     assert!(db.snapshot);

@@ -1,39 +1,27 @@
 use std::borrow::Cow;
 
 use super::*;
-use crate::config::{AfterDone, Completion, Encoding, FileFormat, SourceConfig, SourceKind};
+use crate::config::MappingConfig;
 use rules::catalog::Catalog;
 use rules::element::Issue;
 
 fn mapping(op_column: Option<&str>) -> Mapping {
     let catalog = Catalog::from_toml_str(include_str!("../../../deploy/catalog.example.toml")).unwrap();
-    let source = SourceConfig {
-        name: "people".into(),
-        kind: SourceKind::Folder,
-        resource: "1010100/0001".into(),
-        path: "/tmp".into(),
-        format: FileFormat::Csv,
-        encoding: Encoding::Auto,
-        complete: Completion::Rename,
-        settle: std::time::Duration::ZERO,
-        rescan: std::time::Duration::ZERO,
-        after: AfterDone::Move,
+    let config = MappingConfig {
         op_column: op_column.map(str::to_owned),
-        db: None,
-        transforms: [(
-            "id".to_owned(),
-            vec![crate::config::Transform::StripPrefix("ID:".into())],
-        )]
-        .into(),
+        transforms: [("id".to_owned(), vec![Transform::StripPrefix("ID:".into())])].into(),
         columns: vec![
             ("id".into(), "DE00001".into()),
             ("name".into(), "DE00002".into()),
             ("born".into(), "DE00004".into()),
         ],
-        limits: Default::default(),
-        max_attempts: 3,
     };
-    Mapping::new("320282-gaj", &source, catalog.resource("1010100/0001").unwrap())
+    Mapping::new(
+        "320282-gaj",
+        "people",
+        &config,
+        catalog.resource("1010100/0001").unwrap(),
+    )
 }
 
 fn check(row: &[Option<&str>], op_column: Option<&str>) -> String {

@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::commit::{Chunk, Committer, Position};
-use crate::config::{CaptureMode, DbConfig, InstallMode, SourceConfig, SourceKind};
+use crate::config::{CaptureMode, DbConfig, DbKind, InstallMode, SourceConfig};
 use crate::health::SourceStats;
 use crate::normalize::{Field, Mapping, Origin, Outcome, Row};
 use crate::outbox::{self, Outbox};
@@ -83,7 +83,7 @@ pub struct Change {
 /// What a backend needs to know of the source.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub kind: SourceKind,
+    pub kind: DbKind,
     pub source: String,
     pub url: String,
     pub password: Option<String>,
@@ -105,12 +105,12 @@ impl Target {
             None => None,
         };
         Ok(Target {
-            kind: config.kind,
+            kind: db.kind,
             source: config.name.clone(),
             url: db.url.clone(),
             password,
             table: db.table.clone(),
-            columns: config.columns.iter().map(|(c, _)| c.clone()).collect(),
+            columns: config.mapping.columns.iter().map(|(c, _)| c.clone()).collect(),
             watermark: db.watermark.clone(),
         })
     }
@@ -223,11 +223,13 @@ impl From<outbox::Error> for Stop {
 }
 
 impl DbSource {
-    pub fn new(config: SourceConfig, mapping: Mapping, outbox: Outbox, stats: Arc<SourceStats>) -> DbSource {
-        let db = config
-            .db
-            .clone()
-            .unwrap_or_else(|| unreachable!("database source without db config"));
+    pub fn new(
+        config: SourceConfig,
+        db: DbConfig,
+        mapping: Mapping,
+        outbox: Outbox,
+        stats: Arc<SourceStats>,
+    ) -> DbSource {
         let committer = Committer::new(&config.name, &mapping.resource().code, &outbox, &stats);
         DbSource {
             config,
@@ -242,11 +244,10 @@ impl DbSource {
     pub async fn run(self, token: CancellationToken) {
         let span = info_span!("source", name = %self.config.name, table = %self.db.table);
         async move {
-            match self.config.kind {
-                SourceKind::Sqlite => self.run_with::<sqlite::Sqlite>(token).await,
-                SourceKind::Postgres => self.run_with::<postgres::Postgres>(token).await,
-                SourceKind::Mysql => self.run_with::<mysql::Mysql>(token).await,
-                SourceKind::Folder => unreachable!("folder source in the database runner"),
+            match self.db.kind {
+                DbKind::Sqlite => self.run_with::<sqlite::Sqlite>(token).await,
+                DbKind::Postgres => self.run_with::<postgres::Postgres>(token).await,
+                DbKind::Mysql => self.run_with::<mysql::Mysql>(token).await,
             }
         }
         .instrument(span)
@@ -668,8 +669,8 @@ fn forget_sql(ranges: &[(i64, i64)]) -> Vec<String> {
 }
 
 /// Quotes an identifier (validated by the config: no quote characters).
-fn quote(kind: SourceKind, name: &str) -> String {
-    let q = if kind == SourceKind::Mysql { '`' } else { '"' };
+fn quote(kind: DbKind, name: &str) -> String {
+    let q = if kind == DbKind::Mysql { '`' } else { '"' };
     name.split('.')
         .map(|p| format!("{q}{p}{q}"))
         .collect::<Vec<_>>()
@@ -679,7 +680,7 @@ fn quote(kind: SourceKind, name: &str) -> String {
 /// The JSON object of a row's mapped columns, built by the database's
 /// `object` function (`json_object`, `JSON_OBJECT`); `row` is `NEW.`,
 /// `OLD.` or empty.
-fn image_sql(kind: SourceKind, object: &str, target: &Target, row: &str) -> String {
+fn image_sql(kind: DbKind, object: &str, target: &Target, row: &str) -> String {
     let pairs: Vec<String> = target
         .columns
         .iter()
@@ -691,7 +692,7 @@ fn image_sql(kind: SourceKind, object: &str, target: &Target, row: &str) -> Stri
 /// One row trigger per event, for databases whose triggers list the
 /// columns (SQLite, MySQL): (quoted trigger name, event, the INSERT into the
 /// change log).
-fn row_triggers(kind: SourceKind, object: &str, target: &Target) -> Vec<(String, &'static str, String)> {
+fn row_triggers(kind: DbKind, object: &str, target: &Target) -> Vec<(String, &'static str, String)> {
     let base = target.trigger_base();
     let tbl = literal(target.log_name());
     let new = image_sql(kind, object, target, "NEW.");
@@ -718,7 +719,7 @@ fn row_triggers(kind: SourceKind, object: &str, target: &Target) -> Vec<(String,
 
 /// Install statements for row triggers: the change log's DDL, then each
 /// trigger dropped and created again (so that a changed mapping replaces it).
-fn install_row_triggers(kind: SourceKind, mut sql: Vec<String>, triggers: Vec<(String, String)>) -> Vec<String> {
+fn install_row_triggers(kind: DbKind, mut sql: Vec<String>, triggers: Vec<(String, String)>) -> Vec<String> {
     for (name, create) in triggers {
         sql.push(format!("DROP TRIGGER IF EXISTS {}", quote(kind, &name)));
         sql.push(create);
@@ -728,7 +729,7 @@ fn install_row_triggers(kind: SourceKind, mut sql: Vec<String>, triggers: Vec<(S
 
 /// Uninstall statements for row triggers: each dropped, then the table's
 /// pending changes forgotten.
-fn uninstall_row_triggers(kind: SourceKind, target: &Target, names: Vec<String>) -> Vec<String> {
+fn uninstall_row_triggers(kind: DbKind, target: &Target, names: Vec<String>) -> Vec<String> {
     let mut sql: Vec<String> = names
         .iter()
         .map(|name| format!("DROP TRIGGER IF EXISTS {}", quote(kind, name)))
@@ -747,10 +748,7 @@ fn literal(s: &str) -> String {
 
 /// The install or uninstall statements of a source, for `qianzhi source`.
 pub fn statements(config: &SourceConfig, install: bool) -> Result<Vec<String>, DbError> {
-    let db = config
-        .db
-        .as_ref()
-        .ok_or_else(|| DbError(format!("source {} is not a database source", config.name)))?;
+    let db = database(config)?;
     if db.capture != CaptureMode::Changelog {
         return Err(DbError(format!(
             "source {} uses capture = \"incremental\": it needs no triggers",
@@ -758,14 +756,13 @@ pub fn statements(config: &SourceConfig, install: bool) -> Result<Vec<String>, D
         )));
     }
     let t = Target::new(config, db)?;
-    Ok(match (config.kind, install) {
-        (SourceKind::Sqlite, true) => sqlite::Sqlite::install_sql(&t),
-        (SourceKind::Sqlite, false) => sqlite::Sqlite::uninstall_sql(&t),
-        (SourceKind::Postgres, true) => postgres::Postgres::install_sql(&t),
-        (SourceKind::Postgres, false) => postgres::Postgres::uninstall_sql(&t),
-        (SourceKind::Mysql, true) => mysql::Mysql::install_sql(&t),
-        (SourceKind::Mysql, false) => mysql::Mysql::uninstall_sql(&t),
-        (SourceKind::Folder, _) => vec![],
+    Ok(match (db.kind, install) {
+        (DbKind::Sqlite, true) => sqlite::Sqlite::install_sql(&t),
+        (DbKind::Sqlite, false) => sqlite::Sqlite::uninstall_sql(&t),
+        (DbKind::Postgres, true) => postgres::Postgres::install_sql(&t),
+        (DbKind::Postgres, false) => postgres::Postgres::uninstall_sql(&t),
+        (DbKind::Mysql, true) => mysql::Mysql::install_sql(&t),
+        (DbKind::Mysql, false) => mysql::Mysql::uninstall_sql(&t),
     })
 }
 
@@ -773,31 +770,23 @@ pub fn statements(config: &SourceConfig, install: bool) -> Result<Vec<String>, D
 /// database (`qianzhi source install|uninstall NAME`).
 pub async fn apply(config: &SourceConfig, install: bool) -> Result<(), DbError> {
     let sql = statements(config, install)?;
-    let db = config
-        .db
-        .as_ref()
-        .ok_or_else(|| DbError("not a database source".into()))?;
+    let db = database(config)?;
     let t = Target::new(config, db)?;
-    match config.kind {
-        SourceKind::Sqlite => sqlite::Sqlite::connect(&t).await?.execute(&sql).await,
-        SourceKind::Postgres => postgres::Postgres::connect(&t).await?.execute(&sql).await,
-        SourceKind::Mysql => mysql::Mysql::connect(&t).await?.execute(&sql).await,
-        SourceKind::Folder => Ok(()),
+    match db.kind {
+        DbKind::Sqlite => sqlite::Sqlite::connect(&t).await?.execute(&sql).await,
+        DbKind::Postgres => postgres::Postgres::connect(&t).await?.execute(&sql).await,
+        DbKind::Mysql => mysql::Mysql::connect(&t).await?.execute(&sql).await,
     }
 }
 
 /// Connects and checks the table, for `qianzhi check`.
 pub async fn check(config: &SourceConfig) -> Result<(), DbError> {
-    let db = config
-        .db
-        .as_ref()
-        .ok_or_else(|| DbError("not a database source".into()))?;
+    let db = database(config)?;
     let t = Target::new(config, db)?;
-    let installed = match config.kind {
-        SourceKind::Sqlite => probe::<sqlite::Sqlite>(&t, db).await?,
-        SourceKind::Postgres => probe::<postgres::Postgres>(&t, db).await?,
-        SourceKind::Mysql => probe::<mysql::Mysql>(&t, db).await?,
-        SourceKind::Folder => true,
+    let installed = match db.kind {
+        DbKind::Sqlite => probe::<sqlite::Sqlite>(&t, db).await?,
+        DbKind::Postgres => probe::<postgres::Postgres>(&t, db).await?,
+        DbKind::Mysql => probe::<mysql::Mysql>(&t, db).await?,
     };
     if !installed && db.install == InstallMode::Manual {
         return Err(DbError(format!(
@@ -806,6 +795,13 @@ pub async fn check(config: &SourceConfig) -> Result<(), DbError> {
         )));
     }
     Ok(())
+}
+
+/// The database of a source, or why it has none.
+fn database(config: &SourceConfig) -> Result<&DbConfig, DbError> {
+    config
+        .database()
+        .ok_or_else(|| DbError(format!("source {} is not a database source", config.name)))
 }
 
 async fn probe<B: Backend>(t: &Target, db: &DbConfig) -> Result<bool, DbError> {

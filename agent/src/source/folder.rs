@@ -44,7 +44,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::commit::{Chunk, Committer, Position, Submitted};
 use super::format::{Charset, CsvRows, JsonRows, Pos, Rows, Unreadable, Utf8Evidence, XlsxRows};
-use crate::config::{AfterDone, Completion, Encoding, FileFormat, SourceConfig};
+use crate::config::{AfterDone, Completion, Encoding, FileFormat, FolderConfig};
 use crate::health::SourceStats;
 use crate::normalize::Mapping;
 use crate::outbox::{self, Outbox};
@@ -56,7 +56,9 @@ const CHUNKS_AHEAD: usize = 2;
 const RETRY_MAX: Duration = Duration::from_secs(300);
 
 pub struct Folder {
-    config: SourceConfig,
+    /// The source's name.
+    name: String,
+    config: FolderConfig,
     mapping: Arc<Mapping>,
     outbox: Outbox,
     committer: Committer,
@@ -149,9 +151,10 @@ impl Dirs {
 }
 
 impl Folder {
-    pub fn new(config: SourceConfig, mapping: Mapping, outbox: Outbox, stats: Arc<SourceStats>) -> Folder {
-        let committer = Committer::new(&config.name, &mapping.resource().code, &outbox, &stats);
+    pub fn new(name: &str, config: FolderConfig, mapping: Mapping, outbox: Outbox, stats: Arc<SourceStats>) -> Folder {
+        let committer = Committer::new(name, &mapping.resource().code, &outbox, &stats);
         Folder {
+            name: name.to_owned(),
             config,
             mapping: Arc::new(mapping),
             outbox,
@@ -161,7 +164,7 @@ impl Folder {
     }
 
     pub async fn run(self, token: CancellationToken) {
-        let span = info_span!("source", name = %self.config.name, path = %self.config.path.display());
+        let span = info_span!("source", name = %self.name, path = %self.config.path.display());
         self.run_inner(token).instrument(span).await
     }
 
@@ -217,7 +220,7 @@ impl Folder {
     /// Clears the positions of files no longer in the folder: left when a
     /// crash came between moving a finished file and clearing its position.
     async fn forget_gone_files(&self) -> Result<(), crate::outbox::Error> {
-        let source = self.config.name.clone();
+        let source = self.name.clone();
         let positions = self.outbox.read(move |r| r.positions(&source)).await?;
         let names: HashSet<String> = std::fs::read_dir(&self.config.path)
             .map(|entries| entries.flatten().map(|e| name_key(&e.file_name())).collect())
@@ -405,7 +408,7 @@ impl Folder {
         };
         let key = format!("file:{}", name_key(name));
         let reading = format!("reading:{}", name_key(name));
-        let source = self.config.name.clone();
+        let source = self.name.clone();
         let (stored, attempts) = {
             let (source, key, reading) = (source.clone(), key.clone(), reading.clone());
             self.outbox
@@ -543,7 +546,7 @@ impl Folder {
         let text = format!(
             "file: {}\nsource: {}\nrejected at: {}\nreason: {}\n",
             shown(name),
-            self.config.name,
+            self.name,
             humantime::format_rfc3339_seconds(SystemTime::now()),
             bounded(reason, 4000)
         );
@@ -738,7 +741,7 @@ struct FileJob {
     /// The name as logs show it.
     shown: String,
     key: String,
-    config: SourceConfig,
+    config: FolderConfig,
     mapping: Arc<Mapping>,
     committer: Committer,
     stats: Arc<SourceStats>,

@@ -80,7 +80,12 @@ fn bench_normalize(rows: u64) {
     );
     let config = agent::config::Config::from_toml_str(&text, Path::new("/x/agent.toml"), |_| Ok(CATALOG.to_owned()))
         .expect("config");
-    let mapping = Mapping::new(GAJ, &config.sources[0], catalog.resource(PEOPLE).expect("resource"));
+    let mapping = Mapping::new(
+        GAJ,
+        &config.sources[0].name,
+        &config.sources[0].mapping,
+        catalog.resource(PEOPLE).expect("resource"),
+    );
     // Columns in the mapping's order, with the kinds of mess real exports have.
     let order: Vec<usize> = mapping
         .columns()

@@ -9,7 +9,7 @@ use mysql_async::{Conn, Opts, OptsBuilder};
 use tokio::sync::mpsc;
 
 use super::{Backend, CHUNK, Change, DbError, LOG_TABLE, Target, missing_columns, quote};
-use crate::config::SourceKind;
+use crate::config::DbKind;
 
 pub struct Mysql {
     conn: Conn,
@@ -53,22 +53,22 @@ impl Mysql {
     }
 
     fn table(&self) -> String {
-        quote(SourceKind::Mysql, &self.target.table)
+        quote(DbKind::Mysql, &self.target.table)
     }
 
     fn mark(&self) -> String {
-        quote(SourceKind::Mysql, self.target.watermark.as_deref().unwrap_or("id"))
+        quote(DbKind::Mysql, self.target.watermark.as_deref().unwrap_or("id"))
     }
 
     fn image_sql(target: &Target, row: &str) -> String {
-        super::image_sql(SourceKind::Mysql, "JSON_OBJECT", target, row)
+        super::image_sql(DbKind::Mysql, "JSON_OBJECT", target, row)
     }
 
     /// (trigger name as in information_schema, CREATE statement, body as
     /// the server stores it).
     fn triggers(target: &Target) -> Vec<(String, String, String)> {
-        let table = quote(SourceKind::Mysql, &target.table);
-        super::row_triggers(SourceKind::Mysql, "JSON_OBJECT", target)
+        let table = quote(DbKind::Mysql, &target.table);
+        super::row_triggers(DbKind::Mysql, "JSON_OBJECT", target)
             .into_iter()
             .map(|(name, event, body)| {
                 let create = format!("CREATE TRIGGER {name} AFTER {event} ON {table} FOR EACH ROW {body}");
@@ -133,12 +133,12 @@ impl Backend for Mysql {
             .into_iter()
             .map(|(name, create, _)| (name, create))
             .collect();
-        super::install_row_triggers(SourceKind::Mysql, log, triggers)
+        super::install_row_triggers(DbKind::Mysql, log, triggers)
     }
 
     fn uninstall_sql(target: &Target) -> Vec<String> {
         let names = Self::triggers(target).into_iter().map(|(name, _, _)| name).collect();
-        super::uninstall_row_triggers(SourceKind::Mysql, target, names)
+        super::uninstall_row_triggers(DbKind::Mysql, target, names)
     }
 
     async fn execute(&mut self, sql: &[String]) -> Result<(), DbError> {

@@ -11,7 +11,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::{Backend, CHANNEL, CHUNK, Change, DbError, LOG_TABLE, Target, literal, missing_columns, quote};
-use crate::config::SourceKind;
+use crate::config::DbKind;
 
 pub struct Postgres {
     client: Client,
@@ -53,11 +53,11 @@ fn err<'a>(place: &'a str, what: &'a str) -> impl Fn(tokio_postgres::Error) -> D
 
 impl Postgres {
     fn table(&self) -> String {
-        quote(SourceKind::Postgres, &self.target.table)
+        quote(DbKind::Postgres, &self.target.table)
     }
 
     fn mark(&self) -> String {
-        quote(SourceKind::Postgres, self.target.watermark.as_deref().unwrap_or("ctid"))
+        quote(DbKind::Postgres, self.target.watermark.as_deref().unwrap_or("ctid"))
     }
 
     async fn require(&self, privilege: &str, on: &str, sql: &str) -> Result<(), DbError> {
@@ -167,7 +167,7 @@ impl Backend for Postgres {
     }
 
     fn install_sql(target: &Target) -> Vec<String> {
-        let table = quote(SourceKind::Postgres, &target.table);
+        let table = quote(DbKind::Postgres, &target.table);
         let tbl = literal(target.log_name());
         vec![
             format!(
@@ -200,7 +200,7 @@ impl Backend for Postgres {
     }
 
     fn uninstall_sql(target: &Target) -> Vec<String> {
-        let table = quote(SourceKind::Postgres, &target.table);
+        let table = quote(DbKind::Postgres, &target.table);
         let tbl = literal(target.log_name());
         vec![
             format!("DROP TRIGGER IF EXISTS qianzhi_capture ON {table}"),

@@ -37,7 +37,7 @@ use tokio::sync::{Notify, mpsc};
 use tracing::warn;
 
 use super::{Backend, CHUNK, Change, DbError, LOG_TABLE, Target, literal, missing_columns, quote};
-use crate::config::SourceKind;
+use crate::config::DbKind;
 
 /// How long the connection waits for a lock held by the business system.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -130,13 +130,13 @@ impl Sqlite {
     }
 
     fn image_sql(target: &Target, row: &str) -> String {
-        super::image_sql(SourceKind::Sqlite, "json_object", target, row)
+        super::image_sql(DbKind::Sqlite, "json_object", target, row)
     }
 
     /// (trigger name as stored in sqlite_master, CREATE statement).
     fn triggers(target: &Target) -> Vec<(String, String)> {
-        let table = quote(SourceKind::Sqlite, &target.table);
-        super::row_triggers(SourceKind::Sqlite, "json_object", target)
+        let table = quote(DbKind::Sqlite, &target.table);
+        super::row_triggers(DbKind::Sqlite, "json_object", target)
             .into_iter()
             .map(|(name, event, body)| {
                 let create = format!("CREATE TRIGGER {name} AFTER {event} ON {table} BEGIN {body}; END");
@@ -216,7 +216,7 @@ impl Backend for Sqlite {
                 .map_err(err("cannot open the database"))?;
             // The business system may hold the write lock for a while.
             conn.busy_timeout(BUSY_TIMEOUT).map_err(err("busy_timeout"))?;
-            let table = quote(SourceKind::Sqlite, &t.table);
+            let table = quote(DbKind::Sqlite, &t.table);
             let mut stmt = conn
                 .prepare(&format!("SELECT name FROM pragma_table_info({})", literal(&t.table)))
                 .map_err(err(&format!("cannot read the columns of {table}")))?;
@@ -266,12 +266,12 @@ impl Backend for Sqlite {
             ),
             format!("CREATE INDEX IF NOT EXISTS {LOG_TABLE}_tbl ON {LOG_TABLE} (tbl, id)"),
         ];
-        super::install_row_triggers(SourceKind::Sqlite, log, Self::triggers(target))
+        super::install_row_triggers(DbKind::Sqlite, log, Self::triggers(target))
     }
 
     fn uninstall_sql(target: &Target) -> Vec<String> {
         let names = Self::triggers(target).into_iter().map(|(name, _)| name).collect();
-        super::uninstall_row_triggers(SourceKind::Sqlite, target, names)
+        super::uninstall_row_triggers(DbKind::Sqlite, target, names)
     }
 
     async fn execute(&mut self, sql: &[String]) -> Result<(), DbError> {
@@ -377,7 +377,7 @@ impl Backend for Sqlite {
 
     async fn snapshot(&mut self, rows: mpsc::Sender<Vec<String>>) -> Result<Vec<i64>, DbError> {
         let image = Self::image_sql(&self.target, "");
-        let table = quote(SourceKind::Sqlite, &self.target.table);
+        let table = quote(DbKind::Sqlite, &self.target.table);
         let tbl = self.target.log_name().to_owned();
         self.call(move |c| {
             // One read transaction: the rows and the change-log ids they
@@ -521,8 +521,8 @@ impl Backend for Sqlite {
 impl Sqlite {
     fn mark(&self) -> (String, String) {
         (
-            quote(SourceKind::Sqlite, &self.target.table),
-            quote(SourceKind::Sqlite, self.target.watermark.as_deref().unwrap_or("rowid")),
+            quote(DbKind::Sqlite, &self.target.table),
+            quote(DbKind::Sqlite, self.target.watermark.as_deref().unwrap_or("rowid")),
         )
     }
 }

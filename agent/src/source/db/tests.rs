@@ -17,7 +17,7 @@ fn ranges_round_trip() {
 
 #[test]
 fn quoting_follows_the_dialect() {
-    assert_eq!(quote(SourceKind::Postgres, "hr.people"), "\"hr\".\"people\"");
-    assert_eq!(quote(SourceKind::Mysql, "people"), "`people`");
+    assert_eq!(quote(DbKind::Postgres, "hr.people"), "\"hr\".\"people\"");
+    assert_eq!(quote(DbKind::Mysql, "people"), "`people`");
     assert_eq!(literal("o'k"), "'o''k'");
 }

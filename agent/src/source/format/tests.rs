@@ -80,28 +80,19 @@ fn people_mapping() -> Mapping {
         ("性别", "DE00003"),
         ("出生日期", "DE00004"),
     ];
-    let source = crate::config::SourceConfig {
-        name: "people".into(),
-        kind: crate::config::SourceKind::Folder,
-        resource: "1010100/0001".into(),
-        path: "/tmp".into(),
-        format: crate::config::FileFormat::Auto,
-        encoding: crate::config::Encoding::Auto,
-        complete: crate::config::Completion::Rename,
-        settle: std::time::Duration::ZERO,
-        rescan: std::time::Duration::ZERO,
-        after: crate::config::AfterDone::Move,
-        op_column: None,
-        db: None,
-        transforms: Default::default(),
+    let mapping = crate::config::MappingConfig {
         columns: columns
             .iter()
             .map(|(c, e)| ((*c).to_owned(), (*e).to_owned()))
             .collect(),
-        limits: Limits::default(),
-        max_attempts: 3,
+        ..Default::default()
     };
-    Mapping::new("320282-gaj", &source, catalog.resource("1010100/0001").unwrap())
+    Mapping::new(
+        "320282-gaj",
+        "people",
+        &mapping,
+        catalog.resource("1010100/0001").unwrap(),
+    )
 }
 
 fn temp_file(bytes: &[u8]) -> File {
