@@ -8,7 +8,8 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder};
 use tokio::sync::mpsc;
 
-use super::{Backend, CHUNK, Change, DbError, LOG_TABLE, Target, missing_columns, quote};
+use super::sql::quote;
+use super::{Backend, CHUNK, Change, DbError, LOG_TABLE, Target, missing_columns};
 use crate::config::DbKind;
 
 pub struct Mysql {
@@ -61,14 +62,14 @@ impl Mysql {
     }
 
     fn image_sql(target: &Target, row: &str) -> String {
-        super::image_sql(DbKind::Mysql, "JSON_OBJECT", target, row)
+        super::sql::image_sql(DbKind::Mysql, "JSON_OBJECT", target, row)
     }
 
     /// (trigger name as in information_schema, CREATE statement, body as
     /// the server stores it).
     fn triggers(target: &Target) -> Vec<(String, String, String)> {
         let table = quote(DbKind::Mysql, &target.table);
-        super::row_triggers(DbKind::Mysql, "JSON_OBJECT", target)
+        super::sql::row_triggers(DbKind::Mysql, "JSON_OBJECT", target)
             .into_iter()
             .map(|(name, event, body)| {
                 let create = format!("CREATE TRIGGER {name} AFTER {event} ON {table} FOR EACH ROW {body}");
@@ -133,12 +134,12 @@ impl Backend for Mysql {
             .into_iter()
             .map(|(name, create, _)| (name, create))
             .collect();
-        super::install_row_triggers(DbKind::Mysql, log, triggers)
+        super::sql::install_row_triggers(DbKind::Mysql, log, triggers)
     }
 
     fn uninstall_sql(target: &Target) -> Vec<String> {
         let names = Self::triggers(target).into_iter().map(|(name, _, _)| name).collect();
-        super::uninstall_row_triggers(DbKind::Mysql, target, names)
+        super::sql::uninstall_row_triggers(DbKind::Mysql, target, names)
     }
 
     async fn execute(&mut self, sql: &[String]) -> Result<(), DbError> {
@@ -176,7 +177,7 @@ impl Backend for Mysql {
     }
 
     async fn changes(&mut self, limit: usize, skip: &[(i64, i64)]) -> Result<Vec<Change>, DbError> {
-        let skip = super::skip_sql(skip);
+        let skip = super::sql::skip_sql(skip);
         let rows: Vec<(i64, String, Option<String>, Option<String>)> = self
             .conn
             .exec(
@@ -192,7 +193,7 @@ impl Backend for Mysql {
     }
 
     async fn forget(&mut self, ranges: &[(i64, i64)]) -> Result<(), DbError> {
-        for sql in super::forget_sql(ranges) {
+        for sql in super::sql::forget_sql(ranges) {
             self.conn
                 .query_drop(sql)
                 .await

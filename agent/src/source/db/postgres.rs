@@ -10,7 +10,8 @@ use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-use super::{Backend, CHANNEL, CHUNK, Change, DbError, LOG_TABLE, Target, literal, missing_columns, quote};
+use super::sql::{literal, quote};
+use super::{Backend, CHANNEL, CHUNK, Change, DbError, LOG_TABLE, Target, missing_columns};
 use crate::config::DbKind;
 
 pub struct Postgres {
@@ -248,7 +249,7 @@ impl Backend for Postgres {
     }
 
     async fn changes(&mut self, limit: usize, skip: &[(i64, i64)]) -> Result<Vec<Change>, DbError> {
-        let skip = super::skip_sql(skip);
+        let skip = super::sql::skip_sql(skip);
         let rows = self
             .client
             .query(
@@ -272,7 +273,7 @@ impl Backend for Postgres {
     }
 
     async fn forget(&mut self, ranges: &[(i64, i64)]) -> Result<(), DbError> {
-        let sql = super::forget_sql(ranges).join(";\n");
+        let sql = super::sql::forget_sql(ranges).join(";\n");
         self.client
             .batch_execute(&format!("BEGIN;\n{sql};\nCOMMIT"))
             .await

@@ -36,7 +36,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{Notify, mpsc};
 use tracing::warn;
 
-use super::{Backend, CHUNK, Change, DbError, LOG_TABLE, Target, literal, missing_columns, quote};
+use super::sql::{literal, quote};
+use super::{Backend, CHUNK, Change, DbError, LOG_TABLE, Target, missing_columns};
 use crate::config::DbKind;
 
 /// How long the connection waits for a lock held by the business system.
@@ -86,7 +87,7 @@ fn delete_in_background(path: PathBuf, jobs: std::sync::mpsc::Receiver<Vec<(i64,
     while let Ok(ranges) = jobs.recv() {
         let result = (|| {
             let tx = conn.transaction()?;
-            for s in super::forget_sql(&ranges) {
+            for s in super::sql::forget_sql(&ranges) {
                 tx.execute(&s, [])?;
             }
             tx.commit()
@@ -130,13 +131,13 @@ impl Sqlite {
     }
 
     fn image_sql(target: &Target, row: &str) -> String {
-        super::image_sql(DbKind::Sqlite, "json_object", target, row)
+        super::sql::image_sql(DbKind::Sqlite, "json_object", target, row)
     }
 
     /// (trigger name as stored in sqlite_master, CREATE statement).
     fn triggers(target: &Target) -> Vec<(String, String)> {
         let table = quote(DbKind::Sqlite, &target.table);
-        super::row_triggers(DbKind::Sqlite, "json_object", target)
+        super::sql::row_triggers(DbKind::Sqlite, "json_object", target)
             .into_iter()
             .map(|(name, event, body)| {
                 let create = format!("CREATE TRIGGER {name} AFTER {event} ON {table} BEGIN {body}; END");
@@ -266,12 +267,12 @@ impl Backend for Sqlite {
             ),
             format!("CREATE INDEX IF NOT EXISTS {LOG_TABLE}_tbl ON {LOG_TABLE} (tbl, id)"),
         ];
-        super::install_row_triggers(DbKind::Sqlite, log, Self::triggers(target))
+        super::sql::install_row_triggers(DbKind::Sqlite, log, Self::triggers(target))
     }
 
     fn uninstall_sql(target: &Target) -> Vec<String> {
         let names = Self::triggers(target).into_iter().map(|(name, _)| name).collect();
-        super::uninstall_row_triggers(DbKind::Sqlite, target, names)
+        super::sql::uninstall_row_triggers(DbKind::Sqlite, target, names)
     }
 
     async fn execute(&mut self, sql: &[String]) -> Result<(), DbError> {
@@ -339,7 +340,7 @@ impl Backend for Sqlite {
         let tbl = self.target.log_name().to_owned();
         let mut skip = skip.to_vec();
         skip.extend(self.unconfirmed());
-        let skip = super::skip_sql(&skip);
+        let skip = super::sql::skip_sql(&skip);
         self.call(move |c| {
             let mut stmt = c
                 .prepare(&format!(

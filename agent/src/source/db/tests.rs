@@ -1,3 +1,4 @@
+use super::sql::*;
 use super::*;
 
 #[test]

@@ -1,5 +1,8 @@
 use calamine::{Data, ExcelDateTime, ExcelDateTimeType};
 
+use std::fs::File;
+use std::io::Seek;
+
 use super::*;
 use crate::normalize::Outcome;
 
