@@ -1,5 +1,7 @@
 //! Every test vector of shared/standards.md Appendix A, and properties.
 
+use super::calendar::{civil_from_days, days_from_civil};
+use super::id::USCC_CHARS;
 use super::*;
 
 /// `value` or `!CODE` (refused) or `value ~CODE` (accepted with a warning).
