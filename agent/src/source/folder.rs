@@ -45,6 +45,8 @@ use crate::outbox::Outbox;
 
 mod dirs;
 mod file;
+#[cfg(test)]
+mod tests;
 
 pub use dirs::shown;
 use dirs::{
@@ -75,10 +77,48 @@ struct Pending {
     since: Instant,
 }
 
+impl Pending {
+    fn new(size: u64, mtime: SystemTime, now: Instant) -> Pending {
+        Pending {
+            size,
+            mtime,
+            since: now,
+        }
+    }
+
+    /// Notes what a scan at `now` saw of the file; returns how much longer
+    /// it must hold still to count as complete (zero: it is complete). Any
+    /// change of size or mtime starts the wait again.
+    fn left(&mut self, size: u64, mtime: SystemTime, now: Instant, settle: Duration) -> Duration {
+        if self.size != size || self.mtime != mtime {
+            *self = Pending::new(size, mtime, now);
+        }
+        settle.saturating_sub(now.saturating_duration_since(self.since))
+    }
+}
+
 /// A file that could not be taken, retried after a backoff.
 struct Trouble {
     next: Instant,
     wait: Duration,
+}
+
+impl Trouble {
+    /// The first failure of a file.
+    fn new(now: Instant) -> Trouble {
+        Trouble {
+            next: now,
+            wait: Duration::from_millis(500),
+        }
+    }
+
+    /// Another failure at `now`: the wait doubles, up to `RETRY_MAX`.
+    /// Returns the wait.
+    fn failed(&mut self, now: Instant) -> Duration {
+        self.wait = (self.wait * 2).min(RETRY_MAX);
+        self.next = now + self.wait;
+        self.wait
+    }
 }
 
 /// How far a file got, as stored in the outbox's positions table.
@@ -302,21 +342,14 @@ impl Folder {
                     }
                 }
                 Completion::Settle => {
-                    let p = scan.pending.entry(name.clone()).or_insert(Pending {
-                        size,
-                        mtime,
-                        since: Instant::now(),
-                    });
-                    if p.size != size || p.mtime != mtime {
-                        *p = Pending {
-                            size,
-                            mtime,
-                            since: Instant::now(),
-                        };
-                    }
-                    let age = p.since.elapsed();
-                    if age < self.config.settle {
-                        due(self.config.settle - age);
+                    let now = Instant::now();
+                    let p = scan
+                        .pending
+                        .entry(name.clone())
+                        .or_insert_with(|| Pending::new(size, mtime, now));
+                    let left = p.left(size, mtime, now, self.config.settle);
+                    if !left.is_zero() {
+                        due(left);
                         continue;
                     }
                     scan.pending.remove(&name);
@@ -329,16 +362,13 @@ impl Folder {
                     }
                 }
                 Err(e) => {
-                    let t = scan.troubles.entry(name.clone()).or_insert(Trouble {
-                        next: Instant::now(),
-                        wait: Duration::from_millis(500),
-                    });
-                    t.wait = (t.wait * 2).min(RETRY_MAX);
-                    t.next = Instant::now() + t.wait;
-                    warn!(file = %shown(&name), error = %e, retry_in = ?t.wait, "cannot take the file; the folder goes on");
+                    let now = Instant::now();
+                    let t = scan.troubles.entry(name.clone()).or_insert_with(|| Trouble::new(now));
+                    let wait = t.failed(now);
+                    warn!(file = %shown(&name), error = %e, retry_in = ?wait, "cannot take the file; the folder goes on");
                     self.stats
-                        .set_problem(&shown(&name), Some(format!("{e} (retried in {:?})", t.wait)));
-                    due(t.wait);
+                        .set_problem(&shown(&name), Some(format!("{e} (retried in {wait:?})")));
+                    due(wait);
                 }
             }
         }
