@@ -169,7 +169,15 @@ impl Config {
         }
 
         let catalog_path = text.catalog.clone();
-        let catalog_text = read_catalog(&catalog_path)?;
+        // A catalog that cannot be read is the config's `catalog` key's fault.
+        let catalog_text = read_catalog(&catalog_path).map_err(|e| match e {
+            Error::Read { path, source } => invalid(
+                raw.catalog.span(),
+                "catalog",
+                format!("cannot read the catalog {}: {source}", path.display()),
+            ),
+            other => other,
+        })?;
         let catalog = Catalog::from_toml_str(&catalog_text).map_err(|source| Error::Catalog {
             path: catalog_path.clone(),
             source,

@@ -164,3 +164,20 @@ fn database_source_errors_name_the_key() {
     let m = message(&DB.replace("url = \"postgres://qianzhi@127.0.0.1:5432/hukou\"\n", ""));
     assert!(m.contains("needs `url`"), "{m}");
 }
+
+/// A mistyped catalog path is the `catalog` key's fault, with its line.
+#[test]
+fn an_unreadable_catalog_names_the_key_and_line() {
+    let e = Config::from_toml_str(GOOD, Path::new("/etc/qianzhi/agent.toml"), |p| {
+        Err(Error::Read {
+            path: p.to_owned(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("agent.toml:4: key `catalog`") && e.contains("/etc/qianzhi/catalog.toml"),
+        "{e}"
+    );
+}
