@@ -28,16 +28,8 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
-                _ => ExitCode::from(64),
-            };
-        }
-    };
+    let cli = Cli::parse();
+    // Only warnings: the demo's own lines are the output.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -48,15 +40,12 @@ fn main() -> ExitCode {
     let dir = cli
         .dir
         .unwrap_or_else(|| std::env::temp_dir().join(format!("qianzhi-demo-{}", std::process::id())));
-    let result = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt.block_on(demo::run(&dir, cli.keep)),
-        Err(e) => Err(e.into()),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("qianzhi-demo: {e:#}");
-            ExitCode::FAILURE
-        }
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(demo::run(&dir, cli.keep)));
+    if let Err(e) = result {
+        eprintln!("qianzhi-demo: {e:#}");
+        return ExitCode::FAILURE;
     }
+    ExitCode::SUCCESS
 }
