@@ -12,7 +12,8 @@
 //!
 //! `qianzhi-bench db sqlite|postgres|mysql` measures a database source:
 //! the agent's CPU while nothing changes, the latency from a commit in the
-//! business database to the hub's store at a steady 1,000 changes/s, and
+//! business database to the hub's store at a steady 1,000 changes/s, the
+//! CPU of the agent and the hub per change at 10 to 10,000 changes/s, and
 //! the capture throughput of a 200,000-change backlog.
 
 use std::path::Path;
@@ -185,21 +186,61 @@ async fn bench_db(kind: &str) {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let idle = (cpu_seconds(agent.id()) - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
 
+    // The cost curve: single-row transactions at 10, 100, 1,000 and 10,000
+    // a second (or as fast as one connection commits), CPU of both
+    // processes per change. Keys go on from `next`.
+    let mut c = db.connect().await;
+    let mut next = 0u64;
+    let mut curve = Vec::new();
+    for (per_second, seconds) in [(10u64, 10u64), (100, 10), (10_000, 5)] {
+        let n = per_second * seconds;
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let (a0, h0, t) = (cpu_seconds(agent.id()), cpu_seconds(hub.id()), Instant::now());
+        for i in next..next + n {
+            tick.tick().await;
+            c.exec(&insert_people([i])).await.expect("insert");
+        }
+        next += n;
+        let rate = n as f64 / t.elapsed().as_secs_f64();
+        wait("the changes at the hub", &addr, |s| s.link.acked >= next).await;
+        let elapsed = t.elapsed().as_secs_f64();
+        let (a, h) = (cpu_seconds(agent.id()) - a0, cpu_seconds(hub.id()) - h0);
+        curve.push((
+            per_second,
+            rate,
+            a / elapsed * 100.0,
+            a / n as f64 * 1e6,
+            h / elapsed * 100.0,
+            h / n as f64 * 1e6,
+        ));
+    }
+
     // Latency: 1,000 single-row transactions a second for 10 s.
     const STEADY: u64 = 10_000;
-    let mut c = db.connect().await;
     let mut committed = std::collections::HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let (cpu1, t1) = (cpu_seconds(agent.id()), Instant::now());
-    for i in 0..STEADY {
+    let (cpu1, hub1, t1) = (cpu_seconds(agent.id()), cpu_seconds(hub.id()), Instant::now());
+    for i in next..next + STEADY {
         tick.tick().await;
         c.exec(&insert_people([i])).await.expect("insert");
         committed.insert(format!("[\"{}\"]", person(i)[0]), agent::outbox::now_us());
     }
+    next += STEADY;
     let rate = STEADY as f64 / t1.elapsed().as_secs_f64();
-    wait("the steady changes at the hub", &addr, |s| s.link.acked >= STEADY).await;
+    wait("the steady changes at the hub", &addr, |s| s.link.acked >= next).await;
     let busy = (cpu_seconds(agent.id()) - cpu1) / t1.elapsed().as_secs_f64() * 100.0;
+    let hub_busy = (cpu_seconds(hub.id()) - hub1) / t1.elapsed().as_secs_f64() * 100.0;
+    curve.push((
+        1_000,
+        rate,
+        busy,
+        busy / 100.0 * t1.elapsed().as_secs_f64() / STEADY as f64 * 1e6,
+        hub_busy,
+        hub_busy / 100.0 * t1.elapsed().as_secs_f64() / STEADY as f64 * 1e6,
+    ));
+    curve.sort_by_key(|c| c.0);
     let store = rusqlite::Connection::open(w.store_path()).expect("hub store");
     let mut stmt = store.prepare("SELECT key, received_us FROM history").expect("history");
     let mut lat: Vec<f64> = stmt
@@ -218,7 +259,7 @@ async fn bench_db(kind: &str) {
     agent.kill().expect("kill agent");
     agent.wait().expect("reap agent");
     for b in 0..BACKLOG / 1000 {
-        let from = STEADY + b * 1000;
+        let from = next + b * 1000;
         c.exec(&insert_people(from..from + 1000)).await.expect("insert");
     }
     let mut agent = start_agent();
@@ -238,11 +279,20 @@ async fn bench_db(kind: &str) {
         percentile(&lat, 1.0)
     );
     println!("| agent CPU at 1,000 changes/s | {busy:.1} % of one core |");
+    println!("| hub CPU at 1,000 changes/s | {hub_busy:.1} % of one core |");
     println!(
         "| backlog of {BACKLOG} changes → hub's ack (agent start included) | {:.2} s (**{:.0} changes/s**) |",
         capture.as_secs_f64(),
         BACKLOG as f64 / capture.as_secs_f64()
     );
+    println!();
+    println!(
+        "| changes/s asked (reached) | agent % of a core | agent µs per change | hub % of a core | hub µs per change |"
+    );
+    println!("|---|---|---|---|---|");
+    for (asked, reached, a_pct, a_us, h_pct, h_us) in curve {
+        println!("| {asked} ({reached:.0}) | {a_pct:.1} | {a_us:.0} | {h_pct:.1} | {h_us:.0} |");
+    }
     let _ = agent.kill();
     let _ = agent.wait();
     let _ = hub.kill();
