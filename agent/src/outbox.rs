@@ -33,10 +33,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::clock::now_us;
 
 #[cfg(test)]
 mod tests;
@@ -1186,12 +1188,6 @@ fn initial_stats(conn: &Connection) -> rusqlite::Result<Stats> {
 fn oldest(conn: &Connection) -> rusqlite::Result<Option<i64>> {
     conn.query_row("SELECT enqueued_us FROM records ORDER BY seq LIMIT 1", [], |r| r.get(0))
         .optional()
-}
-
-pub fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// The writer thread's view of the free space on the data directory's

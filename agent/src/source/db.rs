@@ -41,6 +41,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::clock;
 use crate::config::{CaptureMode, DbConfig, InstallMode, SourceConfig, SourceKind};
 use crate::health::SourceStats;
 use crate::normalize::{Field, Mapping, Origin, Outcome};
@@ -368,7 +369,7 @@ impl DbSource {
                 b.wait(self.db.poll).await;
                 continue;
             }
-            let now = outbox::now_us();
+            let now = clock::now_us();
             let mut write = Write::default();
             let mut records = 0;
             for change in &fresh {
@@ -481,7 +482,7 @@ impl DbSource {
 
     /// Commits a chunk with its position (and the resource's freshness).
     async fn commit(&self, mut write: Write, position: &impl Serialize, records: u64) -> Result<(), Stop> {
-        let now = outbox::now_us();
+        let now = clock::now_us();
         let quarantined = write.quarantine.len() as u64;
         if records > 0 {
             write
@@ -514,7 +515,7 @@ impl DbSource {
             let mut total = 0u64;
             let object = format!("{} (snapshot)", self.db.table);
             while let Some(rows) = rx.recv().await {
-                let now = outbox::now_us();
+                let now = clock::now_us();
                 let mut write = Write::default();
                 let mut records = 0;
                 for text in &rows {
@@ -605,7 +606,7 @@ impl DbSource {
                 }
                 if let Some((_, last)) = rows.last() {
                     let last = last.clone();
-                    let now = outbox::now_us();
+                    let now = clock::now_us();
                     let mut write = Write::default();
                     let mut records = 0;
                     for (n, (text, _)) in rows.iter().enumerate() {

@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::format::{Charset, CsvRows, JsonRows, Pos, Row, Rows, Unreadable, Utf8Evidence, XlsxRows};
+use crate::clock;
 use crate::config::{AfterDone, Completion, Encoding, FileFormat, SourceConfig};
 use crate::health::SourceStats;
 use crate::normalize::{Mapping, Outcome};
@@ -865,7 +866,7 @@ impl FileJob {
         // position that one wrote.
         let mut previous = stored;
         loop {
-            let now = outbox::now_us();
+            let now = clock::now_us();
             let row = rows.next(&self.mapping, &self.shown, now).map_err(|e| {
                 let why = format!("read error at line {}: {e}", pos.line);
                 // A malformed workbook stays malformed; an I/O error may pass.
