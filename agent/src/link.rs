@@ -35,7 +35,8 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::clock;
 use crate::config::{Compression, HubConfig};
 use crate::health::{Health, LinkState};
-use crate::outbox::{self, Outbox, Quarantined};
+use crate::normalize::Quarantined;
+use crate::outbox::{self, Outbox};
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]

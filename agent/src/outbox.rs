@@ -39,6 +39,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::now_us;
+use crate::normalize::Quarantined;
 
 #[cfg(test)]
 mod tests;
@@ -181,21 +182,6 @@ pub struct PositionUpdate {
     pub source: String,
     pub key: String,
     pub value: Option<String>,
-}
-
-/// A record kept for a person to fix.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Quarantined {
-    pub source: String,
-    /// File (or table) name.
-    pub object: String,
-    /// Line in the file, 0 if none.
-    pub line: u64,
-    pub resource: String,
-    /// One entry per failed rule, each `CODE: message`.
-    pub reasons: Vec<String>,
-    /// The raw input as a JSON object (column → value), or the raw line.
-    pub raw: String,
 }
 
 /// Queue figures, published after every transaction.

@@ -15,8 +15,7 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 
 use sha2::{Digest, Sha256};
 
-use crate::normalize::{Field, Mapping, Origin, Outcome};
-use crate::outbox::Quarantined;
+use crate::normalize::{Field, Mapping, Origin, Outcome, Quarantined};
 use rules::element::Issue;
 
 /// A character encoding decided for one file.
