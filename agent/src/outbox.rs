@@ -14,22 +14,47 @@
 //!
 //! # Schema (SQLite, WAL, synchronous=FULL)
 //! - `meta(key, value)`: `outbox_id`, a random id made when the file is
-//!   created. Sequences are scoped to it.
+//!   created (sequences are scoped to it), and `created_us`, when it was
+//!   created (a resource's freshness counts from it until its first change).
 //! - `records(seq INTEGER PRIMARY KEY AUTOINCREMENT, enqueued_us, data)`:
 //!   AUTOINCREMENT so a sequence is never reused, even after the queue
 //!   drains to empty.
-//! - `positions(source, key, value)`: opaque capture positions per source.
-//! - `quarantine(...)`: records that could not be normalized, or that the
-//!   hub rejected, with their raw values and reasons.
+//! - `positions(source, key, value)`: opaque capture positions per source
+//!   (and, under the source `__freshness`, each resource's last change).
+//! - `quarantine(id, at_us, source, object, line, resource, reasons, raw)`:
+//!   records that could not be normalized, or that the hub rejected, with
+//!   their raw values and reasons (a JSON array).
+//! - `discarded(id, at_us, reason, who, entry)`: quarantine entries dropped
+//!   for good by `qianzhi quarantine discard`, each kept as JSON with the
+//!   reason and who dropped it.
 //!
 //! # Row states
 //! A `records` row is queued until an ack covers its seq, then deleted in
 //! the writer's next transaction. A row the hub rejected moves to
-//! `quarantine` in one transaction.
+//! `quarantine` in one transaction. A `quarantine` entry stays until
+//! `qianzhi quarantine retry` queues it as a new record (once it
+//! normalizes) or `discard` moves it to `discarded`; both run with the agent
+//! stopped, holding the data directory's lock.
 //!
 //! # Recovery
 //! SQLite's WAL makes every transaction atomic across kill -9 and power
 //! loss. Nothing in memory needs recovering: stats are recomputed at open.
+//!
+//! A damaged file (a disk that lost or scrambled pages) must not stop the
+//! service. At open the writer's connection runs `PRAGMA quick_check`; a
+//! file that fails it, or that SQLite finds corrupt or not a database, is
+//! renamed `outbox.db.damaged-TIME` (with its `-wal` and `-shm`) and a new
+//! file gets every row that can still be read. Each table is read by rowid
+//! ranges of 4096 rows; a range whose read fails is halved until what fails
+//! is single rowids, so a damaged page costs only the rows on it. For
+//! `records`, whose sequences have no gaps, a range that reads short is
+//! halved too: a damaged interior page can end a scan early without an
+//! error. Records keep their sequences, the identity is kept, the sequence
+//! goes on from the highest ever assigned, and each missing sequence is
+//! queued as an empty record, which tells the hub (it takes only contiguous
+//! sequences) that this outbox lost it. What was lost is written to
+//! `outbox-recovered.txt`, which keeps `/readyz` failing and `/status`
+//! listing it until `qianzhi outbox acknowledge`.
 //!
 //! # Where the code is
 //! - here: the handle ([`Outbox`]), what callers send ([`Write`],
