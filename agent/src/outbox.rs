@@ -108,6 +108,10 @@ pub enum Error {
         reason: String,
         disk_full: bool,
     },
+    /// The writer thread could not be started (the process is out of
+    /// threads or memory): the outbox is not opened.
+    #[error("cannot start the outbox writer thread: {source}")]
+    Spawn { source: std::io::Error },
     /// The writer thread has stopped (the outbox was closed).
     #[error("outbox is closed")]
     Closed,
@@ -272,10 +276,7 @@ impl Outbox {
                 // last sender, which ended the loop).
                 drop(lock);
             })
-            .map_err(|source| Error::CreateDir {
-                path: dir.to_owned(),
-                source,
-            })?;
+            .map_err(|source| Error::Spawn { source })?;
         Ok(Outbox {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
