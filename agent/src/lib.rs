@@ -34,6 +34,7 @@ pub mod outbox;
 pub mod quarantine;
 pub mod signal;
 pub mod source;
+mod sync;
 pub mod systemd;
 
 /// Why the agent could not start.

@@ -77,6 +77,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::now_us;
 use crate::normalize::Quarantined;
+use crate::sync::MutexExt;
 
 mod lock;
 mod quarantine;
@@ -445,7 +446,7 @@ impl Inner {
     fn read_now<T>(&self, f: impl FnOnce(&Reader<'_>) -> rusqlite::Result<T>) -> Result<T, Error> {
         // A poisoned lock only means another reader panicked; the connection
         // itself is still sound.
-        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let conn = self.reader.lock_unpoisoned();
         f(&Reader::new(&conn)).map_err(|source| Error::Sqlite {
             path: self.path.clone(),
             source,
