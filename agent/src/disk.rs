@@ -2,7 +2,7 @@
 //! take the filesystem below its reserve (`outbox.reserve_free`): the
 //! sources pause, the outbox gives back WAL space, delivery goes on, acks
 //! free space, and the sources resume by themselves once a quarter more
-//! than the reserve is free again (see `outbox::Space`).
+//! than the reserve is free again (see `outbox/space.rs`).
 
 use std::path::Path;
 use std::time::Duration;

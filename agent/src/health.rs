@@ -358,7 +358,7 @@ impl Health {
         let now = SystemTime::now();
         let link = self.link.lock().unwrap_or_else(|p| p.into_inner());
         let oldest_age = q.oldest_us.map(|us| {
-            let now_us = crate::outbox::now_us();
+            let now_us = crate::clock::now_us();
             ((now_us - us).max(0) as f64) / 1e6
         });
         // Before the sources lock: it takes that lock itself.
@@ -396,7 +396,7 @@ impl Health {
                 .freshness
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .report(crate::outbox::now_us()),
+                .report(crate::clock::now_us()),
             sources: sources
                 .iter()
                 .map(|(name, s)| SourceStatus {
@@ -422,13 +422,13 @@ impl Health {
         self.quarantine_records.set(q.quarantined as i64);
         self.oldest_age.set(
             q.oldest_us
-                .map_or(0.0, |us| ((crate::outbox::now_us() - us).max(0) as f64) / 1e6),
+                .map_or(0.0, |us| ((crate::clock::now_us() - us).max(0) as f64) / 1e6),
         );
         for r in self
             .freshness
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .report(crate::outbox::now_us())
+            .report(crate::clock::now_us())
         {
             let l = ResourceLabel { resource: r.resource };
             self.last_change
@@ -752,7 +752,7 @@ impl Health {
             ));
         }
         if let Some(us) = q.oldest_us {
-            let age = ((crate::outbox::now_us() - us).max(0) / 1_000_000) as u64;
+            let age = ((crate::clock::now_us() - us).max(0) / 1_000_000) as u64;
             if age >= t.queue_age_after.as_secs() {
                 out.push(format!("QUEUE_AGE: the oldest unacknowledged record is {age}s old"));
             }
@@ -812,7 +812,7 @@ impl Health {
             .freshness
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .report(crate::outbox::now_us())
+            .report(crate::clock::now_us())
         {
             if r.overdue {
                 out.push(format!(

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod disk;
 pub mod freshness;
@@ -33,6 +34,7 @@ pub mod outbox;
 pub mod quarantine;
 pub mod signal;
 pub mod source;
+mod sync;
 pub mod systemd;
 
 /// Why the agent could not start.

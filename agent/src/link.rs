@@ -32,9 +32,11 @@ use tonic::codec::CompressionEncoding;
 use tonic::transport::{Endpoint, Uri};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::clock;
 use crate::config::{Compression, HubConfig};
 use crate::health::{Health, LinkState};
-use crate::outbox::{self, Outbox, Quarantined};
+use crate::normalize::Quarantined;
+use crate::outbox::{self, Outbox};
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -391,7 +393,7 @@ impl Link {
                 });
                 let mut acked = 0;
                 let mut q = in_flight.lock().unwrap_or_else(|p| p.into_inner());
-                let now = outbox::now_us();
+                let now = clock::now_us();
                 while q.front().is_some_and(|(end, _, _, _)| *end <= ack.upto_seq) {
                     if let Some((_, n, committed_us, permit)) = q.pop_front() {
                         self.health
@@ -496,8 +498,8 @@ impl Link {
             .read(move |r| {
                 let batch = r.records_from(cursor, max, bytes)?;
                 let first = match batch.first() {
-                    Some(&(seq, _)) => r.enqueued_us(seq)?.unwrap_or_else(outbox::now_us),
-                    None => outbox::now_us(),
+                    Some(&(seq, _)) => r.enqueued_us(seq)?.unwrap_or_else(clock::now_us),
+                    None => clock::now_us(),
                 };
                 Ok((batch, first))
             })

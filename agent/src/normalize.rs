@@ -10,7 +10,6 @@ use prost::Message;
 use proto::v1::{Operation, Record, SourcePosition};
 
 use crate::config::MappingConfig;
-use crate::outbox::Quarantined;
 use rules::catalog::Resource;
 use rules::element::Issue;
 
@@ -41,6 +40,22 @@ pub type Field<'a> = Option<Result<std::borrow::Cow<'a, str>, Issue>>;
 pub struct Origin<'a> {
     pub object: &'a str,
     pub line: u64,
+}
+
+/// A record kept for a person to fix: a row that could not be normalized,
+/// or a record the hub rejected. The outbox stores it in its quarantine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Quarantined {
+    pub source: String,
+    /// File (or table) name.
+    pub object: String,
+    /// Line in the file, 0 if none.
+    pub line: u64,
+    pub resource: String,
+    /// One entry per failed rule, each `CODE: message`.
+    pub reasons: Vec<String>,
+    /// The raw input as a JSON object (column → value), or the raw line.
+    pub raw: String,
 }
 
 /// The result of normalizing one row.

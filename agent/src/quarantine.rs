@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+use crate::clock;
 use crate::config::{Config, Encoding};
 use crate::normalize::{Field, Mapping, Origin, Outcome};
 use crate::outbox::{self, Held, Offline, QuarantineFilter};
@@ -191,7 +192,7 @@ pub fn retry(config: &Config, filter: &QuarantineFilter) -> Result<Retried, Erro
     let mut fixed = Vec::new();
     let mut still = Vec::new();
     let mut result = Retried::default();
-    let now = outbox::now_us();
+    let now = clock::now_us();
     for h in &held {
         let e = &h.entry;
         let source = config.sources.iter().find(|s| s.name == e.source);

@@ -120,7 +120,7 @@ impl Committer {
         let Chunk {
             mut write, warnings, ..
         } = chunk;
-        let at_us = crate::outbox::now_us();
+        let at_us = crate::clock::now_us();
         let counts = Counts {
             records: write.records.len() as u64,
             quarantined: write.quarantine.len() as u64,

@@ -225,7 +225,7 @@ async fn bench_db(kind: &str) {
     for i in next..next + STEADY {
         tick.tick().await;
         c.exec(&insert_people([i])).await.expect("insert");
-        committed.insert(format!("[\"{}\"]", person(i)[0]), agent::outbox::now_us());
+        committed.insert(format!("[\"{}\"]", person(i)[0]), agent::clock::now_us());
     }
     next += STEADY;
     let rate = STEADY as f64 / t1.elapsed().as_secs_f64();

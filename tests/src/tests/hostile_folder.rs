@@ -36,7 +36,7 @@ async fn handled(agent: &Agent, files: u64) {
     .await;
 }
 
-async fn quarantine(agent: &Agent) -> Vec<agent::outbox::Quarantined> {
+async fn quarantine(agent: &Agent) -> Vec<agent::normalize::Quarantined> {
     agent.running.outbox.read(|r| r.quarantine(1000)).await.unwrap()
 }
 

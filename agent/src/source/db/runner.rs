@@ -240,7 +240,7 @@ impl DbSource {
                 continue;
             }
             let full = changes.len() >= CHUNK;
-            let now = outbox::now_us();
+            let now = crate::clock::now_us();
             let mut chunk = Chunk::default();
             for change in &fresh {
                 self.change(change, now, &mut chunk)?;
@@ -367,7 +367,7 @@ impl DbSource {
             let mut total = 0u64;
             let object = format!("{} (snapshot)", self.db.table);
             while let Some(rows) = rx.recv().await {
-                let now = outbox::now_us();
+                let now = crate::clock::now_us();
                 let mut chunk = Chunk::default();
                 for text in &rows {
                     n += 1;
@@ -457,7 +457,7 @@ impl DbSource {
                 }
                 if let Some((_, last)) = rows.last() {
                     let last = last.clone();
-                    let now = outbox::now_us();
+                    let now = crate::clock::now_us();
                     let mut chunk = Chunk::default();
                     for (n, (text, _)) in rows.iter().enumerate() {
                         let origin = Origin {

@@ -114,7 +114,7 @@ impl FileJob {
         // position that one wrote.
         let mut previous = stored;
         loop {
-            let now = outbox::now_us();
+            let now = crate::clock::now_us();
             let row = rows.next(&self.mapping).map_err(|e| {
                 let why = format!("read error at line {}: {e}", pos.line);
                 // A malformed workbook stays malformed; an I/O error may pass.

@@ -1,0 +1,156 @@
+//! The quarantine tool's side of the outbox (`qianzhi quarantine`): which
+//! entries a command is about (`QuarantineFilter`), and, with the agent
+//! stopped, the fixed entries queued as records and the others discarded
+//! into the `discarded` table, with the reason and who did it (`Offline`).
+//!
+//! It does not decide what is fixed (`crate::quarantine` normalizes the
+//! entries again), and it adds no entries: sources and the link quarantine
+//! through the writer thread.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, params};
+
+use super::{DirLock, Error, create_schema, open_connection};
+use crate::clock::now_us;
+use crate::normalize::Quarantined;
+
+/// A quarantine entry as stored, with its id and time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub id: i64,
+    pub at_us: i64,
+    pub entry: Quarantined,
+}
+
+/// Which quarantine entries a command is about.
+#[derive(Debug, Clone, Default)]
+pub struct QuarantineFilter {
+    pub ids: Vec<i64>,
+    pub source: Option<String>,
+    pub resource: Option<String>,
+    /// A rule code such as `CHECK_DIGIT`: entries with a reason that starts
+    /// with it.
+    pub rule: Option<String>,
+}
+
+impl QuarantineFilter {
+    fn matches(&self, h: &Held) -> bool {
+        (self.ids.is_empty() || self.ids.contains(&h.id))
+            && self.source.as_ref().is_none_or(|s| *s == h.entry.source)
+            && self.resource.as_ref().is_none_or(|r| *r == h.entry.resource)
+            && self
+                .rule
+                .as_ref()
+                .is_none_or(|rule| h.entry.reasons.iter().any(|x| x.starts_with(&format!("{rule}:"))))
+    }
+}
+
+pub(super) fn held_entries(conn: &Connection, filter: &QuarantineFilter) -> rusqlite::Result<Vec<Held>> {
+    let mut stmt =
+        conn.prepare("SELECT id, at_us, source, object, line, resource, reasons, raw FROM quarantine ORDER BY id")?;
+    let rows = stmt.query_map([], |r| {
+        let reasons: String = r.get(6)?;
+        Ok(Held {
+            id: r.get(0)?,
+            at_us: r.get(1)?,
+            entry: Quarantined {
+                source: r.get(2)?,
+                object: r.get(3)?,
+                line: r.get::<_, i64>(4)? as u64,
+                resource: r.get(5)?,
+                reasons: serde_json::from_str(&reasons).unwrap_or_else(|_| vec![reasons]),
+                raw: r.get(7)?,
+            },
+        })
+    })?;
+    let mut out = Vec::new();
+    for h in rows {
+        let h = h?;
+        if filter.matches(&h) {
+            out.push(h);
+        }
+    }
+    Ok(out)
+}
+
+/// The outbox opened by a tool while the agent is stopped, to change the
+/// quarantine. Holds the data directory's lock.
+pub struct Offline {
+    _lock: DirLock,
+    path: PathBuf,
+    conn: Connection,
+}
+
+impl Offline {
+    pub fn open(dir: &Path) -> Result<Offline, Error> {
+        let lock = DirLock::acquire(dir)?;
+        let path = dir.join("outbox.db");
+        let conn = open_connection(&path)
+            .and_then(|c| create_schema(&c).map(|()| c))
+            .map_err(|source| Error::Sqlite {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Offline {
+            _lock: lock,
+            path,
+            conn,
+        })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> Error {
+        Error::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub fn quarantine(&self, filter: &QuarantineFilter) -> Result<Vec<Held>, Error> {
+        held_entries(&self.conn, filter).map_err(|e| self.err(e))
+    }
+
+    /// In one transaction: queues the fixed records and drops their entries,
+    /// and rewrites the reasons of entries that still fail.
+    pub fn retry(&mut self, fixed: &[(i64, Vec<u8>)], still: &[(i64, Vec<String>)]) -> Result<(), Error> {
+        let run = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            let now = now_us();
+            for (id, record) in fixed {
+                tx.execute(
+                    "INSERT INTO records (enqueued_us, data) VALUES (?1, ?2)",
+                    params![now, record],
+                )?;
+                tx.execute("DELETE FROM quarantine WHERE id = ?1", [id])?;
+            }
+            for (id, reasons) in still {
+                let reasons = serde_json::to_string(reasons).unwrap_or_default();
+                tx.execute("UPDATE quarantine SET reasons = ?2 WHERE id = ?1", params![id, reasons])?;
+            }
+            tx.commit()
+        };
+        run(&mut self.conn).map_err(|e| self.err(e))
+    }
+
+    /// Drops entries for good, keeping each with the reason and who did it.
+    pub fn discard(&mut self, entries: &[Held], reason: &str, who: &str) -> Result<(), Error> {
+        let run = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            let now = now_us();
+            for h in entries {
+                let entry = serde_json::json!({
+                    "quarantine_id": h.id, "source": h.entry.source, "object": h.entry.object, "line": h.entry.line,
+                    "resource": h.entry.resource, "reasons": h.entry.reasons, "raw": h.entry.raw,
+                })
+                .to_string();
+                tx.execute(
+                    "INSERT INTO discarded (at_us, reason, who, entry) VALUES (?1, ?2, ?3, ?4)",
+                    params![now, reason, who, entry],
+                )?;
+                tx.execute("DELETE FROM quarantine WHERE id = ?1", [h.id])?;
+            }
+            tx.commit()
+        };
+        run(&mut self.conn).map_err(|e| self.err(e))
+    }
+}

@@ -1,0 +1,119 @@
+//! Read-only queries on the outbox: pages of records for the link, capture
+//! positions for the sources, figures and quarantine entries for `/status`
+//! and the tools.
+//!
+//! It owns no connection: the queries run on the handle's read connection
+//! (`Outbox::read`) or on a tool's own. It never writes: every change goes
+//! through the writer thread (`writer.rs`) or, with the agent stopped,
+//! through `Offline` (`quarantine.rs`).
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::quarantine::{Held, QuarantineFilter, held_entries};
+use crate::normalize::Quarantined;
+
+/// Read-only queries on the outbox's read connection.
+pub struct Reader<'a>(&'a Connection);
+
+impl<'a> Reader<'a> {
+    /// Queries on a connection of the caller's (tools reading the outbox).
+    pub fn new(conn: &'a Connection) -> Reader<'a> {
+        Reader(conn)
+    }
+
+    /// Records with `seq >= from`, in order, at most `max_records` and about
+    /// `max_bytes` (always at least one record if there is one).
+    pub fn records_from(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> rusqlite::Result<Vec<(u64, Vec<u8>)>> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT seq, data FROM records WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
+        let mut rows = stmt.query(params![from as i64, max_records as i64])?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while let Some(row) = rows.next()? {
+            let data: Vec<u8> = row.get(1)?;
+            bytes += data.len();
+            out.push((row.get::<_, i64>(0)? as u64, data));
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the record `seq` was committed (µs since the epoch).
+    pub fn enqueued_us(&self, seq: u64) -> rusqlite::Result<Option<i64>> {
+        self.0
+            .prepare_cached("SELECT enqueued_us FROM records WHERE seq = ?1")?
+            .query_row([seq as i64], |r| r.get(0))
+            .optional()
+    }
+
+    pub fn record(&self, seq: u64) -> rusqlite::Result<Option<Vec<u8>>> {
+        self.0
+            .query_row("SELECT data FROM records WHERE seq = ?1", [seq as i64], |r| r.get(0))
+            .optional()
+    }
+
+    /// Bytes of free pages inside the database file: space the outbox
+    /// reuses before it grows the file (a file never shrinks on delete).
+    pub fn reusable_bytes(&self) -> rusqlite::Result<u64> {
+        let pages: i64 = self.0.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        let size: i64 = self.0.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        Ok((pages.max(0) * size.max(0)) as u64)
+    }
+
+    /// When the outbox was created (µs since the epoch).
+    pub fn created_us(&self) -> rusqlite::Result<i64> {
+        self.0
+            .query_row("SELECT value FROM meta WHERE key = 'created_us'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()
+            .map(|v| v.and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
+    /// The lowest queued sequence, if any.
+    pub fn first_seq(&self) -> rusqlite::Result<Option<u64>> {
+        self.0
+            .query_row("SELECT min(seq) FROM records", [], |r| r.get::<_, Option<i64>>(0))
+            .map(|v| v.map(|s| s as u64))
+    }
+
+    pub fn positions(&self, source: &str) -> rusqlite::Result<Vec<(String, String)>> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT key, value FROM positions WHERE source = ?1 ORDER BY key")?;
+        let rows = stmt.query_map([source], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
+    }
+
+    /// Quarantine entries matching a filter, with their ids, oldest first.
+    pub fn held(&self, filter: &QuarantineFilter) -> rusqlite::Result<Vec<Held>> {
+        held_entries(self.0, filter)
+    }
+
+    /// Quarantine entries, oldest first.
+    pub fn quarantine(&self, limit: usize) -> rusqlite::Result<Vec<Quarantined>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT source, object, line, resource, reasons, raw FROM quarantine ORDER BY id LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            let reasons: String = r.get(4)?;
+            Ok(Quarantined {
+                source: r.get(0)?,
+                object: r.get(1)?,
+                line: r.get::<_, i64>(2)? as u64,
+                resource: r.get(3)?,
+                reasons: serde_json::from_str(&reasons).unwrap_or_else(|_| vec![reasons]),
+                raw: r.get(5)?,
+            })
+        })?;
+        rows.collect()
+    }
+}

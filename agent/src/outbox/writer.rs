@@ -1,0 +1,379 @@
+//! The writer thread, the outbox's one writer: it takes every pending
+//! command off the handle's channel and applies them in one transaction
+//! (group commit, one fsync), each command in a savepoint of its own when
+//! one of them fails, and publishes the queue figures (`Stats`) after every
+//! commit.
+//!
+//! It does not read for the link (the handle's read connection does) and
+//! does not measure the disk (it asks `space.rs` whether a group may write).
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::space::Space;
+use super::{Error, Stats, Write, sqlite_disk_full};
+use crate::clock::now_us;
+use crate::normalize::Quarantined;
+
+/// What the handle asks of the writer thread, each with its reply.
+pub(super) enum Command {
+    Write(Write, oneshot::Sender<Result<(), Error>>),
+    Ack(u64, oneshot::Sender<Result<(), Error>>),
+    Reject(u64, Quarantined, oneshot::Sender<Result<(), Error>>),
+    /// Answered by the writer thread at once: proves it is not stuck.
+    Ping(oneshot::Sender<Result<(), Error>>),
+    /// Moves the sequence past a value (the hub holds it already).
+    Advance(u64, oneshot::Sender<Result<(), Error>>),
+    /// Answered after the writer has looked at the free space: sets or
+    /// clears `Stats::disk_low`, and puts the ballast back when space is.
+    CheckDisk(oneshot::Sender<Result<(), Error>>),
+}
+
+/// Commands one transaction takes at most: bounds the memory of a group.
+const GROUP_MAX_COMMANDS: usize = 256;
+
+/// The queue figures, counted from the file at open.
+pub(super) fn initial_stats(conn: &Connection) -> rusqlite::Result<Stats> {
+    let (records, bytes): (i64, i64) = conn.query_row(
+        "SELECT count(*), coalesce(sum(length(data)), 0) FROM records",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let oldest_us = oldest(conn)?;
+    let last_seq: i64 = conn
+        .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'records'", [], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .unwrap_or(0);
+    let quarantined: i64 = conn.query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))?;
+    Ok(Stats {
+        records: records as u64,
+        bytes: bytes as u64,
+        oldest_us,
+        last_seq: last_seq as u64,
+        acked_seq: 0,
+        quarantined: quarantined as u64,
+        error: None,
+        recovered: None,
+        disk_low: false,
+    })
+}
+
+fn oldest(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    conn.query_row("SELECT enqueued_us FROM records ORDER BY seq LIMIT 1", [], |r| r.get(0))
+        .optional()
+}
+
+/// The writer thread: group commit of everything pending.
+pub(super) fn writer_loop(
+    mut conn: Connection,
+    path: PathBuf,
+    mut rx: mpsc::Receiver<Command>,
+    stats: watch::Sender<Stats>,
+    space: Space,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX_COMMANDS {
+            match rx.try_recv() {
+                Ok(c) => group.push(c),
+                Err(_) => break,
+            }
+        }
+        let mut next = stats.borrow().clone();
+        let adds: u64 = group
+            .iter()
+            .map(|c| match c {
+                Command::Write(w, _) => w.size(),
+                _ => 0,
+            })
+            .sum();
+        let check = group.iter().any(|c| matches!(c, Command::CheckDisk(_)));
+        let mut admitted = Ok(());
+        if adds > 0 || check || next.disk_low {
+            let was_low = next.disk_low;
+            admitted = space.admit(&conn, adds, &mut next.disk_low);
+            if next.disk_low != was_low {
+                // Pausing must not wait for a commit on a disk that may be full.
+                let low = next.disk_low;
+                stats.send_modify(|s| s.disk_low = low);
+            }
+        }
+        let refusal = |(free, reserve): (u64, u64)| Error::DiskLow {
+            path: path.clone(),
+            free,
+            reserve,
+        };
+        let mut outcome = apply(&mut conn, &group, &mut next, admitted.err().map(refusal), &path);
+        if let Err(e) = &outcome
+            && sqlite_disk_full(e)
+        {
+            // The disk filled under us (something else writes there too).
+            // Deletes must still run: apply everything but the writes, after
+            // giving back the WAL, and if that is not enough, the ballast.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            stats.send_modify(|s| s.disk_low = true);
+            for release in [false, true] {
+                if release && !space.release_ballast() {
+                    break;
+                }
+                next = stats.borrow().clone();
+                let free = space.free(&conn);
+                outcome = apply(
+                    &mut conn,
+                    &group,
+                    &mut next,
+                    Some(refusal((free, space.reserve))),
+                    &path,
+                );
+                if !outcome.as_ref().is_err_and(sqlite_disk_full) {
+                    break;
+                }
+            }
+        }
+        if outcome.is_ok()
+            && next.disk_low
+            && let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::warn!(error = %e, "cannot checkpoint the outbox WAL");
+        }
+        let outcomes = match outcome {
+            Ok(outcomes) => {
+                next.error = None;
+                stats.send_replace(next);
+                outcomes
+            }
+            Err(e) => {
+                tracing::error!(error = %e, path = %path.display(), "outbox commit failed");
+                stats.send_modify(|s| s.error = Some(e.to_string()));
+                let disk_full = sqlite_disk_full(&e);
+                group
+                    .iter()
+                    .map(|_| {
+                        Some(Error::Commit {
+                            path: path.clone(),
+                            reason: e.to_string(),
+                            disk_full,
+                        })
+                    })
+                    .collect()
+            }
+        };
+        for (command, outcome) in group.into_iter().zip(outcomes) {
+            let reply = match command {
+                Command::Write(_, r)
+                | Command::Ack(_, r)
+                | Command::Reject(_, _, r)
+                | Command::Ping(r)
+                | Command::Advance(_, r)
+                | Command::CheckDisk(r) => r,
+            };
+            // A caller that gave up waiting is not an error here.
+            let _ = reply.send(outcome.map_or(Ok(()), Err));
+        }
+    }
+}
+
+/// Applies a group in one transaction. A command that SQLite fails (a value
+/// it refuses) fails alone: the group is then applied again with each
+/// command in a savepoint of its own. A refused command (a position
+/// conflict) changes nothing and fails alone at once. `refuse_writes`
+/// answers every write without applying it. Returns each command's failure,
+/// or the error that failed the whole transaction. `stats` takes the effects
+/// of the commands that applied (the caller publishes them only if the
+/// commit succeeds).
+fn apply(
+    conn: &mut Connection,
+    group: &[Command],
+    stats: &mut Stats,
+    refuse_writes: Option<Error>,
+    path: &Path,
+) -> rusqlite::Result<Vec<Option<Error>>> {
+    let before = stats.clone();
+    match apply_group(conn, group, stats, refuse_writes.as_ref(), path, false) {
+        Err(e) if group.len() > 1 && !sqlite_disk_full(&e) => {
+            *stats = before;
+            apply_group(conn, group, stats, refuse_writes.as_ref(), path, true)
+        }
+        other => other,
+    }
+}
+
+fn apply_group(
+    conn: &mut Connection,
+    group: &[Command],
+    stats: &mut Stats,
+    refuse_writes: Option<&Error>,
+    path: &Path,
+    isolate: bool,
+) -> rusqlite::Result<Vec<Option<Error>>> {
+    let mut tx = conn.transaction()?;
+    let now = now_us();
+    let mut outcomes = Vec::with_capacity(group.len());
+    for command in group {
+        if let (Command::Write(..), Some(refusal)) = (command, refuse_writes) {
+            outcomes.push(Some(match refusal {
+                Error::DiskLow { path, free, reserve } => Error::DiskLow {
+                    path: path.clone(),
+                    free: *free,
+                    reserve: *reserve,
+                },
+                other => Error::Commit {
+                    path: path.to_owned(),
+                    reason: other.to_string(),
+                    disk_full: true,
+                },
+            }));
+            continue;
+        }
+        if !isolate {
+            // Refusals are decided before a command writes anything.
+            outcomes.push(apply_one(&tx, command, stats, now)?);
+            continue;
+        }
+        let mut after = stats.clone();
+        let savepoint = tx.savepoint()?;
+        match apply_one(&savepoint, command, &mut after, now) {
+            Ok(None) => {
+                savepoint.commit()?;
+                *stats = after;
+                outcomes.push(None);
+            }
+            Ok(Some(refused)) => {
+                drop(savepoint);
+                outcomes.push(Some(refused));
+            }
+            Err(e) => {
+                drop(savepoint);
+                if sqlite_disk_full(&e) || tx.is_autocommit() {
+                    // SQLite may have rolled the whole transaction back.
+                    return Err(e);
+                }
+                tracing::error!(error = %e, path = %path.display(), "an outbox write failed alone");
+                outcomes.push(Some(Error::Commit {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                    disk_full: false,
+                }));
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+/// Applies one command; `Ok(Some(_))` is a refusal that changed nothing.
+fn apply_one(tx: &Connection, command: &Command, stats: &mut Stats, now: i64) -> rusqlite::Result<Option<Error>> {
+    match command {
+        Command::Write(w, _) => {
+            for e in &w.expect {
+                let current: Option<String> = tx
+                    .prepare_cached("SELECT value FROM positions WHERE source = ?1 AND key = ?2")?
+                    .query_row(params![e.source, e.key], |r| r.get(0))
+                    .optional()?;
+                if current != e.value {
+                    return Ok(Some(Error::Conflict {
+                        source_name: e.source.clone(),
+                        key: e.key.clone(),
+                    }));
+                }
+            }
+            {
+                let mut insert = tx.prepare_cached("INSERT INTO records (enqueued_us, data) VALUES (?1, ?2)")?;
+                for data in &w.records {
+                    insert.execute(params![now, data])?;
+                    stats.last_seq = tx.last_insert_rowid() as u64;
+                    stats.records += 1;
+                    stats.bytes += data.len() as u64;
+                }
+            }
+            if !w.records.is_empty() && stats.oldest_us.is_none() {
+                stats.oldest_us = Some(now);
+            }
+            for q in &w.quarantine {
+                insert_quarantine(tx, now, q)?;
+                stats.quarantined += 1;
+            }
+            for p in &w.positions {
+                match &p.value {
+                    Some(v) => tx
+                        .prepare_cached(
+                            "INSERT INTO positions (source, key, value) VALUES (?1, ?2, ?3)
+                             ON CONFLICT (source, key) DO UPDATE SET value = excluded.value",
+                        )?
+                        .execute(params![p.source, p.key, v])?,
+                    None => tx
+                        .prepare_cached("DELETE FROM positions WHERE source = ?1 AND key = ?2")?
+                        .execute(params![p.source, p.key])?,
+                };
+            }
+        }
+        Command::Ack(seq, _) => {
+            let (n, bytes): (i64, i64) = tx.query_row(
+                "SELECT count(*), coalesce(sum(length(data)), 0) FROM records WHERE seq <= ?1",
+                [*seq as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if n > 0 {
+                tx.execute("DELETE FROM records WHERE seq <= ?1", [*seq as i64])?;
+                stats.records -= n as u64;
+                stats.bytes -= bytes as u64;
+                stats.oldest_us = oldest(tx)?;
+            }
+            stats.acked_seq = stats.acked_seq.max(*seq);
+        }
+        Command::Ping(_) | Command::CheckDisk(_) => {}
+        Command::Advance(seq, _) => {
+            if *seq > stats.last_seq {
+                let n = tx.execute(
+                    "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'records'",
+                    [*seq as i64],
+                )?;
+                if n == 0 {
+                    tx.execute(
+                        "INSERT INTO sqlite_sequence (name, seq) VALUES ('records', ?1)",
+                        [*seq as i64],
+                    )?;
+                }
+                stats.last_seq = *seq;
+            }
+        }
+        Command::Reject(seq, q, _) => {
+            let bytes: Option<i64> = tx
+                .query_row("SELECT length(data) FROM records WHERE seq = ?1", [*seq as i64], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if let Some(bytes) = bytes {
+                tx.execute("DELETE FROM records WHERE seq = ?1", [*seq as i64])?;
+                insert_quarantine(tx, now, q)?;
+                stats.records -= 1;
+                stats.bytes -= bytes as u64;
+                stats.quarantined += 1;
+                stats.oldest_us = oldest(tx)?;
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn insert_quarantine(tx: &Connection, now: i64, q: &Quarantined) -> rusqlite::Result<()> {
+    let reasons = serde_json::to_string(&q.reasons).unwrap_or_default();
+    tx.prepare_cached(
+        "INSERT INTO quarantine (at_us, source, object, line, resource, reasons, raw)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        now,
+        q.source,
+        q.object,
+        q.line as i64,
+        q.resource,
+        reasons,
+        q.raw
+    ])?;
+    Ok(())
+}
