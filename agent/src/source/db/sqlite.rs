@@ -39,6 +39,7 @@ use tracing::warn;
 use super::sql::{literal, quote};
 use super::{Backend, CHUNK, Change, DbError, LOG_TABLE, Target, missing_columns};
 use crate::config::DbKind;
+use crate::sync::MutexExt;
 
 /// How long the connection waits for a lock held by the business system.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,7 +81,7 @@ fn delete_in_background(path: PathBuf, jobs: std::sync::mpsc::Receiver<Vec<(i64,
     let mut conn = match conn {
         Ok(c) => c,
         Err(e) => {
-            state.lock().unwrap_or_else(|p| p.into_inner()).error = Some(err("open for deletes")(e));
+            state.lock_unpoisoned().error = Some(err("open for deletes")(e));
             return;
         }
     };
@@ -92,7 +93,7 @@ fn delete_in_background(path: PathBuf, jobs: std::sync::mpsc::Receiver<Vec<(i64,
             }
             tx.commit()
         })();
-        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = state.lock_unpoisoned();
         match result {
             Ok(()) => {
                 st.queued.pop_front();
@@ -123,7 +124,7 @@ impl Sqlite {
     ) -> Result<T, DbError> {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
-            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            let mut c = conn.lock_unpoisoned();
             f(&mut c)
         })
         .await
@@ -334,7 +335,7 @@ impl Backend for Sqlite {
     }
 
     async fn changes(&mut self, limit: usize, skip: &[(i64, i64)]) -> Result<Vec<Change>, DbError> {
-        if let Some(e) = self.deleting.lock().unwrap_or_else(|p| p.into_inner()).error.take() {
+        if let Some(e) = self.deleting.lock_unpoisoned().error.take() {
             return Err(e);
         }
         let tbl = self.target.log_name().to_owned();
@@ -364,7 +365,7 @@ impl Backend for Sqlite {
     }
 
     async fn forget(&mut self, ranges: &[(i64, i64)]) -> Result<(), DbError> {
-        let mut st = self.deleting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.deleting.lock_unpoisoned();
         st.queued.push_back(ranges.to_vec());
         self.deleter
             .send(ranges.to_vec())
@@ -372,7 +373,7 @@ impl Backend for Sqlite {
     }
 
     fn unconfirmed(&self) -> Vec<(i64, i64)> {
-        let st = self.deleting.lock().unwrap_or_else(|p| p.into_inner());
+        let st = self.deleting.lock_unpoisoned();
         st.queued.iter().flatten().copied().collect()
     }
 
