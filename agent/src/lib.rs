@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub mod check;
+pub mod cli;
 pub mod config;
 pub mod disk;
 pub mod freshness;
