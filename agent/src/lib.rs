@@ -82,7 +82,7 @@ fn spawn_link(
         agency: config.agency.clone(),
         catalog_digest: config.catalog.digest().to_owned(),
         outbox: outbox.clone(),
-        health: health.clone(),
+        stats: health.link_stats(),
         sent: Default::default(),
     };
     let token = token.child_token();
