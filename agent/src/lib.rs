@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub mod check;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod disk;
@@ -83,7 +84,7 @@ fn spawn_link(
         agency: config.agency.clone(),
         catalog_digest: config.catalog.digest().to_owned(),
         outbox: outbox.clone(),
-        health: health.clone(),
+        stats: health.link_stats(),
         sent: Default::default(),
     };
     let token = token.child_token();

@@ -34,9 +34,10 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::clock;
 use crate::config::{Compression, HubConfig};
-use crate::health::{Health, LinkState};
+use crate::health::{LinkState, LinkStats};
 use crate::normalize::Quarantined;
 use crate::outbox::{self, Outbox};
+use crate::sync::MutexExt;
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -168,7 +169,8 @@ pub struct Link {
     pub agency: String,
     pub catalog_digest: String,
     pub outbox: Outbox,
-    pub health: Arc<Health>,
+    /// Where the link reports its state and counters.
+    pub stats: LinkStats,
     /// The highest sequence sent to the hub or acknowledged by its Welcome
     /// in the current session: no ack may go beyond it.
     pub sent: std::sync::atomic::AtomicU64,
@@ -186,7 +188,7 @@ impl Link {
         let mut session_no = 0u64;
         loop {
             session_no += 1;
-            self.health.set_link(LinkState::Connecting, None);
+            self.stats.set_state(LinkState::Connecting, None);
             let started = Instant::now();
             let span = info_span!("link", hub = %self.hub.url, session = session_no);
             let result = self.session(&token).instrument(span).await;
@@ -207,13 +209,13 @@ impl Link {
                 error!(error = %e, "link refused; retrying slowly until fixed");
                 self.hub.backoff_max
             };
-            self.health.set_link(LinkState::Down, Some(e.to_string()));
+            self.stats.set_state(LinkState::Down, Some(e.to_string()));
             tokio::select! {
                 () = token.cancelled() => break,
                 () = tokio::time::sleep(delay) => {}
             }
         }
-        self.health.set_link(LinkState::Down, None);
+        self.stats.set_state(LinkState::Down, None);
         info!("link stopped");
     }
 
@@ -333,7 +335,7 @@ impl Link {
         }
         self.sent.store(welcome.last_seq, std::sync::atomic::Ordering::Release);
         info!(resume_after = welcome.last_seq, hub_version = %welcome.hub_version, "link up");
-        self.health.set_link(LinkState::Up, None);
+        self.stats.set_state(LinkState::Up, None);
 
         let window = Arc::new(Semaphore::new(self.hub.max_in_flight));
         let in_flight: InFlight = Arc::default();
@@ -355,7 +357,7 @@ impl Link {
         }
         // Shutdown: stop sending, and collect the acks of what is in flight
         // (the caller bounds this by the grace period).
-        while !in_flight.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+        while !in_flight.lock_unpoisoned().is_empty() {
             let msg = inbound.message().await.map_err(from_status)?;
             self.handle(msg, &in_flight, &failed_tx).await?;
         }
@@ -392,18 +394,16 @@ impl Link {
                     }
                 });
                 let mut acked = 0;
-                let mut q = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                let mut q = in_flight.lock_unpoisoned();
                 let now = clock::now_us();
                 while q.front().is_some_and(|(end, _, _, _)| *end <= ack.upto_seq) {
                     if let Some((_, n, committed_us, permit)) = q.pop_front() {
-                        self.health
-                            .commit_to_ack
-                            .observe((now - committed_us).max(0) as f64 / 1e6);
+                        self.stats.commit_to_ack((now - committed_us).max(0) as f64 / 1e6);
                         acked += n;
                         drop(permit);
                     }
                 }
-                self.health.acked(acked);
+                self.stats.acked(acked);
                 debug!(upto = ack.upto_seq, "ack");
                 Ok(())
             }
@@ -440,7 +440,7 @@ impl Link {
         // Awaited (rejections are rare): an ack that covers this record must
         // never commit if the move to the quarantine did not.
         self.outbox.reject(seq, entry).await?;
-        self.health.records_rejected.inc();
+        self.stats.rejected();
         Ok(())
     }
 
@@ -476,17 +476,14 @@ impl Link {
             let n = batch.len() as u64;
             cursor = last + 1;
             self.sent.fetch_max(last, std::sync::atomic::Ordering::AcqRel);
-            in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push_back((last, n, oldest_us, permit));
+            in_flight.lock_unpoisoned().push_back((last, n, oldest_us, permit));
             let entries = batch.into_iter().map(|(seq, record)| Entry { seq, record }).collect();
             tx.send(AgentMessage {
                 body: Some(agent_message::Body::Batch(Batch { entries })),
             })
             .await
             .map_err(|_| Error::Connect("request stream closed".into()))?;
-            self.health.records_sent.inc_by(n);
+            self.stats.sent(n);
         }
     }
 

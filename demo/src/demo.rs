@@ -105,7 +105,10 @@ rescan = "1s"
             break;
         }
         if Instant::now() > deadline {
-            anyhow::bail!("the records did not arrive within 30s: {}", agent::health::render(&s));
+            anyhow::bail!(
+                "the records did not arrive within 30s: {}",
+                agent::cli::status::render(&s)
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -121,7 +124,7 @@ rescan = "1s"
         println!("   {} line {}: {}", q.object, q.line, q.reasons.join("; "));
     }
     println!("7. agent status:");
-    print!("{}", agent::health::render(&running.health.status()));
+    print!("{}", agent::cli::status::render(&running.health.status()));
 
     if keep {
         println!("Running until Ctrl-C. Drop more files into {}", drop.display());

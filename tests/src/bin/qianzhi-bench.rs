@@ -23,7 +23,7 @@ use agent::health::Status;
 use tests::*;
 
 fn status(addr: &str) -> Option<Status> {
-    let body = agent::health::fetch(addr, "/status").ok()?;
+    let body = agent::cli::status::fetch(addr, "/status").ok()?;
     serde_json::from_str(&body).ok()
 }
 

@@ -57,7 +57,7 @@ async fn half_open_health_connections_cost_bounded_descriptors_and_files_stay_pr
         "the file delivered while the connections are held",
         Duration::from_secs(60),
         || {
-            let body = agent::health::fetch(&addr, "/status").map_err(|e| e.to_string())?;
+            let body = agent::cli::status::fetch(&addr, "/status").map_err(|e| e.to_string())?;
             let s: agent::health::Status = serde_json::from_str(&body).map_err(|e| e.to_string())?;
             (s.queue.records == 0 && s.sources[0].files_done == 1)
                 .then_some(())

@@ -44,7 +44,7 @@ async fn agent_killed_at_random_points_loses_and_repeats_nothing() {
     let mut child = spawn("qianzhi", &["--config", config, "run"], &log);
     let addr = format!("127.0.0.1:{}", spec.health_port);
     eventually("every file delivered", Duration::from_secs(180), || {
-        let body = agent::health::fetch(&addr, "/status").map_err(|e| e.to_string())?;
+        let body = agent::cli::status::fetch(&addr, "/status").map_err(|e| e.to_string())?;
         let s: agent::health::Status = serde_json::from_str(&body).map_err(|e| e.to_string())?;
         (w.waiting("drop/people") == 0 && s.queue.records == 0)
             .then_some(())

@@ -325,7 +325,7 @@ async fn burst_with_kills(db: Db) {
     wait_for_history(&w, None, 100_000, Duration::from_secs(240)).await;
     let addr = format!("127.0.0.1:{}", spec.health_port);
     eventually("the queue drained", Duration::from_secs(30), || {
-        let body = agent::health::fetch(&addr, "/status").map_err(|e| e.to_string())?;
+        let body = agent::cli::status::fetch(&addr, "/status").map_err(|e| e.to_string())?;
         let s: agent::health::Status = serde_json::from_str(&body).map_err(|e| e.to_string())?;
         (s.queue.records == 0).then_some(()).ok_or(body)
     })

@@ -79,7 +79,7 @@ async fn queue_grows_while_the_hub_is_down_and_drains_in_order() {
     // /status, read over HTTP as an operator would, shows the backlog.
     let addr = format!("127.0.0.1:{health_port}");
     let status = eventually("3000 queued records in /status", Duration::from_secs(60), || {
-        let body = agent::health::fetch(&addr, "/status").map_err(|e| e.to_string())?;
+        let body = agent::cli::status::fetch(&addr, "/status").map_err(|e| e.to_string())?;
         let s: agent::health::Status = serde_json::from_str(&body).map_err(|e| e.to_string())?;
         (s.queue.records == 3000).then_some(s).ok_or(body)
     })
@@ -87,7 +87,7 @@ async fn queue_grows_while_the_hub_is_down_and_drains_in_order() {
     assert_ne!(status.link.state, agent::health::LinkState::Up);
     assert!(status.queue.oldest_age_seconds.is_some());
     assert!(status.link.error.is_some(), "the link error is shown");
-    let metrics = agent::health::fetch(&addr, "/metrics").unwrap();
+    let metrics = agent::cli::status::fetch(&addr, "/metrics").unwrap();
 
     assert!(metrics.contains("qianzhi_outbox_records 3000"), "{metrics}");
     assert!(metrics.contains("qianzhi_link_up 0"), "{metrics}");
@@ -107,7 +107,7 @@ async fn queue_grows_while_the_hub_is_down_and_drains_in_order() {
     .await;
     assert_hub_holds(&w.store_path(), 0..3000);
     // Commit-to-ack latency was measured for the delivered batches.
-    let metrics = agent::health::fetch(&addr, "/metrics").unwrap();
+    let metrics = agent::cli::status::fetch(&addr, "/metrics").unwrap();
     let count = metrics
         .lines()
         .find_map(|l| l.strip_prefix("qianzhi_commit_to_ack_seconds_count "))

@@ -1,0 +1,156 @@
+//! `qianzhi status`: one GET of `/status` on the running agent's health
+//! port, printed as JSON or as a human summary ([`render`], coloured on a
+//! terminal). [`fetch`] is the small HTTP client it uses; the tests use it
+//! too.
+//!
+//! Not here: the document itself ([`crate::health::Status`]) or the server.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::config::Config;
+use crate::health::{LinkState, Status};
+
+/// Runs `qianzhi status`.
+pub fn main(config_path: &Path, json: bool, addr: Option<String>) -> ExitCode {
+    let addr = addr.unwrap_or_else(|| {
+        Config::load(config_path).map_or_else(|_| "127.0.0.1:9720".to_owned(), |c| c.health_listen.to_string())
+    });
+    let body = match fetch(&addr, "/status") {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("qianzhi: cannot read status from {addr}: {e} (is the agent running?)");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!("{body}");
+        return ExitCode::SUCCESS;
+    }
+    match serde_json::from_str::<Status>(&body) {
+        Ok(s) => {
+            let text = render(&s);
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                print!("{}", colour(&text));
+            } else {
+                print!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("qianzhi: unexpected status document: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A human summary of a status document, for `qianzhi status`.
+pub fn render(s: &Status) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let age = |x: Option<f64>| x.map_or_else(|| "never".to_owned(), |s| format!("{s:.1}s ago"));
+    let _ = writeln!(
+        o,
+        "agency   {}  (qianzhi {}, outbox {})",
+        s.agency, s.version, s.outbox_id
+    );
+    let _ = writeln!(o, "ready    {}", s.ready);
+    for d in &s.degraded {
+        let _ = writeln!(o, "WARNING  {d}");
+    }
+    let state = match s.link.state {
+        LinkState::Up => "up",
+        LinkState::Connecting => "connecting",
+        LinkState::Down => "DOWN",
+    };
+    let _ = writeln!(
+        o,
+        "link     {state} for {:.0}s to {}; last ack {}; sent {}, acked {}, rejected {}",
+        s.link.since_seconds,
+        s.link.hub,
+        age(s.link.last_ack_seconds_ago),
+        s.link.sent,
+        s.link.acked,
+        s.link.rejected
+    );
+    if let Some(e) = &s.link.error {
+        let _ = writeln!(o, "         error: {e}");
+    }
+    let _ = writeln!(
+        o,
+        "queue    {} records, {} of {} bytes{}; oldest {}",
+        s.queue.records,
+        s.queue.bytes,
+        s.queue.max_bytes,
+        if s.queue.full { " (FULL: sources paused)" } else { "" },
+        s.queue
+            .oldest_age_seconds
+            .map_or_else(|| "-".to_owned(), |a| format!("{a:.1}s old"))
+    );
+    let _ = writeln!(o, "quarantine {} records", s.quarantine);
+    for r in &s.resources {
+        let last = r.last_change_us.map_or_else(
+            || "no change yet".to_owned(),
+            |us| {
+                let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64);
+                humantime::format_rfc3339_seconds(t).to_string()
+            },
+        );
+        let late = if r.overdue { "; OVERDUE" } else { "" };
+        let _ = writeln!(
+            o,
+            "resource {} {} ({}): last change {last}{late}",
+            r.resource, r.name, r.cycle
+        );
+    }
+    for src in &s.sources {
+        let _ = writeln!(
+            o,
+            "source   {}: {} rows, {} records, {} quarantined, {} files done, {} rejected{}",
+            src.name,
+            src.rows,
+            src.records,
+            src.quarantined,
+            src.files_done,
+            src.files_rejected,
+            src.error.as_ref().map_or_else(String::new, |e| format!("; ERROR: {e}"))
+        );
+    }
+    o
+}
+
+/// Red for what needs action, yellow for warnings, green for a healthy link.
+fn colour(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            let code = if l.starts_with("WARNING") {
+                "33"
+            } else if ["DOWN", "OVERDUE", "ERROR", "FULL"].iter().any(|w| l.contains(w)) {
+                "31"
+            } else if l.starts_with("link     up") || l == "ready    ok" {
+                "32"
+            } else {
+                return format!("{l}\n");
+            };
+            format!("\x1b[{code}m{l}\x1b[0m\n")
+        })
+        .collect()
+}
+
+/// One HTTP/1.0 GET on the local health port (for `qianzhi status` and
+/// tests): the body of a 200 answer, else an error with the status line.
+pub fn fetch(addr: &str, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(std::io::Error::other(
+            head.lines().next().unwrap_or("no answer").to_owned(),
+        ));
+    }
+    Ok(body.to_owned())
+}

@@ -1,0 +1,192 @@
+//! The handles the pipeline writes through: [`SourceStats`] for one source,
+//! [`LinkStats`] for the link. Each holds only what its writer may change
+//! (counters, an error, the link's state), so neither sources nor the link
+//! see the rest of [`Health`](super::Health).
+//!
+//! Not here: how the counters are registered and rendered (`metrics`) or
+//! read back into the status document (`status`).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+use super::{Freshness, LinkState};
+use crate::sync::MutexExt;
+
+/// Counters and state of one source.
+#[derive(Debug)]
+pub struct SourceStats {
+    pub rows: Counter,
+    pub records: Counter,
+    pub quarantined: Counter,
+    /// Warnings that travel with valid records.
+    pub warnings: Counter,
+    pub files_done: Counter,
+    pub files_rejected: Counter,
+    /// Entries of a drop folder that are never taken (links, FIFOs,
+    /// folders, hidden or temporary names), each counted once.
+    pub files_skipped: Counter,
+    error: Mutex<Option<String>>,
+    /// Files that could not be taken and are retried, by name: the folder
+    /// goes on with the others.
+    problems: Mutex<BTreeMap<String, String>>,
+    freshness: Freshness,
+}
+
+/// The counters of one source that are registered per source label.
+pub(super) struct SourceCounters {
+    pub rows: Counter,
+    pub records: Counter,
+    pub quarantined: Counter,
+    pub warnings: Counter,
+    pub files_done: Counter,
+    pub files_rejected: Counter,
+}
+
+impl SourceStats {
+    pub(super) fn new(c: SourceCounters, freshness: Freshness) -> SourceStats {
+        SourceStats {
+            rows: c.rows,
+            records: c.records,
+            quarantined: c.quarantined,
+            files_done: c.files_done,
+            files_rejected: c.files_rejected,
+            files_skipped: Counter::default(),
+            warnings: c.warnings,
+            error: Mutex::default(),
+            problems: Mutex::default(),
+            freshness,
+        }
+    }
+
+    /// A committed change of `resource` at `at_us`.
+    pub fn changed(&self, resource: &str, at_us: i64) {
+        self.freshness.lock_unpoisoned().changed(resource, at_us);
+    }
+
+    pub fn set_error(&self, e: Option<String>) {
+        *self.error.lock_unpoisoned() = e;
+    }
+
+    pub fn error(&self) -> Option<String> {
+        self.error.lock_unpoisoned().clone()
+    }
+
+    /// Notes (or with `None` clears) a problem with one file.
+    pub fn set_problem(&self, file: &str, problem: Option<String>) {
+        let mut p = self.problems.lock_unpoisoned();
+        match problem {
+            Some(text) => {
+                p.insert(file.to_owned(), text);
+            }
+            None => {
+                p.remove(file);
+            }
+        }
+    }
+
+    pub fn problems(&self) -> Vec<String> {
+        self.problems
+            .lock_unpoisoned()
+            .iter()
+            .map(|(f, e)| format!("{f}: {e}"))
+            .collect()
+    }
+}
+
+/// The link's state and counters, as the link reports them. Cloning gives
+/// another handle to the same state (the way a source's [`SourceStats`] is
+/// shared); [`LinkStats::noop`] gives one that nothing reads, for tests
+/// (vector's `BufferUsageHandle::noop`).
+#[derive(Clone, Debug)]
+pub struct LinkStats {
+    pub(super) info: Arc<Mutex<LinkInfo>>,
+    pub(super) up: Gauge,
+    pub(super) sent: Counter,
+    pub(super) acked: Counter,
+    pub(super) rejected: Counter,
+    /// From the outbox commit of a batch's first record to the hub's ack.
+    pub(super) commit_to_ack: Histogram,
+}
+
+/// The link's state as `/status` shows it.
+#[derive(Debug, Clone)]
+pub(super) struct LinkInfo {
+    pub state: LinkState,
+    pub since: SystemTime,
+    /// Since when the link has not been up (through every reconnect
+    /// attempt); `None` while it is up.
+    pub down_since: Option<SystemTime>,
+    pub last_ack: Option<SystemTime>,
+    pub error: Option<String>,
+}
+
+impl LinkStats {
+    /// A link that is connecting, with zero counters.
+    pub(super) fn new() -> LinkStats {
+        LinkStats {
+            info: Arc::new(Mutex::new(LinkInfo {
+                state: LinkState::Connecting,
+                since: SystemTime::now(),
+                down_since: Some(SystemTime::now()),
+                last_ack: None,
+                error: None,
+            })),
+            up: Gauge::default(),
+            sent: Counter::default(),
+            acked: Counter::default(),
+            rejected: Counter::default(),
+            commit_to_ack: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+        }
+    }
+
+    /// A handle whose state and counters nothing reads.
+    pub fn noop() -> LinkStats {
+        LinkStats::new()
+    }
+
+    /// The link's new state. An error is kept until the next error or
+    /// until the link is up.
+    pub fn set_state(&self, state: LinkState, error: Option<String>) {
+        let mut link = self.info.lock_unpoisoned();
+        if link.state != state {
+            link.state = state;
+            link.since = SystemTime::now();
+        }
+        if state == LinkState::Up {
+            link.down_since = None;
+        } else if link.down_since.is_none() {
+            link.down_since = Some(SystemTime::now());
+        }
+        if error.is_some() || state == LinkState::Up {
+            link.error = error;
+        }
+        self.up.set(i64::from(state == LinkState::Up));
+    }
+
+    /// Records sent to the hub.
+    pub fn sent(&self, records: u64) {
+        self.sent.inc_by(records);
+    }
+
+    /// Records the hub acknowledged.
+    pub fn acked(&self, records: u64) {
+        self.acked.inc_by(records);
+        self.info.lock_unpoisoned().last_ack = Some(SystemTime::now());
+    }
+
+    /// One record the hub rejected (moved to the quarantine).
+    pub fn rejected(&self) {
+        self.rejected.inc();
+    }
+
+    /// An acknowledged batch: `seconds` from its first record's commit to
+    /// the hub's ack.
+    pub fn commit_to_ack(&self, seconds: f64) {
+        self.commit_to_ack.observe(seconds);
+    }
+}

@@ -1,0 +1,161 @@
+//! The `/status` JSON document ([`Status`]) and readiness (`/readyz`), both
+//! read from [`Health`] at request time. Reading them does no I/O beyond
+//! the outbox's recovery report: the slow checks are cached (`degraded`).
+//!
+//! Not here: the text the CLI makes of the document (`cli::status`).
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use super::Health;
+use crate::sync::MutexExt;
+
+/// The link's state as shown in /status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    Connecting,
+    Up,
+    Down,
+}
+
+/// The JSON document of `/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub agency: String,
+    pub version: String,
+    pub outbox_id: String,
+    /// "ok", or why the agent is not ready.
+    pub ready: String,
+    /// Conditions an operator must know about while the agent keeps working.
+    pub degraded: Vec<String>,
+    pub link: LinkStatus,
+    pub queue: QueueStatus,
+    pub quarantine: u64,
+    /// Freshness of every resource this agency provides.
+    pub resources: Vec<crate::freshness::ResourceFreshness>,
+    pub sources: Vec<SourceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkStatus {
+    pub hub: String,
+    pub state: LinkState,
+    pub since_seconds: f64,
+    pub last_ack_seconds_ago: Option<f64>,
+    pub error: Option<String>,
+    pub sent: u64,
+    pub acked: u64,
+    pub rejected: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueStatus {
+    pub records: u64,
+    pub bytes: u64,
+    pub max_bytes: u64,
+    /// True while sources are paused because the queue is full.
+    pub full: bool,
+    pub oldest_age_seconds: Option<f64>,
+    pub last_seq: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub name: String,
+    pub rows: u64,
+    pub records: u64,
+    pub quarantined: u64,
+    pub warnings: u64,
+    pub files_done: u64,
+    pub files_rejected: u64,
+    /// Folder entries never taken (links, FIFOs, folders, hidden names).
+    #[serde(default)]
+    pub files_skipped: u64,
+    /// Files retried with a backoff, each with its reason.
+    #[serde(default)]
+    pub problems: Vec<String>,
+    pub error: Option<String>,
+}
+
+impl Health {
+    /// Ready when the outbox is writable, no damage recovery waits for an
+    /// operator, and no source is failing.
+    pub fn ready(&self) -> Result<(), String> {
+        if let Some(e) = self.outbox.stats().error {
+            return Err(format!("outbox not writable: {e}"));
+        }
+        if let Some(r) = self.outbox.unacknowledged_recovery() {
+            return Err(r);
+        }
+        let sources = self.sources.lock_unpoisoned();
+        for (name, s) in sources.iter() {
+            if let Some(e) = s.error() {
+                return Err(format!("source {name} failing: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn status(&self) -> Status {
+        // Computed first: it takes the sources lock itself.
+        let ready = self.ready().err().unwrap_or_else(|| "ok".into());
+        let q = self.outbox.stats();
+        let now = SystemTime::now();
+        let link = self.link.info.lock_unpoisoned().clone();
+        let oldest_age = q.oldest_us.map(|us| {
+            let now_us = crate::clock::now_us();
+            ((now_us - us).max(0) as f64) / 1e6
+        });
+        // Before the sources lock: it takes that lock itself.
+        let degraded = self.degraded(&q, link.down_since, link.error.as_deref());
+        let sources = self.sources.lock_unpoisoned();
+        Status {
+            agency: self.agency.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            outbox_id: self.outbox.id().to_owned(),
+            ready,
+            degraded,
+            link: LinkStatus {
+                hub: self.hub.clone(),
+                state: link.state,
+                since_seconds: now.duration_since(link.since).map_or(0.0, |d| d.as_secs_f64()),
+                last_ack_seconds_ago: link
+                    .last_ack
+                    .map(|t| now.duration_since(t).map_or(0.0, |d| d.as_secs_f64())),
+                error: link.error,
+                sent: self.link.sent.get(),
+                acked: self.link.acked.get(),
+                rejected: self.link.rejected.get(),
+            },
+            queue: QueueStatus {
+                records: q.records,
+                bytes: q.bytes,
+                max_bytes: self.outbox.max_bytes(),
+                full: q.bytes >= self.outbox.max_bytes(),
+                oldest_age_seconds: oldest_age,
+                last_seq: q.last_seq,
+                error: q.error,
+            },
+            quarantine: q.quarantined,
+            resources: self.freshness.lock_unpoisoned().report(crate::clock::now_us()),
+            sources: sources
+                .iter()
+                .map(|(name, s)| SourceStatus {
+                    name: name.clone(),
+                    rows: s.rows.get(),
+                    records: s.records.get(),
+                    quarantined: s.quarantined.get(),
+                    warnings: s.warnings.get(),
+                    files_done: s.files_done.get(),
+                    files_rejected: s.files_rejected.get(),
+                    files_skipped: s.files_skipped.get(),
+                    problems: s.problems(),
+                    error: s.error(),
+                })
+                .collect(),
+        }
+    }
+}
