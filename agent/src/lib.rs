@@ -1,16 +1,22 @@
-//! Qianzhi (前置), the front-end exchange agent.
+//! Qianzhi (前置), the front-end exchange agent: watches the agency's data
+//! (drop folders, databases), normalizes every record to the catalog's data
+//! elements, queues it durably and delivers it to the hub exactly once.
 //!
-//! Module map:
+//! Module map (the pipeline, in order, then what runs it):
 //! - [`config`]: the one TOML file → validated [`config::Config`].
-//! - [`catalog`]: the resource catalog and the record rules, shared with the hub.
-//! - [`source`]: one task per source (drop folder) that reads, normalizes
-//!   and commits to the outbox.
+//! - `source`: one task per source (drop folder, SQLite, PostgreSQL, MySQL)
+//!   that reads rows and commits them through `source::commit`.
 //! - [`normalize`]: pure row → record or quarantine entry.
-//! - [`outbox`]: the durable queue (SQLite), positions and quarantine.
-//! - [`link`]: the mTLS gRPC stream that drains the outbox into the hub.
-//! - [`health`]: status, metrics and the health port.
-//! - [`pki`]: a development PKI (rcgen).
-//! - [`signal`]: shutdown signals.
+//! - [`outbox`]: the durable queue (SQLite): records, positions, quarantine.
+//! - `link`: the mTLS gRPC stream that drains the outbox into the hub.
+//! - [`health`]: counters, `/status`, `/metrics` and the health port.
+//! - [`cli`]: the `qianzhi` subcommands (`main.rs` only dispatches).
+//! - `check`, `quarantine`, `freshness`, `systemd`, `disk`, `fsx`, `sync`,
+//!   [`clock`], [`signal`]: what those use.
+//!
+//! The record rules and the TLS are the `rules` and `pki` crates, shared
+//! with the hub. Modules are private unless the binary, the demo, the
+//! benchmark, the fuzz targets or the end-to-end tests need them.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -21,22 +27,22 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub mod check;
+mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod disk;
-pub mod freshness;
-pub mod fsx;
+mod freshness;
+mod fsx;
 pub mod health;
-pub mod link;
+mod link;
 pub mod normalize;
 pub mod outbox;
-pub mod quarantine;
+mod quarantine;
 pub mod signal;
 pub mod source;
 mod sync;
-pub mod systemd;
+mod systemd;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]

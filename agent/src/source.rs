@@ -23,9 +23,9 @@ use crate::normalize::Mapping;
 use crate::outbox::Outbox;
 use rules::catalog::Catalog;
 
-pub mod commit;
-pub mod db;
-pub mod folder;
+mod commit;
+pub(crate) mod db;
+mod folder;
 pub mod format;
 
 /// A running source.

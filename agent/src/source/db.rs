@@ -83,7 +83,6 @@ pub struct Change {
 /// What a backend needs to know of the source.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub kind: DbKind,
     pub source: String,
     pub url: String,
     pub password: Option<String>,
@@ -105,7 +104,6 @@ impl Target {
             None => None,
         };
         Ok(Target {
-            kind: db.kind,
             source: config.name.clone(),
             url: db.url.clone(),
             password,
