@@ -63,8 +63,11 @@ impl<'a> Reader<'a> {
     /// Bytes of free pages inside the database file: space the outbox
     /// reuses before it grows the file (a file never shrinks on delete).
     pub fn reusable_bytes(&self) -> rusqlite::Result<u64> {
-        let pages: i64 = self.0.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-        let size: i64 = self.0.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let pages: i64 = self
+            .0
+            .prepare_cached("PRAGMA freelist_count")?
+            .query_row([], |r| r.get(0))?;
+        let size: i64 = self.0.prepare_cached("PRAGMA page_size")?.query_row([], |r| r.get(0))?;
         Ok((pages.max(0) * size.max(0)) as u64)
     }
 

@@ -63,7 +63,8 @@ pub(super) fn initial_stats(conn: &Connection) -> rusqlite::Result<Stats> {
 }
 
 fn oldest(conn: &Connection) -> rusqlite::Result<Option<i64>> {
-    conn.query_row("SELECT enqueued_us FROM records ORDER BY seq LIMIT 1", [], |r| r.get(0))
+    conn.prepare_cached("SELECT enqueued_us FROM records ORDER BY seq LIMIT 1")?
+        .query_row([], |r| r.get(0))
         .optional()
 }
 
@@ -312,13 +313,12 @@ fn apply_one(tx: &Connection, command: &Command, stats: &mut Stats, now: i64) ->
             }
         }
         Command::Ack(seq, _) => {
-            let (n, bytes): (i64, i64) = tx.query_row(
-                "SELECT count(*), coalesce(sum(length(data)), 0) FROM records WHERE seq <= ?1",
-                [*seq as i64],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
+            let (n, bytes): (i64, i64) = tx
+                .prepare_cached("SELECT count(*), coalesce(sum(length(data)), 0) FROM records WHERE seq <= ?1")?
+                .query_row([*seq as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
             if n > 0 {
-                tx.execute("DELETE FROM records WHERE seq <= ?1", [*seq as i64])?;
+                tx.prepare_cached("DELETE FROM records WHERE seq <= ?1")?
+                    .execute([*seq as i64])?;
                 stats.records -= n as u64;
                 stats.bytes -= bytes as u64;
                 stats.oldest_us = oldest(tx)?;
