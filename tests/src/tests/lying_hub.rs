@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::v1::exchange_server::{Exchange, ExchangeServer};
-use proto::v1::{Ack, AgentMessage, HubMessage, Welcome, agent_message, hub_message};
+use proto::v1::{Ack, AgentMessage, Delivery, HubMessage, SubscriberMessage, Welcome, agent_message, hub_message};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -57,6 +57,15 @@ impl Exchange for Liar {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type SubscribeStream = ReceiverStream<Result<Delivery, Status>>;
+
+    async fn subscribe(
+        &self,
+        _request: Request<Streaming<SubscriberMessage>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        Err(Status::unimplemented("the liar only receives"))
     }
 }
 
