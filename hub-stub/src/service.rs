@@ -153,6 +153,15 @@ impl Exchange for Hub {
             end: Some(end),
         }))
     }
+
+    type SubscribeStream = tokio_stream::wrappers::ReceiverStream<Result<proto::v1::Delivery, Status>>;
+
+    async fn subscribe(
+        &self,
+        _request: Request<Streaming<proto::v1::SubscriberMessage>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
 }
 
 impl Hub {
