@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use prost::Message;
 use prost::bytes::Buf;
 use proto::v1::exchange_server::Exchange;
-use proto::v1::{AgentMessage, HubMessage};
+use proto::v1::{AgentMessage, Delivery, HubMessage, SubscriberMessage};
 use tonic::codec::{CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder};
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::{Status, Streaming};
@@ -183,6 +183,21 @@ impl<T> tonic::server::NamedService for ExchangeService<T> {
     const NAME: &'static str = proto::v1::exchange_server::SERVICE_NAME;
 }
 
+/// The Subscribe method: its messages are small and few (the receiver
+/// only acknowledges), so prost's codec within the message size limit.
+struct SubscribeMethod<T>(Arc<T>);
+
+impl<T: Exchange> tonic::server::StreamingService<SubscriberMessage> for SubscribeMethod<T> {
+    type Response = Delivery;
+    type ResponseStream = T::SubscribeStream;
+    type Future = BoxFuture<tonic::Response<T::SubscribeStream>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Streaming<SubscriberMessage>>) -> Self::Future {
+        let inner = self.0.clone();
+        Box::pin(async move { inner.subscribe(request).await })
+    }
+}
+
 /// The Sync method, as tonic's streaming handler wants it.
 struct SyncMethod<T>(Arc<T>);
 
@@ -212,12 +227,21 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.uri().path() != "/qianzhi.exchange.v1.Exchange/Sync" {
-            return Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) });
-        }
         let mut accept = EnabledCompressionEncodings::default();
         accept.enable(CompressionEncoding::Gzip);
         accept.enable(CompressionEncoding::Zstd);
+        if req.uri().path() == "/qianzhi.exchange.v1.Exchange/Subscribe" {
+            let (method, max) = (SubscribeMethod(self.inner.clone()), self.max_message_bytes);
+            return Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<Delivery, SubscriberMessage>::default())
+                    .apply_compression_config(accept, accept)
+                    .apply_max_message_size_config(Some(max), None);
+                Ok(grpc.streaming(method, req).await)
+            });
+        }
+        if req.uri().path() != "/qianzhi.exchange.v1.Exchange/Sync" {
+            return Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) });
+        }
         let (method, codec, max) = (SyncMethod(self.inner.clone()), self.codec, self.max_message_bytes);
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(codec)

@@ -25,12 +25,14 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+pub mod admin;
 pub mod codec;
 pub mod config;
 pub mod conn;
 pub mod limits;
 pub mod service;
 pub mod session;
+pub mod share;
 pub mod store;
 pub mod text;
 

@@ -30,14 +30,43 @@ enum Command {
     },
     /// Print the store as JSON Lines: the current state, or every change.
     Export {
+        /// The hub's config (its `store`), as for `serve`.
+        #[arg(long, short, conflicts_with = "store", required_unless_present = "store")]
+        config: Option<PathBuf>,
+        /// The store file itself, without a config.
         #[arg(long)]
-        store: PathBuf,
+        store: Option<PathBuf>,
         /// Only this resource.
         #[arg(long)]
         resource: Option<String>,
         /// Every change in arrival order instead of the current state.
         #[arg(long)]
         history: bool,
+    },
+    /// Sharing agreements (有条件共享, article 21): add, list, revoke.
+    Agreement {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: hub_stub::admin::AgreementCommand,
+    },
+    /// What each agency provided and received (article 27's yearly check).
+    Report {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete history no receiver needs: changes that are no longer current
+    /// and that every receiver heard from within `--keep` has applied.
+    Compact {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A receiver silent for longer no longer holds history back; it gets
+        /// a fresh snapshot when it returns.
+        #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+        keep: std::time::Duration,
     },
 }
 
@@ -78,12 +107,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { config } => {
             let c = HubConfig::load(&config)?;
-            let text =
-                std::fs::read_to_string(&c.catalog).with_context(|| format!("catalog {}", c.catalog.display()))?;
-            let catalog = Arc::new(
-                rules::catalog::Catalog::from_toml_str(&text)
-                    .with_context(|| format!("catalog {}", c.catalog.display()))?,
-            );
+            let catalog = Arc::new(load_catalog(&c)?);
             let tls = pki::tls::server_config(&c.tls.ca, &c.tls.cert, &c.tls.key)?;
             let store = Arc::new(Store::open(&c.store)?);
             let listener = tokio::net::TcpListener::bind(c.listen)
@@ -102,19 +126,54 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Export {
+            config,
             store,
             resource,
             history,
         } => {
-            if !store.exists() {
-                anyhow::bail!("no store at {}", store.display());
+            let (store, catalog) = match (config, store) {
+                (Some(c), _) => {
+                    let c = HubConfig::load(&c)?;
+                    (c.store.clone(), Some(load_catalog(&c)?))
+                }
+                (None, Some(s)) => (s, None),
+                (None, None) => anyhow::bail!("give --config or --store"),
+            };
+            if let (Some(r), Some(catalog)) = (&resource, &catalog)
+                && catalog.resource(r).is_none()
+            {
+                anyhow::bail!("resource {r} is not in the catalog");
             }
-            let store = Store::open(&store)?;
+            let store = hub_stub::admin::open_existing(&store)?;
             let mut out = std::io::stdout().lock();
             store.export(resource.as_deref(), history, &mut out)?;
             Ok(())
         }
+        Command::Agreement { config, command } => {
+            let c = HubConfig::load(&config)?;
+            let catalog = load_catalog(&c)?;
+            let store = hub_stub::admin::open_existing(&c.store)?;
+            hub_stub::admin::agreement(&store, &catalog, command, &mut std::io::stdout().lock())
+        }
+        Command::Report { config, json } => {
+            let c = HubConfig::load(&config)?;
+            let catalog = load_catalog(&c)?;
+            let store = hub_stub::admin::open_existing(&c.store)?;
+            hub_stub::admin::report(&store, &catalog, json, &mut std::io::stdout().lock())
+        }
+        Command::Compact { config, keep } => {
+            let c = HubConfig::load(&config)?;
+            let store = hub_stub::admin::open_existing(&c.store)?;
+            let n = store.compact(keep)?;
+            println!("compacted: {n} superseded changes deleted");
+            Ok(())
+        }
     }
+}
+
+fn load_catalog(c: &HubConfig) -> anyhow::Result<rules::catalog::Catalog> {
+    let text = std::fs::read_to_string(&c.catalog).with_context(|| format!("catalog {}", c.catalog.display()))?;
+    rules::catalog::Catalog::from_toml_str(&text).with_context(|| format!("catalog {}", c.catalog.display()))
 }
 
 /// SIGTERM (systemd) or SIGINT (Ctrl-C), watched from the start: a hub that

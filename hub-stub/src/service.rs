@@ -16,9 +16,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use proto::v1::exchange_server::Exchange;
-use proto::v1::{AgentMessage, Hello, HubMessage, Welcome, agent_message, hub_message};
+use proto::v1::{
+    AgentMessage, Delivery, Hello, HubMessage, SubscriberMessage, Subscribe, Welcome, agent_message, hub_message,
+    subscriber_message,
+};
 use rules::catalog::Catalog;
 use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
@@ -30,6 +34,12 @@ use crate::store::Store;
 use crate::text::shown;
 
 mod stream;
+mod subscribe;
+
+/// Subscriptions one Subscribe may name.
+pub const MAX_SUBSCRIPTIONS: usize = 256;
+/// Items one subscription may ask for.
+pub const MAX_ITEMS: usize = 1024;
 
 /// Bytes an identifier in Hello may have.
 pub const MAX_ID_BYTES: usize = 128;
@@ -154,13 +164,68 @@ impl Exchange for Hub {
         }))
     }
 
-    type SubscribeStream = tokio_stream::wrappers::ReceiverStream<Result<proto::v1::Delivery, Status>>;
+    type SubscribeStream = ReceiverStream<Result<Delivery, Status>>;
 
     async fn subscribe(
         &self,
-        _request: Request<Streaming<proto::v1::SubscriberMessage>>,
+        request: Request<Streaming<SubscriberMessage>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        Err(Status::unimplemented("not yet"))
+        let conn = request
+            .extensions()
+            .get::<ConnInfo>()
+            .cloned()
+            .ok_or_else(|| Status::internal("no connection info"))?;
+        let identity = conn.agency.clone().map_err(Status::unauthenticated)?;
+        let slot = self.streams.take(&identity).map_err(|e| {
+            warn!(peer = %conn.peer, "{e}; stream refused");
+            Status::resource_exhausted(e.to_string())
+        })?;
+        let open = conn.open_stream();
+        let mut inbound = request.into_inner();
+        let first = tokio::select! {
+            m = tokio::time::timeout(self.limits.hello_timeout, inbound.message()) => m,
+            () = self.shutdown.cancelled() => return Err(Status::unavailable("the hub is shutting down")),
+        };
+        let subscribe = match first {
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "no Subscribe within {:?} (limits.hello_timeout)",
+                    self.limits.hello_timeout
+                )));
+            }
+            Ok(Err(e)) => return Err(stream::bounded(&e)),
+            Ok(Ok(Some(SubscriberMessage {
+                body: Some(subscriber_message::Body::Subscribe(s)),
+            }))) => s,
+            Ok(Ok(_)) => return Err(Status::invalid_argument("the first message must be Subscribe")),
+        };
+        check_subscribe(&subscribe).inspect_err(|e| {
+            warn!(peer = %conn.peer, agency = %shown(&identity), reason = %e.message(), "Subscribe refused");
+        })?;
+        if subscribe.agency_id != identity {
+            warn!(certificate = %shown(&identity), subscribe = %shown(&subscribe.agency_id), "agency mismatch refused");
+            return Err(Status::permission_denied(format!(
+                "the client certificate is for agency {}, but Subscribe says {}",
+                shown(&identity),
+                shown(&subscribe.agency_id)
+            )));
+        }
+        let reader = self.store.reader().map_err(|e| Status::unavailable(e.to_string()))?;
+        let span = info_span!("receiver", agency = %shown(&identity), peer = %conn.peer);
+        let (tx, rx) = mpsc::channel(16);
+        let stream = subscribe::Stream {
+            store: self.store.clone(),
+            catalog: self.catalog.clone(),
+            agency: identity,
+            reader: Arc::new(std::sync::Mutex::new(reader)),
+            cancel: self.shutdown.child_token(),
+        };
+        tokio::spawn(
+            stream
+                .run(subscribe.subscriptions, inbound, tx, (slot, open))
+                .instrument(span),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
@@ -240,6 +305,55 @@ pub fn check_hello(h: &Hello) -> Result<(), Status> {
             "Hello.outbox_id must be printable ASCII: {}",
             shown(&h.outbox_id)
         )));
+    }
+    Ok(())
+}
+
+/// Refuses a Subscribe whose identifiers are too long, that names too many
+/// subscriptions or items, or one resource twice.
+pub fn check_subscribe(s: &Subscribe) -> Result<(), Status> {
+    for (name, value) in [
+        ("agency_id", &s.agency_id),
+        ("software_version", &s.software_version),
+        ("catalog_digest", &s.catalog_digest),
+    ] {
+        if value.len() > MAX_ID_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "Subscribe.{name} is {} bytes, over {MAX_ID_BYTES}: {}",
+                value.len(),
+                shown(value)
+            )));
+        }
+    }
+    if s.subscriptions.is_empty() || s.subscriptions.len() > MAX_SUBSCRIPTIONS {
+        return Err(Status::invalid_argument(format!(
+            "Subscribe names {} subscriptions: 1 to {MAX_SUBSCRIPTIONS} are allowed",
+            s.subscriptions.len()
+        )));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for sub in &s.subscriptions {
+        let too_long = std::iter::once(&sub.resource).chain(&sub.items).find(|v| v.len() > MAX_ID_BYTES);
+        if let Some(v) = too_long {
+            return Err(Status::invalid_argument(format!(
+                "a subscription identifier is {} bytes, over {MAX_ID_BYTES}: {}",
+                v.len(),
+                shown(v)
+            )));
+        }
+        if sub.items.len() > MAX_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "the subscription to {} asks for {} items, over {MAX_ITEMS}",
+                shown(&sub.resource),
+                sub.items.len()
+            )));
+        }
+        if !seen.insert(sub.resource.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "resource {} is subscribed twice",
+                shown(&sub.resource)
+            )));
+        }
     }
     Ok(())
 }

@@ -15,6 +15,12 @@
 //! - `rejections(box, seq, code, reason)`: kept until the agent's Hello shows
 //!   it holds nothing below them, so a rejection whose message was lost in a
 //!   crash is repeated in the next Welcome.
+//! - `feed(hseq, resource, box, seq)`: the hub's own sequence over every
+//!   accepted change, in commit order (AUTOINCREMENT: never reused, even
+//!   after compaction), which receivers follow ([`feed`]); `current.hseq`
+//!   is the hub sequence of the change it points to.
+//! - `agreements`, `subscribers`, `deliveries`, `horizons`: the receiving
+//!   direction's bookkeeping ([`feed`]).
 //!
 //! Sequences are contiguous: an entry at or below the high-water mark is a
 //! replay and skipped, the entry right after it is applied, and anything
@@ -44,9 +50,11 @@ use prost::Message;
 use proto::v1::{Entry, Operation, Record, RejectCode, Rejected};
 use rules::catalog::{Catalog, Sharing};
 use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::watch;
 
 use crate::text;
 
+pub mod feed;
 #[cfg(test)]
 mod tests;
 
@@ -77,6 +85,8 @@ pub enum SeqError {
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// The highest hub sequence committed: receivers' streams wait on it.
+    latest: watch::Sender<u64>,
 }
 
 /// A record decoded, checked and encoded for storage, or the reason it is
@@ -136,7 +146,7 @@ pub struct Applied {
     pub stop: Option<SeqError>,
 }
 
-fn now_us() -> i64 {
+pub(crate) fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
@@ -179,6 +189,10 @@ impl Store {
                  PRIMARY KEY (box, seq));",
         )
         .map_err(err)?;
+        feed::migrate(&conn).map_err(err)?;
+        let latest: i64 = conn
+            .query_row("SELECT coalesce(max(hseq), 0) FROM feed", [], |r| r.get(0))
+            .map_err(err)?;
         // WAL mode made the -wal and -shm files: SQLite gives them the main
         // file's mode, and an old store's may predate that.
         for p in [sidecar(path, "-wal"), sidecar(path, "-shm")] {
@@ -187,7 +201,18 @@ impl Store {
         Ok(Store {
             path: path.to_owned(),
             conn: Mutex::new(conn),
+            latest: watch::Sender::new(latest as u64),
         })
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Watches the highest committed hub sequence.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.latest.subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -239,7 +264,7 @@ impl Store {
     /// Applies prepared entries from `agency`'s outbox in one transaction.
     pub fn apply(&self, agency: &str, outbox: &str, entries: &[Prepared]) -> Result<Applied, Error> {
         let mut conn = self.lock();
-        let run = |conn: &mut Connection| -> rusqlite::Result<Applied> {
+        let run = |conn: &mut Connection| -> rusqlite::Result<(Applied, Option<i64>)> {
             let tx = conn.transaction()?;
             let now = now_us();
             let (id, hwm) = match find_outbox(&tx, agency, outbox)? {
@@ -256,6 +281,7 @@ impl Store {
                 hwm,
                 ..Applied::default()
             };
+            let mut last_hseq = None;
             for e in entries {
                 if e.seq <= applied.hwm {
                     applied.replayed += 1;
@@ -268,7 +294,7 @@ impl Store {
                 match &e.row {
                     None => applied.lost += 1,
                     Some(Ok(row)) => {
-                        store_row(&tx, id, e.seq, row, now)?;
+                        last_hseq = Some(store_row(&tx, id, e.seq, row, now)?);
                         applied.stored += 1;
                     }
                     Some(Err((code, reason))) => {
@@ -290,9 +316,13 @@ impl Store {
                 params![id, applied.hwm as i64, now],
             )?;
             tx.commit()?;
-            Ok(applied)
+            Ok((applied, last_hseq))
         };
-        run(&mut conn).map_err(|e| self.err(e))
+        let (applied, last_hseq) = run(&mut conn).map_err(|e| self.err(e))?;
+        if let Some(h) = last_hseq {
+            self.latest.send_replace(h as u64);
+        }
+        Ok(applied)
     }
 
     /// Writes the store as JSON Lines: the current state, or with `history`
@@ -456,7 +486,11 @@ fn oversized(record: &Record, max: usize) -> Result<(), String> {
     Ok(())
 }
 
-fn store_row(tx: &rusqlite::Transaction<'_>, id: i64, seq: u64, row: &Row, now: i64) -> rusqlite::Result<()> {
+/// Stores one accepted change; returns its hub sequence.
+fn store_row(tx: &rusqlite::Transaction<'_>, id: i64, seq: u64, row: &Row, now: i64) -> rusqlite::Result<i64> {
+    tx.prepare_cached("INSERT INTO feed (resource, box, seq) VALUES (?1, ?2, ?3)")?
+        .execute(params![row.resource, id, seq as i64])?;
+    let hseq = tx.last_insert_rowid();
     tx.prepare_cached(
         "INSERT INTO history (box, seq, resource, key, op, record, received_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
@@ -474,10 +508,10 @@ fn store_row(tx: &rusqlite::Transaction<'_>, id: i64, seq: u64, row: &Row, now: 
             .execute(params![row.resource, row.key])?;
     } else {
         tx.prepare_cached(
-            "INSERT INTO current (resource, key, box, seq) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (resource, key) DO UPDATE SET box = excluded.box, seq = excluded.seq",
+            "INSERT INTO current (resource, key, box, seq, hseq) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (resource, key) DO UPDATE SET box = excluded.box, seq = excluded.seq, hseq = excluded.hseq",
         )?
-        .execute(params![row.resource, row.key, id, seq as i64])?;
+        .execute(params![row.resource, row.key, id, seq as i64, hseq])?;
     }
-    Ok(())
+    Ok(hseq)
 }
