@@ -10,8 +10,9 @@
 //! any piece is a valid place to resume from, and the snapshot and the
 //! changes after it neither miss nor repeat a change.
 //!
-//! At most [`WINDOW`] changes per subscription are sent and not yet
-//! acknowledged, so a slow receiver holds the hub's memory to that.
+//! At most [`WINDOW`] changes in [`WINDOW_MESSAGES`] messages per
+//! subscription are sent and not yet acknowledged, so a slow receiver holds
+//! the hub's memory (and its own queue) to that.
 //!
 //! Grants are checked again every [`RECHECK`]: a revoked or expired
 //! agreement ends delivery of its resource with `Revoked` (changes already
@@ -41,8 +42,10 @@ use crate::text::shown;
 
 /// Changes per `Changes` message, at most.
 const CHUNK: usize = 1024;
-/// Changes sent and not yet acknowledged per subscription, at most.
+/// Changes sent and not yet acknowledged per subscription, at most...
 pub const WINDOW: u64 = 16 * 1024;
+/// ...and messages (a receiver queues this many per subscription).
+pub const WINDOW_MESSAGES: usize = 16;
 /// How often grants are checked again and acknowledgements recorded.
 pub const RECHECK: Duration = Duration::from_secs(1);
 
@@ -259,7 +262,8 @@ impl Stream {
     async fn pump(&self, subs: &mut [Sub], out: &Out) -> Result<(), Status> {
         for sub in subs.iter_mut() {
             while let Some(grant) = sub.grant.clone()
-                && sub.sent - sub.acked < WINDOW
+                && sub.in_flight.iter().map(|f| f.1).sum::<u64>() < WINDOW
+                && sub.in_flight.len() < WINDOW_MESSAGES
             {
                 if !self.pump_one(sub, &grant, out).await? {
                     break;
@@ -314,6 +318,7 @@ impl Stream {
                     delivery::Body::Changes(Changes {
                         changes,
                         upto_seq: reached,
+                        resource: sub.resource.clone(),
                     }),
                 )
                 .await?;
