@@ -26,6 +26,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Error, Store, now_us};
 
+#[cfg(test)]
+mod tests;
+
 /// A sharing agreement (article 21).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Agreement {
