@@ -192,7 +192,8 @@ pub struct Sink {
 
 enum Inner {
     Sqlite(sqlite::Sqlite),
-    Postgres(postgres::Postgres),
+    /// Boxed: its prepared statements make it the largest by far.
+    Postgres(Box<postgres::Postgres>),
     Mysql(mysql::Mysql),
     Folder(folder::Folder),
 }
@@ -220,7 +221,7 @@ impl Sink {
                 let layout = table::Layout::new(&spec, t)?;
                 match t.kind {
                     DbKind::Sqlite => Inner::Sqlite(sqlite::Sqlite::open(layout, t, change).await?),
-                    DbKind::Postgres => Inner::Postgres(postgres::Postgres::open(layout, t, change).await?),
+                    DbKind::Postgres => Inner::Postgres(Box::new(postgres::Postgres::open(layout, t, change).await?)),
                     DbKind::Mysql => Inner::Mysql(mysql::Mysql::open(layout, t, change).await?),
                 }
             }

@@ -144,7 +144,10 @@ fn create(path: &Path) -> std::io::Result<File> {
 
 /// An I/O error with what was being done and the file.
 fn io(what: &str, path: &Path) -> impl Fn(std::io::Error) -> String {
-    let at = format!("{what} {}", crate::source::format::bounded(&path.display().to_string(), 200));
+    let at = format!(
+        "{what} {}",
+        crate::source::format::bounded(&path.display().to_string(), 200)
+    );
     move |e| format!("{at}: {e}")
 }
 
@@ -551,8 +554,14 @@ impl Files {
         }
         if reset {
             let empty = std::iter::repeat_n("", self.items.len() + tail.len() - 1);
-            w.write_record(empty.clone().take(self.items.len()).chain(["reset"]).chain(empty.take(4)))
-                .map_err(fail)?;
+            w.write_record(
+                empty
+                    .clone()
+                    .take(self.items.len())
+                    .chain(["reset"])
+                    .chain(empty.take(4)),
+            )
+            .map_err(fail)?;
         }
         for c in changes {
             let (seq, at) = (c.seq.to_string(), c.captured_at_us.to_string());

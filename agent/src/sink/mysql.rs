@@ -238,7 +238,11 @@ async fn write(conn: &mut Conn, layout: &Layout, place: &str, plan: &Plan, held:
             format!("DELETE FROM {table} WHERE {} IN {}", keys[0], tuple(part.len()))
         } else {
             let tuples = vec![tuple(keys.len()); part.len()];
-            format!("DELETE FROM {table} WHERE ({}) IN ({})", keys.join(", "), tuples.join(", "))
+            format!(
+                "DELETE FROM {table} WHERE ({}) IN ({})",
+                keys.join(", "),
+                tuples.join(", ")
+            )
         };
         let params: Vec<Value> = part.iter().flatten().map(|k| Value::from(k.as_str())).collect();
         tx.exec_drop(sql, params)

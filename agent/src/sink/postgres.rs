@@ -175,7 +175,10 @@ impl Postgres {
                 .map_err(fail("prepare the position read"))?,
             delete: client.prepare(&delete).await.map_err(fail("prepare the delete"))?,
             insert: client.prepare(&insert).await.map_err(fail("prepare the insert"))?,
-            store: client.prepare(&store).await.map_err(fail("prepare the position write"))?,
+            store: client
+                .prepare(&store)
+                .await
+                .map_err(fail("prepare the position write"))?,
             client,
             driver,
         })
@@ -262,12 +265,7 @@ impl Postgres {
             let seq: Vec<i64> = plan.rows.iter().map(|r| r.seq).collect();
             let captured: Vec<i64> = plan.rows.iter().map(|r| r.captured_at_us).collect();
             let mut params: Vec<&(dyn ToSql + Sync)> = texts.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-            params.extend([
-                &provider as &(dyn ToSql + Sync),
-                &agreement,
-                &seq,
-                &captured,
-            ]);
+            params.extend([&provider as &(dyn ToSql + Sync), &agreement, &seq, &captured]);
             tx.execute(&conn.insert, &params)
                 .await
                 .map_err(fail("insert the changed rows"))?;

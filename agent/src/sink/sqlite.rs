@@ -34,7 +34,11 @@ fn err<'a>(layout: &'a Layout, place: &'a str, what: &'a str) -> impl Fn(rusqlit
         } else {
             ""
         };
-        SinkError::new(&layout.subscription, place, format!("{what}: {}{hint}", bounded(&text, 300)))
+        SinkError::new(
+            &layout.subscription,
+            place,
+            format!("{what}: {}{hint}", bounded(&text, 300)),
+        )
     }
 }
 
@@ -81,12 +85,14 @@ impl Sqlite {
     ) -> Result<(Connection, u64), SinkError> {
         let fail = |what: String| SinkError::new(&layout.subscription, place, what);
         let exists = Path::new(path).is_file();
-        if !exists && !(create && change) {
-            if create {
-                // `qianzhi check`: the file and table would be made.
+        if !exists {
+            if !create {
+                return Err(fail("the database file does not exist (create = true makes it)".into()));
+            }
+            if !change {
+                // `qianzhi check`: the file and the table would be made.
                 return Ok((Connection::open_in_memory().map_err(err(layout, place, "open"))?, 0));
             }
-            return Err(fail("the database file does not exist (create = true makes it)".into()));
         }
         let flags = if change {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
@@ -94,7 +100,8 @@ impl Sqlite {
             OpenFlags::SQLITE_OPEN_READ_ONLY
         };
         let conn = Connection::open_with_flags(path, flags).map_err(err(layout, place, "cannot open the database"))?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(err(layout, place, "busy_timeout"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(err(layout, place, "busy_timeout"))?;
         if change {
             conn.pragma_update(None, "journal_mode", "wal")
                 .map_err(err(layout, place, "journal_mode=WAL"))?;
@@ -166,9 +173,9 @@ impl Sqlite {
         let deleted = self
             .call(|c, layout, place| {
                 let tx = c.transaction().map_err(err(layout, place, "begin"))?;
-                let n = tx
-                    .execute(&delete_received(layout), [])
-                    .map_err(err(layout, place, "delete the received rows"))?;
+                let n =
+                    tx.execute(&delete_received(layout), [])
+                        .map_err(err(layout, place, "delete the received rows"))?;
                 tx.execute(
                     &format!("DELETE FROM {APPLIED} WHERE subscription = ?1"),
                     [&layout.subscription],
@@ -226,7 +233,11 @@ fn write(tx: &rusqlite::Transaction<'_>, layout: &Layout, place: &str, plan: &Pl
         let provenance: [&dyn rusqlite::ToSql; 4] = [&row.provider, &row.agreement, &row.seq, &row.captured_at_us];
         let values = row.values.iter().map(|v| v as &dyn rusqlite::ToSql).chain(provenance);
         insert.execute(params_from_iter(values)).map_err(|e| {
-            err(layout, place, &format!("insert change {} (key {})", row.seq, shown_row_key(layout, row)))(e)
+            err(
+                layout,
+                place,
+                &format!("insert change {} (key {})", row.seq, shown_row_key(layout, row)),
+            )(e)
         })?;
     }
     Ok(())

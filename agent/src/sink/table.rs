@@ -159,7 +159,10 @@ fn check_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() || name.split('.').any(str::is_empty) {
         return Err("is empty");
     }
-    if name.chars().any(|c| matches!(c, '"' | '`' | '\'' | '\\') || c.is_control()) {
+    if name
+        .chars()
+        .any(|c| matches!(c, '"' | '`' | '\'' | '\\') || c.is_control())
+    {
         return Err("contains a quote, a backslash or a control character");
     }
     Ok(())
@@ -192,7 +195,13 @@ pub struct Plan {
 impl Plan {
     /// Skips changes at or below `position`; refuses changes out of order,
     /// with the wrong number of key values, or with unknown items.
-    pub fn new(layout: &Layout, place: &str, changes: &[Delivered], reset: bool, position: u64) -> Result<Plan, SinkError> {
+    pub fn new(
+        layout: &Layout,
+        place: &str,
+        changes: &[Delivered],
+        reset: bool,
+        position: u64,
+    ) -> Result<Plan, SinkError> {
         let fail = |what: String| SinkError::new(&layout.subscription, place, what);
         let mut last = position;
         let mut latest: HashMap<&[String], usize> = HashMap::with_capacity(changes.len());

@@ -76,7 +76,10 @@ async fn table_upsert_update_delete_and_key_change() {
     let mut sink = Sink::open(table_spec(&db, true)).await.unwrap();
     assert_eq!(sink.position(), 0);
     let pos = sink
-        .apply(&[change(1, "a", "甲"), change(2, "b", "乙"), change(3, "c", "丙")], false)
+        .apply(
+            &[change(1, "a", "甲"), change(2, "b", "乙"), change(3, "c", "丙")],
+            false,
+        )
         .await
         .unwrap();
     assert_eq!(pos, 3);
@@ -107,7 +110,10 @@ async fn table_upsert_update_delete_and_key_change() {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .unwrap();
-    assert_eq!((provider.as_str(), agreement.as_str(), at), ("P01", "", 1_700_000_000_000_004));
+    assert_eq!(
+        (provider.as_str(), agreement.as_str(), at),
+        ("P01", "", 1_700_000_000_000_004)
+    );
     drop(sink);
 
     // Reopened: the position is the committed one; changes at or below it
@@ -129,7 +135,9 @@ async fn reset_and_purge_leave_the_agencys_own_rows() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("r.db");
     let mut sink = Sink::open(table_spec(&db, true)).await.unwrap();
-    sink.apply(&[change(1, "a", "1"), change(2, "b", "2")], false).await.unwrap();
+    sink.apply(&[change(1, "a", "1"), change(2, "b", "2")], false)
+        .await
+        .unwrap();
     // A row the agency wrote itself: no qianzhi_seq. (The table made by the
     // sink has NOT NULL provenance, so use a table made by hand.)
     exec(&db, "DROP TABLE received");
@@ -141,7 +149,9 @@ async fn reset_and_purge_leave_the_agencys_own_rows() {
     );
     let mut sink = Sink::open(table_spec(&db, false)).await.unwrap();
     assert_eq!(sink.position(), 0);
-    sink.apply(&[change(1, "a", "1"), change(2, "b", "2")], false).await.unwrap();
+    sink.apply(&[change(1, "a", "1"), change(2, "b", "2")], false)
+        .await
+        .unwrap();
     sink.apply(&[change(3, "c", "3")], true).await.unwrap();
     let keys: Vec<String> = rows(&db).into_iter().map(|r| r.0).collect();
     assert_eq!(keys, ["c", "own"]);
@@ -227,7 +237,10 @@ async fn a_second_writer_is_refused() {
     let mut two = Sink::open(table_spec(&db, true)).await.unwrap();
     one.apply(&[change(1, "a", "1")], false).await.unwrap();
     let e = two.apply(&[change(1, "a", "1")], false).await.unwrap_err().to_string();
-    assert!(e.contains("the position stored in qianzhi_applied is 1, this sink holds 0"), "{e}");
+    assert!(
+        e.contains("the position stored in qianzhi_applied is 1, this sink holds 0"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -293,7 +306,13 @@ async fn folder_rolls_by_count_and_by_time() {
     let (a, b) = (file(1, 2, "jsonl"), file(3, 4, "jsonl"));
     assert_eq!(
         names(dir.path()),
-        [".qianzhi-R_001.tmp".to_owned(), a.clone(), format!("{a}.ok"), b.clone(), format!("{b}.ok")]
+        [
+            ".qianzhi-R_001.tmp".to_owned(),
+            a.clone(),
+            format!("{a}.ok"),
+            b.clone(),
+            format!("{b}.ok")
+        ]
     );
     let text = std::fs::read_to_string(dir.path().join("out").join(&a)).unwrap();
     assert_eq!(
@@ -305,13 +324,18 @@ async fn folder_rolls_by_count_and_by_time() {
     );
     // roll_after (zero here) has passed: the open file is renamed in.
     assert_eq!(sink.tick().await.unwrap(), 5);
-    assert_eq!(std::fs::read_to_string(dir.path().join("sink-R001.pos")).unwrap(), "5\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("sink-R001.pos")).unwrap(),
+        "5\n"
+    );
     // A reset starts a file of its own; a delete carries only the key.
     sink.apply(&[delete(6, "k1")], true).await.unwrap();
     assert_eq!(sink.tick().await.unwrap(), 6);
     let text = std::fs::read_to_string(dir.path().join("out").join(file(6, 6, "jsonl"))).unwrap();
     assert!(
-        text.starts_with("{\"_op\":\"reset\"}\n{\"sfzh\":\"k1\",\"xm\":null,\"xb\":null,\"_op\":\"delete\",\"_seq\":6,"),
+        text.starts_with(
+            "{\"_op\":\"reset\"}\n{\"sfzh\":\"k1\",\"xm\":null,\"xb\":null,\"_op\":\"delete\",\"_seq\":6,"
+        ),
         "{text}"
     );
     drop(sink);
@@ -360,7 +384,13 @@ async fn folder_recovers_after_a_crash() {
     std::fs::write(dir.path().join("sink-R001.pos"), "2\n").unwrap();
     std::fs::remove_file(dir.path().join("out").join(format!("{}.ok", file(3, 4, "jsonl")))).unwrap();
     // Another resource's file, and a name of ours that is not a file name.
-    std::fs::write(dir.path().join("out").join(file(9, 9, "jsonl").replace("R_001", "R_0011")), "").unwrap();
+    std::fs::write(
+        dir.path()
+            .join("out")
+            .join(file(9, 9, "jsonl").replace("R_001", "R_0011")),
+        "",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("out").join("R_001-9-9.jsonl"), "").unwrap();
 
     let mut sink = Sink::open(spec).await.unwrap();

@@ -78,7 +78,10 @@ async fn scenario(db: Db) {
     let mut sink = Sink::open(spec(&db, "received", true)).await.expect("open");
     assert_eq!(sink.position(), 0);
     let pos = sink
-        .apply(&[change(1, "a", "甲"), change(2, "b", "乙"), change(3, "c", "丙")], false)
+        .apply(
+            &[change(1, "a", "甲"), change(2, "b", "乙"), change(3, "c", "丙")],
+            false,
+        )
         .await
         .expect("apply");
     assert_eq!(pos, 3);
@@ -119,8 +122,15 @@ async fn scenario(db: Db) {
     // A second writer of the same subscription is refused.
     let mut other = Sink::open(spec(&db, "received", true)).await.expect("open");
     sink.apply(&[change(11, "f", "f")], false).await.expect("apply");
-    let e = other.apply(&[change(11, "f", "f")], false).await.unwrap_err().to_string();
-    assert!(e.contains("position stored in qianzhi_applied is 11, this sink holds 10"), "{e}");
+    let e = other
+        .apply(&[change(11, "f", "f")], false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("position stored in qianzhi_applied is 11, this sink holds 10"),
+        "{e}"
+    );
     drop(other);
 
     // A failure inside the transaction: nothing moves; repeated after the
@@ -133,7 +143,10 @@ async fn scenario(db: Db) {
     let batch = [change(12, "g", "g"), change(13, "h", "bad"), delete(14, "a")];
     let before = rows(&db, "received").await;
     let e = sink.apply(&batch, true).await.unwrap_err().to_string();
-    assert!(e.contains("subscription R001") && e.contains("insert the changed rows"), "{e}");
+    assert!(
+        e.contains("subscription R001") && e.contains("insert the changed rows"),
+        "{e}"
+    );
     assert_eq!(sink.position(), 11);
     assert_eq!(rows(&db, "received").await, before);
     assert_eq!(
@@ -175,7 +188,11 @@ async fn existing(db: Db) {
         Kind::Mysql => ("VARCHAR(200) CHARACTER SET utf8mb4", "BIGINT"),
         _ => ("varchar(200)", "bigint"),
     };
-    let e = Sink::open(spec(&db, "theirs", false)).await.err().expect("missing table").to_string();
+    let e = Sink::open(spec(&db, "theirs", false))
+        .await
+        .err()
+        .expect("missing table")
+        .to_string();
     assert!(e.contains("table theirs does not exist"), "{e}");
     db.connect()
         .await
@@ -185,7 +202,10 @@ async fn existing(db: Db) {
         ))
         .await
         .expect("create");
-    let e = Sink::check(spec(&db, "theirs", false)).await.expect_err("wrong type").to_string();
+    let e = Sink::check(spec(&db, "theirs", false))
+        .await
+        .expect_err("wrong type")
+        .to_string();
     assert!(
         e.contains("subscription R001") && e.contains("column address of table theirs is int"),
         "{e}"
@@ -195,7 +215,11 @@ async fn existing(db: Db) {
         .exec("ALTER TABLE theirs DROP COLUMN address")
         .await
         .expect("drop column");
-    let e = Sink::open(spec(&db, "theirs", false)).await.err().expect("missing").to_string();
+    let e = Sink::open(spec(&db, "theirs", false))
+        .await
+        .err()
+        .expect("missing")
+        .to_string();
     assert!(e.contains("table theirs has no column address"), "{e}");
     db.connect()
         .await
@@ -204,7 +228,9 @@ async fn existing(db: Db) {
         .expect("add column");
     // No unique key on sfzh: delete then insert keeps one row per key.
     let mut sink = Sink::open(spec(&db, "theirs", false)).await.expect("open");
-    sink.apply(&[change(1, "a", "1"), change(2, "a", "2")], false).await.expect("apply");
+    sink.apply(&[change(1, "a", "1"), change(2, "a", "2")], false)
+        .await
+        .expect("apply");
     sink.apply(&[change(3, "a", "3")], false).await.expect("apply");
     assert_eq!(rows(&db, "theirs").await, ["a:3:-:3"]);
 }

@@ -22,7 +22,12 @@ pub struct Mysql {
 /// `init` on every connection; returns the connection and the place to name
 /// in messages (`MySQL host:port/db`). `who` names the source or the
 /// subscription whose URL it is.
-pub(crate) async fn connect(url: &str, password: Option<&str>, who: &str, init: &[&str]) -> Result<(Conn, String), DbError> {
+pub(crate) async fn connect(
+    url: &str,
+    password: Option<&str>,
+    who: &str,
+    init: &[&str],
+) -> Result<(Conn, String), DbError> {
     let opts = Opts::from_url(url).map_err(|e| DbError(format!("{who}: url is not a MySQL URL: {e}")))?;
     let place = format!(
         "MySQL {}:{}/{}",
@@ -109,7 +114,13 @@ impl Mysql {
 
 impl Backend for Mysql {
     async fn connect(target: &Target) -> Result<Self, DbError> {
-        let (conn, place) = connect(&target.url, target.password.as_deref(), &format!("source {}", target.source), &[]).await?;
+        let (conn, place) = connect(
+            &target.url,
+            target.password.as_deref(),
+            &format!("source {}", target.source),
+            &[],
+        )
+        .await?;
         let mut m = Mysql {
             conn,
             target: target.clone(),

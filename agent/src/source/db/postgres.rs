@@ -33,7 +33,11 @@ impl Drop for Postgres {
 /// The connection settings of a PostgreSQL URL, and the place to name in
 /// messages (`PostgreSQL host:port/db`). `who` names the source or the
 /// subscription whose URL it is.
-pub(crate) fn config(url: &str, password: Option<&str>, who: &str) -> Result<(tokio_postgres::Config, String), DbError> {
+pub(crate) fn config(
+    url: &str,
+    password: Option<&str>,
+    who: &str,
+) -> Result<(tokio_postgres::Config, String), DbError> {
     let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| DbError(format!("{who}: url is not a PostgreSQL URL: {e}")))?;
@@ -107,7 +111,11 @@ impl Postgres {
 
 impl Backend for Postgres {
     async fn connect(target: &Target) -> Result<Self, DbError> {
-        let (config, place) = config(&target.url, target.password.as_deref(), &format!("source {}", target.source))?;
+        let (config, place) = config(
+            &target.url,
+            target.password.as_deref(),
+            &format!("source {}", target.source),
+        )?;
         let (client, mut connection) = config.connect(NoTls).await.map_err(err(&place, "connect"))?;
         let wake = Arc::new(Notify::new());
         let w = wake.clone();
