@@ -347,6 +347,13 @@ impl Files {
                     self.key.len()
                 ));
             }
+            if let Some(unknown) = c.items.keys().find(|k| !self.items.contains(*k)) {
+                return Err(format!(
+                    "change {} carries item {}, which the subscription does not list: the catalog changed?",
+                    c.seq,
+                    super::shown(unknown)
+                ));
+            }
             last = c.seq;
         }
         let mut rest = fresh.as_slice();

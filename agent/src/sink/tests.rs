@@ -415,3 +415,20 @@ async fn folder_must_exist() {
     let e = Sink::open(spec).await.err().unwrap().to_string();
     assert!(e.contains("subscription R001: folder") && e.contains("absent"), "{e}");
 }
+
+#[tokio::test]
+async fn folder_refuses_unknown_items_and_keeps_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = Sink::open(folder_spec(dir.path(), SinkFormat::Jsonl, Encoding::Utf8, 10))
+        .await
+        .unwrap();
+    sink.apply(&[change(1, "a", "x")], false).await.unwrap();
+    let mut odd = change(2, "b", "y");
+    odd.items.insert("new_item".into(), "z".into());
+    let e = sink.apply(&[odd], false).await.unwrap_err().to_string();
+    assert!(e.contains("change 2 carries item new_item"), "{e}");
+    assert_eq!(sink.apply(&[change(2, "b", "y")], false).await.unwrap(), 0);
+    assert_eq!(sink.tick().await.unwrap(), 2);
+    let text = std::fs::read_to_string(dir.path().join("out").join(file(1, 2, "jsonl"))).unwrap();
+    assert_eq!(text.lines().count(), 2);
+}
