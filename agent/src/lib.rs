@@ -40,6 +40,7 @@ pub mod normalize;
 pub mod outbox;
 mod quarantine;
 pub mod signal;
+pub mod sink;
 pub mod source;
 mod sync;
 mod systemd;

@@ -15,4 +15,5 @@ mod package;
 mod quarantine;
 mod refusal;
 mod reload;
+mod sink;
 mod timestamps;

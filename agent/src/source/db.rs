@@ -43,10 +43,10 @@ use tokio::sync::mpsc;
 
 use crate::config::{CaptureMode, DbConfig, DbKind, InstallMode, SourceConfig};
 
-mod mysql;
-mod postgres;
+pub(crate) mod mysql;
+pub(crate) mod postgres;
 mod runner;
-mod sql;
+pub(crate) mod sql;
 mod sqlite;
 
 pub use runner::DbSource;

@@ -18,8 +18,41 @@ pub struct Mysql {
     place: String,
 }
 
+/// Connects to a MySQL URL with `SET NAMES utf8mb4` and the statements
+/// `init` on every connection; returns the connection and the place to name
+/// in messages (`MySQL host:port/db`). `who` names the source or the
+/// subscription whose URL it is.
+pub(crate) async fn connect(
+    url: &str,
+    password: Option<&str>,
+    who: &str,
+    init: &[&str],
+) -> Result<(Conn, String), DbError> {
+    let opts = Opts::from_url(url).map_err(|e| DbError(format!("{who}: url is not a MySQL URL: {e}")))?;
+    let place = format!(
+        "MySQL {}:{}/{}",
+        opts.ip_or_hostname(),
+        opts.tcp_port(),
+        opts.db_name().unwrap_or("")
+    );
+    let mut statements = vec!["SET NAMES utf8mb4".to_owned()];
+    statements.extend(init.iter().map(|s| (*s).to_owned()));
+    let mut builder = OptsBuilder::from_opts(opts)
+        .conn_ttl(None::<Duration>)
+        .tcp_keepalive(Some(30_000u32))
+        .init(statements);
+    if let Some(p) = password {
+        builder = builder.pass(Some(p.to_owned()));
+    }
+    let conn = tokio::time::timeout(Duration::from_secs(10), Conn::new(builder))
+        .await
+        .map_err(|_| DbError(format!("{place}: connect: timed out after 10s")))?
+        .map_err(err(&place, "connect"))?;
+    Ok((conn, place))
+}
+
 /// An error in words, naming the privilege where one is missing.
-fn err<'a>(place: &'a str, what: &'a str) -> impl Fn(mysql_async::Error) -> DbError + 'a {
+pub(crate) fn err<'a>(place: &'a str, what: &'a str) -> impl Fn(mysql_async::Error) -> DbError + 'a {
     move |e| match &e {
         mysql_async::Error::Server(s) => match s.code {
             // Table, column, database or global privilege denied.
@@ -81,25 +114,13 @@ impl Mysql {
 
 impl Backend for Mysql {
     async fn connect(target: &Target) -> Result<Self, DbError> {
-        let opts = Opts::from_url(&target.url)
-            .map_err(|e| DbError(format!("source {}: url is not a MySQL URL: {e}", target.source)))?;
-        let place = format!(
-            "MySQL {}:{}/{}",
-            opts.ip_or_hostname(),
-            opts.tcp_port(),
-            opts.db_name().unwrap_or("")
-        );
-        let mut builder = OptsBuilder::from_opts(opts)
-            .conn_ttl(None::<Duration>)
-            .tcp_keepalive(Some(30_000u32))
-            .init(vec!["SET NAMES utf8mb4"]);
-        if let Some(p) = &target.password {
-            builder = builder.pass(Some(p.clone()));
-        }
-        let conn = tokio::time::timeout(Duration::from_secs(10), Conn::new(builder))
-            .await
-            .map_err(|_| DbError(format!("{place}: connect: timed out after 10s")))?
-            .map_err(err(&place, "connect"))?;
+        let (conn, place) = connect(
+            &target.url,
+            target.password.as_deref(),
+            &format!("source {}", target.source),
+            &[],
+        )
+        .await?;
         let mut m = Mysql {
             conn,
             target: target.clone(),

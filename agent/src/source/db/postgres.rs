@@ -30,8 +30,39 @@ impl Drop for Postgres {
     }
 }
 
+/// The connection settings of a PostgreSQL URL, and the place to name in
+/// messages (`PostgreSQL host:port/db`). `who` names the source or the
+/// subscription whose URL it is.
+pub(crate) fn config(
+    url: &str,
+    password: Option<&str>,
+    who: &str,
+) -> Result<(tokio_postgres::Config, String), DbError> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| DbError(format!("{who}: url is not a PostgreSQL URL: {e}")))?;
+    if let Some(p) = password {
+        config.password(p);
+    }
+    config.application_name("qianzhi");
+    config.connect_timeout(Duration::from_secs(10));
+    config.keepalives_idle(Duration::from_secs(30));
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let place = format!(
+        "PostgreSQL {host}:{}/{}",
+        config.get_ports().first().copied().unwrap_or(5432),
+        config.get_dbname().unwrap_or("")
+    );
+    Ok((config, place))
+}
+
 /// An error in words, naming the privilege where one is missing.
-fn err<'a>(place: &'a str, what: &'a str) -> impl Fn(tokio_postgres::Error) -> DbError + 'a {
+pub(crate) fn err<'a>(place: &'a str, what: &'a str) -> impl Fn(tokio_postgres::Error) -> DbError + 'a {
     move |e| {
         let Some(db) = e.as_db_error() else {
             return DbError(format!("{place}: {what}: {e}"));
@@ -80,27 +111,11 @@ impl Postgres {
 
 impl Backend for Postgres {
     async fn connect(target: &Target) -> Result<Self, DbError> {
-        let mut config: tokio_postgres::Config = target
-            .url
-            .parse()
-            .map_err(|e| DbError(format!("source {}: url is not a PostgreSQL URL: {e}", target.source)))?;
-        if let Some(p) = &target.password {
-            config.password(p);
-        }
-        config.application_name("qianzhi");
-        config.connect_timeout(Duration::from_secs(10));
-        config.keepalives_idle(Duration::from_secs(30));
-        let host = match config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            #[cfg(unix)]
-            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-            None => "localhost".into(),
-        };
-        let place = format!(
-            "PostgreSQL {host}:{}/{}",
-            config.get_ports().first().copied().unwrap_or(5432),
-            config.get_dbname().unwrap_or("")
-        );
+        let (config, place) = config(
+            &target.url,
+            target.password.as_deref(),
+            &format!("source {}", target.source),
+        )?;
         let (client, mut connection) = config.connect(NoTls).await.map_err(err(&place, "connect"))?;
         let wake = Arc::new(Notify::new());
         let w = wake.clone();

@@ -53,7 +53,7 @@ pub(super) fn forget_sql(ranges: &[(i64, i64)]) -> Vec<String> {
 }
 
 /// Quotes an identifier (validated by the config: no quote characters).
-pub(super) fn quote(kind: DbKind, name: &str) -> String {
+pub(crate) fn quote(kind: DbKind, name: &str) -> String {
     let q = if kind == DbKind::Mysql { '`' } else { '"' };
     name.split('.')
         .map(|p| format!("{q}{p}{q}"))
@@ -126,6 +126,6 @@ pub(super) fn uninstall_row_triggers(kind: DbKind, target: &Target, names: Vec<S
 }
 
 /// A string literal (validated names only: no quotes inside).
-pub(super) fn literal(s: &str) -> String {
+pub(crate) fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
