@@ -20,6 +20,7 @@ use rules::catalog::{self, Catalog};
 
 mod raw;
 mod source;
+mod subscription;
 #[cfg(test)]
 mod tests;
 
@@ -27,6 +28,7 @@ pub use source::{
     AfterDone, CaptureMode, Completion, DbConfig, DbKind, Encoding, FileFormat, FolderConfig, Input, InstallMode,
     MappingConfig, SourceConfig,
 };
+pub use subscription::{OnRevoke, SinkConfig, SinkFormat, SubscriptionConfig};
 
 /// The default config path of a packaged install.
 pub const DEFAULT_PATH: &str = "/etc/qianzhi/agent.toml";
@@ -100,6 +102,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: String,
     pub sources: Vec<SourceConfig>,
+    /// What this agency receives (`[[subscription]]`).
+    pub subscriptions: Vec<SubscriptionConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -234,6 +238,11 @@ impl Config {
             let source = source::validate(s, &text, &catalog, &agency, &sources)?;
             sources.push(source);
         }
+        let mut subscriptions = Vec::new();
+        for s in raw.subscriptions {
+            let sub = subscription::validate(s, &text, &catalog, &sources, &subscriptions)?;
+            subscriptions.push(sub);
+        }
 
         Ok(Config {
             origin: origin.to_owned(),
@@ -257,6 +266,7 @@ impl Config {
             log_format: raw.log.format.unwrap_or(LogFormat::Text),
             log_level: raw.log.level.unwrap_or_else(|| "info".into()),
             sources,
+            subscriptions,
         })
     }
 }

@@ -32,8 +32,8 @@ mod status;
 
 pub use degraded::Watch;
 pub use server::{bind, serve};
-pub use stats::{LinkStats, SourceStats};
-pub use status::{LinkState, LinkStatus, QueueStatus, SourceStatus, Status};
+pub use stats::{LinkStats, SourceStats, SubscriptionStats};
+pub use status::{LinkState, LinkStatus, QueueStatus, SourceStatus, Status, SubscriptionStatus};
 
 /// The freshness tracker, shared with every source's handle.
 type Freshness = Arc<Mutex<crate::freshness::Tracker>>;
@@ -46,6 +46,8 @@ pub struct Health {
     /// Each source's handle by name, in the order they started: `/status`
     /// lists them in that order.
     sources: Mutex<Vec<(String, Arc<SourceStats>)>>,
+    /// Each subscription's handle by resource, in config order.
+    subscriptions: Mutex<Vec<(String, SubscriptionStats)>>,
     /// The link's state and counters; the link holds a clone.
     link: LinkStats,
     metrics: metrics::Metrics,
@@ -69,6 +71,7 @@ impl Health {
             hub: hub.to_owned(),
             outbox,
             sources: Mutex::default(),
+            subscriptions: Mutex::default(),
             metrics: metrics::Metrics::new(&link),
             link,
             degraded: degraded::Checks::new(watch),
@@ -97,6 +100,17 @@ impl Health {
             self.freshness.clone(),
         ));
         sources.push((name.to_owned(), s.clone()));
+        s
+    }
+
+    /// The stats of a subscription, created on first use.
+    pub fn subscription(&self, resource: &str) -> SubscriptionStats {
+        let mut subs = self.subscriptions.lock_unpoisoned();
+        if let Some((_, s)) = subs.iter().find(|(r, _)| r == resource) {
+            return s.clone();
+        }
+        let s = SubscriptionStats::new();
+        subs.push((resource.to_owned(), s.clone()));
         s
     }
 

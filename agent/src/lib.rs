@@ -39,6 +39,7 @@ mod link;
 pub mod normalize;
 pub mod outbox;
 mod quarantine;
+mod receive;
 pub mod signal;
 pub mod sink;
 pub mod source;
@@ -184,6 +185,7 @@ pub async fn start(
     let mut sources = source::Sources::new(&config.agency, &outbox, &health, tasks, &token);
     sources.apply(&config.sources, &config.catalog).await;
     let link = spawn_link(&config, &outbox, &health, tasks, &token);
+    receive::start(&config, &health, tasks, token.clone());
     tasks.spawn(systemd::run(health.clone(), outbox.clone(), token.clone()));
     tasks.spawn(disk::watch(outbox.clone(), token.clone()));
     if let Some(w) = pki::tls::key_warning(&config.hub.key) {

@@ -163,6 +163,36 @@ pub async fn handshake(hub: &HubConfig) -> Result<(), Error> {
     }
 }
 
+/// Connects a channel to the hub (the link's and the receiver's): our own connector does TCP + rustls so that the
+/// TLS config (TLS 1.3, ring, files re-read) is entirely ours.
+pub async fn connect(hub: &HubConfig) -> Result<tonic::transport::Channel, Error> {
+    let config = pki::tls::client_config(&hub.ca, &hub.cert, &hub.key)?;
+    let server_name = ServerName::try_from(hub.server_name.clone())
+        .map_err(|e| Error::Handshake(format!("invalid server name {:?}: {e}", hub.server_name)))?;
+    // tonic must not try TLS itself: give it the plain scheme.
+    let plain = hub.url.replacen("https://", "http://", 1);
+    let endpoint = Endpoint::from_shared(plain)
+        .map_err(|e| Error::Connect(e.to_string()))?
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(hub.keepalive)
+        .keep_alive_timeout(hub.keepalive)
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20));
+    let connector = tower::service_fn(move |uri: Uri| {
+        let config = config.clone();
+        let name = server_name.clone();
+        async move {
+            let host = uri.host().unwrap_or_default().to_owned();
+            let port = uri.port_u16().unwrap_or(443);
+            let stream = tls_connect(config, name, &host, port).await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(TokioIo::new(stream))
+        }
+    });
+    endpoint.connect_with_connector(connector).await.map_err(from_transport)
+}
+
 /// Everything a link needs.
 pub struct Link {
     pub hub: HubConfig,
@@ -228,39 +258,9 @@ impl Link {
             .build()
     }
 
-    /// Connects the channel: our own connector does TCP + rustls so that the
-    /// TLS config (TLS 1.3, ring, files re-read) is entirely ours.
-    async fn connect(&self) -> Result<tonic::transport::Channel, Error> {
-        let config = pki::tls::client_config(&self.hub.ca, &self.hub.cert, &self.hub.key)?;
-        let server_name = ServerName::try_from(self.hub.server_name.clone())
-            .map_err(|e| Error::Handshake(format!("invalid server name {:?}: {e}", self.hub.server_name)))?;
-        // tonic must not try TLS itself: give it the plain scheme.
-        let plain = self.hub.url.replacen("https://", "http://", 1);
-        let endpoint = Endpoint::from_shared(plain)
-            .map_err(|e| Error::Connect(e.to_string()))?
-            .connect_timeout(Duration::from_secs(10))
-            .http2_keep_alive_interval(self.hub.keepalive)
-            .keep_alive_timeout(self.hub.keepalive)
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(true)
-            .initial_stream_window_size(Some(8 << 20))
-            .initial_connection_window_size(Some(16 << 20));
-        let connector = tower::service_fn(move |uri: Uri| {
-            let config = config.clone();
-            let name = server_name.clone();
-            async move {
-                let host = uri.host().unwrap_or_default().to_owned();
-                let port = uri.port_u16().unwrap_or(443);
-                let stream = tls_connect(config, name, &host, port).await?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(TokioIo::new(stream))
-            }
-        });
-        endpoint.connect_with_connector(connector).await.map_err(from_transport)
-    }
-
     async fn session(&self, token: &CancellationToken) -> Result<(), Error> {
         let channel = tokio::select! {
-            c = self.connect() => c?,
+            c = connect(&self.hub) => c?,
             () = token.cancelled() => return Ok(()),
         };
         let mut client = ExchangeClient::new(channel)

@@ -1,6 +1,8 @@
-//! The one-command demo: development certificates, a hub-stub and an agent
-//! in one process, a sample file dropped into the agent's folder, and the
-//! records shown as they arrive at the hub.
+//! The one-command demo: development certificates, a hub-stub and two
+//! agents in one process. The provider's sample file is dropped into its
+//! folder and its records are shown as they arrive at the hub; a second
+//! agency, under a sharing agreement for one item, receives them into a
+//! table of its own SQLite database.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,6 +18,9 @@ use hub_stub::Store;
 /// tests share.
 pub const CATALOG: &str = include_str!("../../deploy/catalog.example.toml");
 pub const AGENCY: &str = "320282-gaj";
+/// The receiving agency (民政局) and what it may receive of the people.
+pub const RECEIVER: &str = "320282-mzj";
+const AGREEMENT: &str = "DEMO-2026-001";
 
 /// The sample export: five good rows, one with an impossible birth date,
 /// one ragged row.
@@ -34,8 +39,15 @@ pub async fn run(dir: &Path, keep: bool) -> anyhow::Result<()> {
     let dir = dir.canonicalize()?;
     println!("== Qianzhi demo in {}", dir.display());
     let pki = dir.join("pki");
-    pki::dev::write_dev(&pki, &[AGENCY.to_owned()], &["localhost".into(), "127.0.0.1".into()])?;
-    println!("1. development PKI in {} (CA, hub, agency {AGENCY})", pki.display());
+    pki::dev::write_dev(
+        &pki,
+        &[AGENCY.to_owned(), RECEIVER.to_owned()],
+        &["localhost".into(), "127.0.0.1".into()],
+    )?;
+    println!(
+        "1. development PKI in {} (CA, hub, agencies {AGENCY} and {RECEIVER})",
+        pki.display()
+    );
     std::fs::write(dir.join("catalog.toml"), CATALOG)?;
 
     let token = CancellationToken::new();
@@ -126,6 +138,8 @@ rescan = "1s"
     println!("7. agent status:");
     print!("{}", agent::cli::status::render(&running.health.status()));
 
+    receive(&dir, &store, hub_addr.port(), &tasks, &token).await?;
+
     if keep {
         println!("Running until Ctrl-C. Drop more files into {}", drop.display());
         agent::signal::shutdown().await;
@@ -136,5 +150,94 @@ rescan = "1s"
         .await
         .context("shutdown took too long")?;
     println!("== demo done");
+    Ok(())
+}
+
+/// The receiving direction: an agreement shares 姓名 (DE00002) of the
+/// people with the receiving agency, whose agent applies what the hub
+/// delivers into `received.db`.
+async fn receive(
+    dir: &Path,
+    store: &Store,
+    port: u16,
+    tasks: &TaskTracker,
+    token: &CancellationToken,
+) -> anyhow::Result<()> {
+    let now = agent::clock::now_us();
+    store.add_agreement(&hub_stub::store::feed::Agreement {
+        id: AGREEMENT.into(),
+        resource: "1010100/0001".into(),
+        agency: RECEIVER.into(),
+        items: vec!["DE00002".into()],
+        purpose: "最低生活保障资格审核".into(),
+        valid_from_us: now - 60_000_000,
+        until_us: now + 365 * 86_400_000_000,
+        revoked_us: None,
+        added_us: now,
+    })?;
+    println!("8. agreement {AGREEMENT}: {RECEIVER} may receive 姓名 (DE00002) of 1010100/0001 (有条件共享)");
+    let toml = dir.join("receiver.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            r#"agency = "{RECEIVER}"
+data_dir = "receiver-data"
+catalog = "catalog.toml"
+[hub]
+url = "https://localhost:{port}"
+ca = "pki/ca.pem"
+cert = "pki/agency-{RECEIVER}.pem"
+key = "pki/agency-{RECEIVER}.key"
+[health]
+listen = "127.0.0.1:0"
+[[subscription]]
+resource = "1010100/0001"
+type = "sqlite"
+path = "received.db"
+table = "people"
+create = true
+[subscription.columns]
+DE00001 = "sfzh"
+DE00002 = "xm"
+"#
+        ),
+    )?;
+    let config = agent::config::Config::load(&toml)?;
+    let running = agent::start(config, tasks, token.clone()).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = running.health.status();
+        if s.subscriptions.first().is_some_and(|x| x.applied >= 5) {
+            break;
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "the receiver did not get the records within 30s: {}",
+                agent::cli::status::render(&s)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let db = dir.join("received.db");
+    println!("9. received by {RECEIVER} into table people of {}:", db.display());
+    let conn = rusqlite::Connection::open(&db)?;
+    let mut stmt = conn.prepare(
+        "SELECT sfzh, coalesce(xm, ''), coalesce(DE00006, '(not shared)'), qianzhi_provider, qianzhi_agreement, qianzhi_seq
+         FROM people ORDER BY qianzhi_seq",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(format!(
+            "   {}  {}  住址 {}  from {} under {} (hub seq {})",
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, i64>(5)?
+        ))
+    })?;
+    for row in rows {
+        println!("{}", row?);
+    }
     Ok(())
 }

@@ -90,7 +90,12 @@ pub fn open_existing(path: &Path) -> anyhow::Result<Store> {
 }
 
 /// Runs `qianzhi-hub agreement …`.
-pub fn agreement(store: &Store, catalog: &Catalog, command: AgreementCommand, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn agreement(
+    store: &Store,
+    catalog: &Catalog,
+    command: AgreementCommand,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     match command {
         AgreementCommand::Add {
             id,
@@ -144,7 +149,11 @@ pub fn agreement(store: &Store, catalog: &Catalog, command: AgreementCommand, ou
                     a.id,
                     a.resource,
                     a.agency,
-                    if a.items.is_empty() { "(key items only)".to_owned() } else { a.items.join(",") },
+                    if a.items.is_empty() {
+                        "(key items only)".to_owned()
+                    } else {
+                        a.items.join(",")
+                    },
                     when(a.valid_from_us),
                     when(a.until_us),
                     a.purpose
@@ -318,7 +327,11 @@ pub fn report(store: &Store, catalog: &Catalog, json: bool, out: &mut dyn Write)
                 out,
                 "    {} from {}{}  {} records  last delivery {}  applied up to {}  {} changes behind",
                 r.resource,
-                if r.providers.is_empty() { "-".to_owned() } else { r.providers.join(",") },
+                if r.providers.is_empty() {
+                    "-".to_owned()
+                } else {
+                    r.providers.join(",")
+                },
                 if r.agreements.is_empty() {
                     String::new()
                 } else {

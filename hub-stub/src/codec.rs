@@ -233,9 +233,10 @@ where
         if req.uri().path() == "/qianzhi.exchange.v1.Exchange/Subscribe" {
             let (method, max) = (SubscribeMethod(self.inner.clone()), self.max_message_bytes);
             return Box::pin(async move {
-                let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<Delivery, SubscriberMessage>::default())
-                    .apply_compression_config(accept, accept)
-                    .apply_max_message_size_config(Some(max), None);
+                let mut grpc =
+                    tonic::server::Grpc::new(tonic_prost::ProstCodec::<Delivery, SubscriberMessage>::default())
+                        .apply_compression_config(accept, accept)
+                        .apply_max_message_size_config(Some(max), None);
                 Ok(grpc.streaming(method, req).await)
             });
         }

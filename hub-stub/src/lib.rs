@@ -1,7 +1,8 @@
 //! hub-stub: a small but real exchange hub, for tests, demos and
 //! integrators. mTLS with agency identity from the client certificate, one
 //! data one source (a resource only from its provider), a durable
-//! idempotent store, and an export.
+//! idempotent store, an export, and the receiving direction: sharing
+//! agreements and delivery to subscribers, recorded for the report.
 //!
 //! It depends on the protocol and the two leaf crates only: `rules` (the
 //! catalog and the data elements it checks records with) and `pki` (its TLS
@@ -10,9 +11,11 @@
 //!
 //! Module map: [`config`] (hub.toml), [`limits`] (what one agency may
 //! cost the hub), [`conn`] (accepting connections, TLS, idle timeout),
-//! [`codec`] (the Sync method on the wire), [`service`] (the gRPC service),
-//! [`session`] (one live session per outbox), [`store`] (SQLite), [`text`]
-//! (untrusted text made safe to show).
+//! [`codec`] (the methods on the wire), [`service`] (the gRPC service:
+//! Sync and Subscribe), [`session`] (one live session per outbox),
+//! [`store`] (SQLite; `store::feed` for the receiving direction),
+//! [`share`] (the sharing rules), [`admin`] (agreement and report
+//! commands), [`text`] (untrusted text made safe to show).
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]

@@ -45,8 +45,10 @@ enum Command {
     },
     /// Sharing agreements (有条件共享, article 21): add, list, revoke.
     Agreement {
-        #[arg(long, short)]
-        config: PathBuf,
+        /// The hub's config (its store and catalog); before or after the
+        /// subcommand.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
         #[command(subcommand)]
         command: hub_stub::admin::AgreementCommand,
     },
@@ -150,7 +152,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Agreement { config, command } => {
-            let c = HubConfig::load(&config)?;
+            let c = HubConfig::load(&config.context("--config is required")?)?;
             let catalog = load_catalog(&c)?;
             let store = hub_stub::admin::open_existing(&c.store)?;
             hub_stub::admin::agreement(&store, &catalog, command, &mut std::io::stdout().lock())

@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 
 use proto::v1::exchange_server::Exchange;
 use proto::v1::{
-    AgentMessage, Delivery, Hello, HubMessage, SubscriberMessage, Subscribe, Welcome, agent_message, hub_message,
+    AgentMessage, Delivery, Hello, HubMessage, Subscribe, SubscriberMessage, Welcome, agent_message, hub_message,
     subscriber_message,
 };
 use rules::catalog::Catalog;
@@ -333,7 +333,9 @@ pub fn check_subscribe(s: &Subscribe) -> Result<(), Status> {
     }
     let mut seen = std::collections::BTreeSet::new();
     for sub in &s.subscriptions {
-        let too_long = std::iter::once(&sub.resource).chain(&sub.items).find(|v| v.len() > MAX_ID_BYTES);
+        let too_long = std::iter::once(&sub.resource)
+            .chain(&sub.items)
+            .find(|v| v.len() > MAX_ID_BYTES);
         if let Some(v) = too_long {
             return Err(Status::invalid_argument(format!(
                 "a subscription identifier is {} bytes, over {MAX_ID_BYTES}: {}",

@@ -408,12 +408,21 @@ fn private_files(path: &Path) -> Result<(), Error> {
             }
         }
     }
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(path))?;
+    // Only a missing file is opened here: closing a descriptor of a
+    // database that this process (an in-process hub, a test) has open would
+    // drop that connection's POSIX locks.
+    if !path.exists() {
+        match std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(path)(e)),
+        }
+    }
     make_private(path)
 }
 

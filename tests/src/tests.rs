@@ -13,6 +13,7 @@ mod lying_hub;
 mod normalization;
 mod package;
 mod quarantine;
+mod receiving;
 mod refusal;
 mod reload;
 mod sink;

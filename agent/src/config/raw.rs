@@ -73,6 +73,8 @@ pub(super) struct RawConfig {
     pub(super) log: RawLog,
     #[serde(default, rename = "source")]
     pub(super) sources: Vec<RawSource>,
+    #[serde(default, rename = "subscription")]
+    pub(super) subscriptions: Vec<super::subscription::RawSubscription>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -190,3 +190,87 @@ impl LinkStats {
         self.commit_to_ack.observe(seconds);
     }
 }
+
+/// What one subscription's worker reports: its state, the last position it
+/// committed, the changes it applied and its lag.
+#[derive(Clone)]
+pub struct SubscriptionStats(Arc<Mutex<SubscriptionInfo>>);
+
+#[derive(Debug, Clone, Default)]
+pub(super) struct SubscriptionInfo {
+    pub(super) state: &'static str,
+    pub(super) provider: String,
+    pub(super) agreement: String,
+    pub(super) applied_seq: u64,
+    pub(super) applied: u64,
+    /// Provider's capture time of the last change applied, and when it was.
+    pub(super) last_captured_us: Option<i64>,
+    pub(super) last_applied: Option<SystemTime>,
+    pub(super) error: Option<String>,
+}
+
+impl SubscriptionStats {
+    pub(super) fn new() -> SubscriptionStats {
+        SubscriptionStats(Arc::new(Mutex::new(SubscriptionInfo {
+            state: "starting",
+            ..SubscriptionInfo::default()
+        })))
+    }
+
+    pub(super) fn info(&self) -> SubscriptionInfo {
+        self.0.lock_unpoisoned().clone()
+    }
+
+    /// The sink is open at `position`.
+    pub fn opened(&self, position: u64) {
+        let mut i = self.0.lock_unpoisoned();
+        i.applied_seq = position;
+        i.state = "waiting for the hub";
+        i.error = None;
+    }
+
+    pub fn granted(&self, provider: &str, agreement: &str) {
+        let mut i = self.0.lock_unpoisoned();
+        i.state = "receiving";
+        i.provider = provider.to_owned();
+        i.agreement = agreement.to_owned();
+        i.error = None;
+    }
+
+    pub fn refused(&self, reason: &str) {
+        let mut i = self.0.lock_unpoisoned();
+        i.state = "refused";
+        i.error = Some(reason.to_owned());
+    }
+
+    pub fn revoked(&self, reason: &str) {
+        let mut i = self.0.lock_unpoisoned();
+        i.state = "revoked";
+        i.error = Some(reason.to_owned());
+    }
+
+    /// The sink cannot be opened or a change cannot be applied.
+    pub fn failing(&self, error: &str) {
+        let mut i = self.0.lock_unpoisoned();
+        i.state = "failing";
+        i.error = Some(error.to_owned());
+    }
+
+    /// A change was applied after a failure.
+    pub fn ok(&self) {
+        let mut i = self.0.lock_unpoisoned();
+        if i.state == "failing" {
+            i.state = "receiving";
+            i.error = None;
+        }
+    }
+
+    /// `n` changes were applied; the position is `seq`.
+    pub fn applied(&self, n: u64, seq: u64, captured_us: i64) {
+        let mut i = self.0.lock_unpoisoned();
+        i.applied += n;
+        i.applied_seq = seq;
+        i.last_captured_us = Some(captured_us);
+        i.last_applied = Some(SystemTime::now());
+    }
+}

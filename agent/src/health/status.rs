@@ -36,6 +36,26 @@ pub struct Status {
     /// Freshness of every resource this agency provides.
     pub resources: Vec<crate::freshness::ResourceFreshness>,
     pub sources: Vec<SourceStatus>,
+    /// What this agency receives (`[[subscription]]`).
+    #[serde(default)]
+    pub subscriptions: Vec<SubscriptionStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubscriptionStatus {
+    pub resource: String,
+    /// starting, waiting for the hub, receiving, refused, revoked, failing.
+    pub state: String,
+    pub provider: String,
+    pub agreement: String,
+    /// The last hub sequence applied (the sink's position).
+    pub applied_seq: u64,
+    /// Changes applied since the agent started.
+    pub applied: u64,
+    /// From the provider's capture of the last change applied to its apply.
+    pub lag_seconds: Option<f64>,
+    pub last_applied_seconds_ago: Option<f64>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,7 +132,38 @@ impl Health {
         // Before the sources lock: it takes that lock itself.
         let degraded = self.degraded(&q, link.down_since, link.error.as_deref());
         let sources = self.sources.lock_unpoisoned();
+        let subscriptions = self
+            .subscriptions
+            .lock_unpoisoned()
+            .iter()
+            .map(|(resource, s)| {
+                let i = s.info();
+                let lag = match (i.last_captured_us, i.last_applied) {
+                    (Some(c), Some(t)) => {
+                        let at = t
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_micros() as i64);
+                        Some(((at - c).max(0) as f64) / 1e6)
+                    }
+                    _ => None,
+                };
+                SubscriptionStatus {
+                    resource: resource.clone(),
+                    state: i.state.to_owned(),
+                    provider: i.provider,
+                    agreement: i.agreement,
+                    applied_seq: i.applied_seq,
+                    applied: i.applied,
+                    lag_seconds: lag,
+                    last_applied_seconds_ago: i
+                        .last_applied
+                        .map(|t| now.duration_since(t).map_or(0.0, |d| d.as_secs_f64())),
+                    error: i.error,
+                }
+            })
+            .collect();
         Status {
+            subscriptions,
             agency: self.agency.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             outbox_id: self.outbox.id().to_owned(),

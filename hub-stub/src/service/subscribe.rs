@@ -120,7 +120,11 @@ impl Stream {
             refused = subs.iter().filter(|s| s.refused.is_some()).count(),
             "receiver subscribed"
         );
-        if out.send(Ok(body(delivery::Body::Grants(Grants { grants })))).await.is_err() {
+        if out
+            .send(Ok(body(delivery::Body::Grants(Grants { grants }))))
+            .await
+            .is_err()
+        {
             return;
         }
         let mut tick = tokio::time::interval(RECHECK);
@@ -185,7 +189,8 @@ impl Stream {
                 .await
         };
         let now = now_us();
-        let verdict = agreements.and_then(|list| share::grant(&self.catalog, &self.agency, &sub.resource, &sub.wanted, &list, now));
+        let verdict = agreements
+            .and_then(|list| share::grant(&self.catalog, &self.agency, &sub.resource, &sub.wanted, &list, now));
         match verdict {
             Ok(g) if sub.grant.as_ref() == Some(&g) => None,
             Ok(g) => {
@@ -353,7 +358,13 @@ enum Read {
     Rows { rows: Vec<Stored>, upto: Option<u64> },
 }
 
-fn read(store: &Store, reader: &mut Reader, resource: &str, sent: u64, snapshot: Option<u64>) -> rusqlite::Result<Read> {
+fn read(
+    store: &Store,
+    reader: &mut Reader,
+    resource: &str,
+    sent: u64,
+    snapshot: Option<u64>,
+) -> rusqlite::Result<Read> {
     if let Some(upto) = snapshot {
         let rows = reader.snapshot(resource, sent, upto, CHUNK)?;
         let done = rows.len() < CHUNK;
@@ -416,7 +427,9 @@ fn change(row: Stored, grant: &Grant) -> Option<Change> {
 /// An `Applied` from the receiver: what it has durably applied.
 fn on_message(subs: &mut [Sub], m: SubscriberMessage) -> Result<(), Status> {
     let Some(subscriber_message::Body::Applied(Applied { resource, upto_seq })) = m.body else {
-        return Err(Status::invalid_argument("after Subscribe, only Applied messages are expected"));
+        return Err(Status::invalid_argument(
+            "after Subscribe, only Applied messages are expected",
+        ));
     };
     let Some(sub) = subs.iter_mut().find(|s| s.resource == resource) else {
         return Err(Status::invalid_argument(format!(

@@ -100,9 +100,21 @@ fn agreements_are_checked_against_the_catalog() {
         resource: COMPANIES.into(),
         ..agreement("A2", &[], 0, 10)
     };
-    assert!(check_agreement(&c, &on_unconditional).unwrap_err().contains("无条件共享"));
-    assert!(check_agreement(&c, &agreement("A3", &["DE99999"], 0, 10)).unwrap_err().contains("no item"));
-    assert!(check_agreement(&c, &agreement("A4", &[], 10, 10)).unwrap_err().contains("until"));
+    assert!(
+        check_agreement(&c, &on_unconditional)
+            .unwrap_err()
+            .contains("无条件共享")
+    );
+    assert!(
+        check_agreement(&c, &agreement("A3", &["DE99999"], 0, 10))
+            .unwrap_err()
+            .contains("no item")
+    );
+    assert!(
+        check_agreement(&c, &agreement("A4", &[], 10, 10))
+            .unwrap_err()
+            .contains("until")
+    );
     let to_provider = Agreement {
         agency: GAJ.into(),
         ..agreement("A5", &[], 0, 10)

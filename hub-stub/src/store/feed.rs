@@ -237,8 +237,10 @@ impl Store {
                     ),
                     params![resource, cut],
                 )?;
-                deleted += tx.execute(&format!("DELETE FROM feed WHERE hseq IN ({superseded})"), params![resource, cut])?
-                    as u64;
+                deleted += tx.execute(
+                    &format!("DELETE FROM feed WHERE hseq IN ({superseded})"),
+                    params![resource, cut],
+                )? as u64;
                 tx.execute(
                     "INSERT INTO horizons (resource, hseq) VALUES (?1, ?2)
                      ON CONFLICT (resource) DO UPDATE SET hseq = max(hseq, excluded.hseq)",

@@ -127,7 +127,11 @@ fn compaction_keeps_what_a_receiver_needs_and_sends_one_that_fell_behind_to_a_sn
     );
     // A receiver that applied up to 2 holds back 3..=5.
     s.subscribed("320282-mzj", PEOPLE, 2, "XY-1").unwrap();
-    assert_eq!(s.compact(Duration::from_secs(3600)).unwrap(), 2, "1 and 2 are superseded and applied");
+    assert_eq!(
+        s.compact(Duration::from_secs(3600)).unwrap(),
+        2,
+        "1 and 2 are superseded and applied"
+    );
     let mut r = s.reader().unwrap();
     assert!(matches!(r.feed(PEOPLE, 2, 10).unwrap(), Feed::Changes(rows) if rows.len() == 3));
     assert!(matches!(r.feed(PEOPLE, 1, 10).unwrap(), Feed::Compacted { horizon: 2 }));
