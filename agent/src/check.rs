@@ -54,6 +54,7 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         outcome: crate::link::handshake(&config.hub).await.map_err(|e| e.to_string()),
         warnings: pki::tls::key_warning(&config.hub.key).into_iter().collect(),
     });
+    out.extend(crate::receive::check(config).await);
     out
 }
 

@@ -118,6 +118,9 @@ impl Running {
                 "outbox.reserve_free",
                 old.outbox.reserve_free != new.outbox.reserve_free,
             ),
+            // Each sink is owned by one worker; a second one on the same
+            // table or folder must not start while the first still runs.
+            ("subscription", old.subscriptions != new.subscriptions),
         ];
         if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
             self.health
@@ -142,10 +145,15 @@ impl Running {
             }
             r.link = spawn_link(&new, &self.outbox, &self.health, &r.tasks, &r.token);
         }
+        let receiver = if relink && !new.subscriptions.is_empty() {
+            "; the receiver keeps the old hub settings until a restart"
+        } else {
+            ""
+        };
         r.config = new;
         self.health.set_reload_error(None);
         Ok(format!(
-            "sources started: [{}]; stopped: [{}]; link {}",
+            "sources started: [{}]; stopped: [{}]; link {}{receiver}",
             started.join(", "),
             stopped.join(", "),
             if relink { "restarted" } else { "unchanged" }

@@ -488,6 +488,7 @@ impl Sessions {
                     software_version: env!("CARGO_PKG_VERSION").to_owned(),
                     catalog_digest: self.catalog_digest.clone(),
                     subscriptions,
+                    probe: false,
                 })),
             })
             .await;
@@ -635,4 +636,113 @@ async fn futures_select_all<F: std::future::Future + Unpin>(futures: impl Iterat
         std::task::Poll::Pending
     })
     .await
+}
+
+/// What `qianzhi check` proves of each subscription: its sink opens and
+/// matches (nothing is created or changed), and, if the hub answers, whether
+/// it grants the subscription and which items (a probe: the hub answers its
+/// grants and delivers nothing).
+pub async fn check(config: &Config) -> Vec<crate::check::Finding> {
+    let mut out = Vec::new();
+    for sub in &config.subscriptions {
+        let mut spec = spec(&config.catalog, &config.data_dir, sub);
+        let what = match &sub.sink {
+            SinkConfig::Table { kind, table, .. } => {
+                format!("subscription {}: {} table {table}", sub.resource, kind.name())
+            }
+            SinkConfig::Folder { path, .. } => format!("subscription {}: folder {}", sub.resource, path.display()),
+        };
+        let password = match &sub.sink {
+            SinkConfig::Table {
+                password_file: Some(p), ..
+            } => read_password(p).map(Some),
+            _ => Ok(None),
+        };
+        let outcome = match password {
+            Err(e) => Err(e),
+            Ok(pw) => {
+                if let sink::Target::Table(t) = &mut spec.target {
+                    t.password = pw;
+                }
+                Sink::check(spec).await.map_err(|e| e.to_string())
+            }
+        };
+        out.push(crate::check::Finding {
+            what,
+            outcome,
+            warnings: Vec::new(),
+        });
+    }
+    if !config.subscriptions.is_empty() {
+        match probe(config).await {
+            Ok(grants) => out.extend(grants.into_iter().map(|g| crate::check::Finding {
+                what: if g.granted {
+                    format!(
+                        "hub grants {} to {}{}: items {}",
+                        g.resource,
+                        config.agency,
+                        if g.agreement_id.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" under agreement {}", g.agreement_id)
+                        },
+                        g.items.join(",")
+                    )
+                } else {
+                    format!("hub grants {} to {}", g.resource, config.agency)
+                },
+                outcome: if g.granted {
+                    Ok(())
+                } else {
+                    Err(format!("refused: {}", g.reason))
+                },
+                warnings: Vec::new(),
+            })),
+            Err(e) => out.push(crate::check::Finding {
+                what: format!("hub {}: grants for {}", config.hub.url, config.agency),
+                outcome: Err(e),
+                warnings: Vec::new(),
+            }),
+        }
+    }
+    out
+}
+
+/// Asks the hub what it grants this agency's subscriptions.
+async fn probe(config: &Config) -> Result<Vec<proto::v1::Grant>, String> {
+    let channel = tokio::time::timeout(Duration::from_secs(15), crate::link::connect(&config.hub))
+        .await
+        .map_err(|_| "no answer within 15s".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let mut client = ExchangeClient::new(channel);
+    let subscribe = SubscriberMessage {
+        body: Some(subscriber_message::Body::Subscribe(Subscribe {
+            agency_id: config.agency.clone(),
+            software_version: env!("CARGO_PKG_VERSION").to_owned(),
+            catalog_digest: config.catalog.digest().to_owned(),
+            subscriptions: config
+                .subscriptions
+                .iter()
+                .map(|s| Subscription {
+                    resource: s.resource.clone(),
+                    applied_seq: 0,
+                    items: s.items.clone(),
+                })
+                .collect(),
+            probe: true,
+        })),
+    };
+    let mut inbound = client
+        .subscribe(tokio_stream::iter([subscribe]))
+        .await
+        .map_err(|s| format!("hub refused: {}: {}", s.code(), s.message()))?
+        .into_inner();
+    match tokio::time::timeout(Duration::from_secs(15), inbound.message()).await {
+        Ok(Ok(Some(proto::v1::Delivery {
+            body: Some(delivery::Body::Grants(g)),
+        }))) => Ok(g.grants),
+        Ok(Ok(_)) => Err("the hub answered without grants".into()),
+        Ok(Err(s)) => Err(format!("hub refused: {}: {}", s.code(), s.message())),
+        Err(_) => Err("no grants within 15s".into()),
+    }
 }

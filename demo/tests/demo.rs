@@ -13,6 +13,16 @@ fn demo_runs_end_to_end() {
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(text.matches("\"resource\":\"1010100/0001\"").count(), 5, "{text}");
     assert!(text.contains("RAGGED_ROW") && text.contains("BIRTH_DATE"), "{text}");
+    // The receiving agency got the five people, 姓名 only, marked with the
+    // provider and the agreement.
+    let received: Vec<&str> = text.lines().filter(|l| l.contains("under DEMO-2026-001")).collect();
+    assert_eq!(received.len(), 5, "{text}");
+    assert!(
+        received
+            .iter()
+            .all(|l| l.contains("住址 (not shared)") && l.contains("from 320282-gaj")),
+        "{text}"
+    );
     let store = hub_stub::Store::open(&d.path().join("hub/store.db")).unwrap();
     let mut history = Vec::new();
     store.export(None, true, &mut history).unwrap();

@@ -222,7 +222,7 @@ impl Exchange for Hub {
         };
         tokio::spawn(
             stream
-                .run(subscribe.subscriptions, inbound, tx, (slot, open))
+                .run(subscribe.subscriptions, subscribe.probe, inbound, tx, (slot, open))
                 .instrument(span),
         );
         Ok(Response::new(ReceiverStream::new(rx)))

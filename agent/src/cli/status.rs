@@ -116,6 +116,32 @@ pub fn render(s: &Status) -> String {
             src.error.as_ref().map_or_else(String::new, |e| format!("; ERROR: {e}"))
         );
     }
+    for sub in &s.subscriptions {
+        let from = if sub.provider.is_empty() {
+            String::new()
+        } else if sub.agreement.is_empty() {
+            format!(" from {}", sub.provider)
+        } else {
+            format!(" from {} under {}", sub.provider, sub.agreement)
+        };
+        let state = match sub.state.as_str() {
+            s @ ("refused" | "revoked" | "failing") => s.to_uppercase(),
+            s => s.to_owned(),
+        };
+        let _ = writeln!(
+            o,
+            "receive  {}{from}: {state}; applied up to hub seq {}, {} changes since start; last {}{}",
+            sub.resource,
+            sub.applied_seq,
+            sub.applied,
+            age(sub.last_applied_seconds_ago),
+            sub.lag_seconds
+                .map_or_else(String::new, |l| format!(" ({l:.1}s after the provider's capture)"))
+        );
+        if let Some(e) = &sub.error {
+            let _ = writeln!(o, "         error: {e}");
+        }
+    }
     o
 }
 
@@ -125,7 +151,10 @@ fn colour(text: &str) -> String {
         .map(|l| {
             let code = if l.starts_with("WARNING") {
                 "33"
-            } else if ["DOWN", "OVERDUE", "ERROR", "FULL"].iter().any(|w| l.contains(w)) {
+            } else if ["DOWN", "OVERDUE", "ERROR", "FULL", "REFUSED", "REVOKED", "FAILING"]
+                .iter()
+                .any(|w| l.contains(w))
+            {
                 "31"
             } else if l.starts_with("link     up") || l == "ready    ok" {
                 "32"

@@ -74,6 +74,17 @@ pub enum DbKind {
     Mysql,
 }
 
+impl DbKind {
+    /// The database's name for the operator.
+    pub fn name(self) -> &'static str {
+        match self {
+            DbKind::Sqlite => "SQLite",
+            DbKind::Postgres => "PostgreSQL",
+            DbKind::Mysql => "MySQL/MariaDB",
+        }
+    }
+}
+
 impl SourceConfig {
     /// The drop folder, for a folder source.
     pub fn folder(&self) -> Option<&FolderConfig> {

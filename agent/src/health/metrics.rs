@@ -38,6 +38,17 @@ pub(super) struct Metrics {
     quarantine_records: Gauge,
     last_change: Family<ResourceLabel, Gauge<f64, AtomicU64>>,
     overdue: Family<ResourceLabel, Gauge>,
+    received: Received,
+}
+
+/// Per-subscription gauges, by resource, set from the subscriptions'
+/// handles when `/metrics` is read.
+#[derive(Default)]
+struct Received {
+    applied_seq: Family<ResourceLabel, Gauge>,
+    applied: Family<ResourceLabel, Gauge>,
+    lag: Family<ResourceLabel, Gauge<f64, AtomicU64>>,
+    receiving: Family<ResourceLabel, Gauge>,
 }
 
 /// Per-source counters, one series per source label.
@@ -88,6 +99,7 @@ impl Metrics {
             quarantine_records: Gauge::default(),
             last_change: Family::default(),
             overdue: Family::default(),
+            received: Received::default(),
         };
         let r = &mut m.registry;
         r.register("records_sent", "Records sent to the hub", link.sent.clone());
@@ -134,6 +146,27 @@ impl Metrics {
             "1 while a provided resource is late for its update cycle (article 30)",
             m.overdue.clone(),
         );
+        r.register(
+            "subscription_applied_seq",
+            "The hub sequence a subscription's sink has applied up to",
+            m.received.applied_seq.clone(),
+        );
+        r.register(
+            "subscription_applied_changes",
+            "Changes a subscription applied since the agent started",
+            m.received.applied.clone(),
+        );
+        r.register_with_unit(
+            "subscription_lag",
+            "From the provider's capture of the last change applied to its apply",
+            Unit::Seconds,
+            m.received.lag.clone(),
+        );
+        r.register(
+            "subscription_receiving",
+            "1 while a subscription is granted and its sink applies (0: refused, revoked, failing, waiting)",
+            m.received.receiving.clone(),
+        );
         m
     }
 
@@ -173,6 +206,14 @@ impl Health {
                 .get_or_create(&l)
                 .set(r.last_change_us.map_or(0.0, |us| us as f64 / 1e6));
             m.overdue.get_or_create(&l).set(i64::from(r.overdue));
+        }
+        for sub in self.status_of_subscriptions() {
+            let l = ResourceLabel { resource: sub.resource };
+            let r = &m.received;
+            r.applied_seq.get_or_create(&l).set(sub.applied_seq as i64);
+            r.applied.get_or_create(&l).set(sub.applied as i64);
+            r.lag.get_or_create(&l).set(sub.lag_seconds.unwrap_or(0.0));
+            r.receiving.get_or_create(&l).set(i64::from(sub.state == "receiving"));
         }
         let mut out = String::new();
         // Writing to a String cannot fail.

@@ -119,21 +119,10 @@ impl Health {
         Ok(())
     }
 
-    pub fn status(&self) -> Status {
-        // Computed first: it takes the sources lock itself.
-        let ready = self.ready().err().unwrap_or_else(|| "ok".into());
-        let q = self.outbox.stats();
+    /// Each subscription's state, in config order.
+    pub(super) fn status_of_subscriptions(&self) -> Vec<SubscriptionStatus> {
         let now = SystemTime::now();
-        let link = self.link.info.lock_unpoisoned().clone();
-        let oldest_age = q.oldest_us.map(|us| {
-            let now_us = crate::clock::now_us();
-            ((now_us - us).max(0) as f64) / 1e6
-        });
-        // Before the sources lock: it takes that lock itself.
-        let degraded = self.degraded(&q, link.down_since, link.error.as_deref());
-        let sources = self.sources.lock_unpoisoned();
-        let subscriptions = self
-            .subscriptions
+        self.subscriptions
             .lock_unpoisoned()
             .iter()
             .map(|(resource, s)| {
@@ -161,7 +150,35 @@ impl Health {
                     error: i.error,
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    pub fn status(&self) -> Status {
+        // Computed first: it takes the sources lock itself.
+        let ready = self.ready().err().unwrap_or_else(|| "ok".into());
+        let q = self.outbox.stats();
+        let now = SystemTime::now();
+        let link = self.link.info.lock_unpoisoned().clone();
+        let oldest_age = q.oldest_us.map(|us| {
+            let now_us = crate::clock::now_us();
+            ((now_us - us).max(0) as f64) / 1e6
+        });
+        // Before the sources lock: it takes that lock itself.
+        let degraded = self.degraded(&q, link.down_since, link.error.as_deref());
+        let sources = self.sources.lock_unpoisoned();
+        let subscriptions = self.status_of_subscriptions();
+        let mut degraded = degraded;
+        for sub in subscriptions
+            .iter()
+            .filter(|s| matches!(s.state.as_str(), "failing" | "refused" | "revoked"))
+        {
+            degraded.push(format!(
+                "SUBSCRIPTION_{}: {}: {}",
+                sub.state.to_uppercase(),
+                sub.resource,
+                sub.error.as_deref().unwrap_or("")
+            ));
+        }
         Status {
             subscriptions,
             agency: self.agency.clone(),

@@ -83,6 +83,7 @@ impl Stream {
     pub async fn run(
         self,
         subscriptions: Vec<proto::v1::Subscription>,
+        probe: bool,
         mut inbound: Streaming<SubscriberMessage>,
         out: Out,
         _guards: impl Send,
@@ -107,6 +108,9 @@ impl Stream {
             if let Some(g) = self.regrant(sub).await {
                 grants.push(g);
             }
+            if probe {
+                continue;
+            }
             let agreement = sub.grant.as_ref().map(|g| g.agreement.clone()).unwrap_or_default();
             self.blocking({
                 let (a, r, p) = (self.agency.clone(), sub.resource.clone(), sub.acked);
@@ -120,11 +124,8 @@ impl Stream {
             refused = subs.iter().filter(|s| s.refused.is_some()).count(),
             "receiver subscribed"
         );
-        if out
-            .send(Ok(body(delivery::Body::Grants(Grants { grants }))))
-            .await
-            .is_err()
-        {
+        let sent = out.send(Ok(body(delivery::Body::Grants(Grants { grants })))).await;
+        if sent.is_err() || probe {
             return;
         }
         let mut tick = tokio::time::interval(RECHECK);
