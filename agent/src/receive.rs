@@ -79,6 +79,8 @@ struct Ack {
     session: u64,
     resource: String,
     upto: u64,
+    /// Taken by the sink, not yet committed (a folder's open file).
+    received: u64,
 }
 
 /// Starts the receiver's tasks: a worker per subscription and the session
@@ -241,6 +243,8 @@ impl Worker {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut session_of_last = 0;
+        // The last sequence handed to the sink (committed or not).
+        let mut received = sink.position();
         loop {
             let w = tokio::select! {
                 () = token.cancelled() => break,
@@ -251,7 +255,7 @@ impl Worker {
                     if let Ok(p) = sink.tick().await
                         && p > before
                     {
-                        self.committed(session_of_last, p);
+                        self.committed(session_of_last, p, received);
                     }
                     continue;
                 }
@@ -276,6 +280,7 @@ impl Worker {
                     info!(%reason, "a snapshot follows: what was received is replaced with it");
                     session_of_last = session;
                     reset = true;
+                    received = 0;
                 }
                 Work::Changes { session, changes, upto } => {
                     if revoked {
@@ -291,8 +296,9 @@ impl Worker {
                     }
                     // The sink skips what its position holds, so `p` covers
                     // a message that was applied before, too.
+                    received = received.max(p).max(changes.last().map_or(0, |c| c.seq));
                     let _ = upto;
-                    self.committed(session, p);
+                    self.committed(session, p, received);
                 }
                 Work::Revoked { agreement, reason } => {
                     revoked = true;
@@ -306,6 +312,7 @@ impl Worker {
                             }
                         }
                         let _ = self.position.send(Some(sink.position()));
+                        received = sink.position();
                     }
                 }
             }
@@ -384,12 +391,13 @@ impl Worker {
         }
     }
 
-    fn committed(&self, session: u64, upto: u64) {
+    fn committed(&self, session: u64, upto: u64, received: u64) {
         let _ = self.position.send(Some(upto));
         let _ = self.acks.send(Ack {
             session,
             resource: self.spec.resource.clone(),
             upto,
+            received: received.max(upto),
         });
     }
 }
@@ -505,7 +513,11 @@ impl Sessions {
                 Some(a) = acks.recv() => {
                     if a.session == n && subscribed.contains(&a.resource) {
                         let m = SubscriberMessage {
-                            body: Some(subscriber_message::Body::Applied(Applied { resource: a.resource, upto_seq: a.upto })),
+                            body: Some(subscriber_message::Body::Applied(Applied {
+                                resource: a.resource,
+                                upto_seq: a.upto,
+                                received_seq: a.received,
+                            })),
                         };
                         if out.send(m).await.is_err() {
                             return End::Failed("the stream to the hub closed".into(), true);

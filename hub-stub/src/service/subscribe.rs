@@ -59,6 +59,9 @@ struct Sub {
     /// The reason the last grant check refused it.
     refused: Option<String>,
     acked: u64,
+    /// Taken by the sink, not yet committed (at least `acked`): counts out
+    /// of the window.
+    received: u64,
     sent: u64,
     /// While a snapshot is sent: the sequence it reaches.
     snapshot: Option<u64>,
@@ -66,6 +69,14 @@ struct Sub {
     in_flight: VecDeque<(u64, u64, String)>,
     /// Acknowledged, not yet recorded.
     unrecorded: Option<feed::Delivery>,
+}
+
+impl Sub {
+    /// Changes and messages sent and not yet taken by the receiver's sink.
+    fn window(&self) -> (u64, usize) {
+        let open = self.in_flight.iter().filter(|f| f.0 > self.received);
+        open.fold((0, 0), |(n, m), f| (n + f.1, m + 1))
+    }
 }
 
 /// The stream's state between messages.
@@ -96,6 +107,7 @@ impl Stream {
                 grant: None,
                 refused: None,
                 acked: s.applied_seq,
+                received: s.applied_seq,
                 sent: s.applied_seq,
                 snapshot: None,
                 in_flight: VecDeque::new(),
@@ -268,8 +280,7 @@ impl Stream {
     async fn pump(&self, subs: &mut [Sub], out: &Out) -> Result<(), Status> {
         for sub in subs.iter_mut() {
             while let Some(grant) = sub.grant.clone()
-                && sub.in_flight.iter().map(|f| f.1).sum::<u64>() < WINDOW
-                && sub.in_flight.len() < WINDOW_MESSAGES
+                && sub.window() < (WINDOW, WINDOW_MESSAGES)
             {
                 if !self.pump_one(sub, &grant, out).await? {
                     break;
@@ -283,6 +294,10 @@ impl Stream {
     /// send.
     async fn pump_one(&self, sub: &mut Sub, grant: &Grant, out: &Out) -> Result<bool, Status> {
         let (resource, sent, snapshot) = (sub.resource.clone(), sub.sent, sub.snapshot);
+        // Caught up with everything the hub holds: nothing to read.
+        if snapshot.is_none() && sent > 0 && sent == *self.store.watch().borrow() {
+            return Ok(false);
+        }
         let read = self
             .blocking(move |store, reader| read(store, reader, &resource, sent, snapshot).map_err(|e| e.to_string()))
             .await
@@ -296,6 +311,7 @@ impl Stream {
                 sub.snapshot = Some(upto);
                 sub.sent = 0;
                 sub.acked = 0;
+                sub.received = 0;
                 send(
                     out,
                     delivery::Body::Reset(Reset {
@@ -427,7 +443,12 @@ fn change(row: Stored, grant: &Grant) -> Option<Change> {
 
 /// An `Applied` from the receiver: what it has durably applied.
 fn on_message(subs: &mut [Sub], m: SubscriberMessage) -> Result<(), Status> {
-    let Some(subscriber_message::Body::Applied(Applied { resource, upto_seq })) = m.body else {
+    let Some(subscriber_message::Body::Applied(Applied {
+        resource,
+        upto_seq,
+        received_seq,
+    })) = m.body
+    else {
         return Err(Status::invalid_argument(
             "after Subscribe, only Applied messages are expected",
         ));
@@ -444,6 +465,9 @@ fn on_message(subs: &mut [Sub], m: SubscriberMessage) -> Result<(), Status> {
             sub.resource, sub.acked, sub.sent
         )));
     }
+    // A sink may hold more than this stream sent (a folder's open file
+    // from before a reconnect): only what was sent counts.
+    sub.received = sub.received.max(received_seq.max(upto_seq).min(sub.sent));
     let from = sub.acked + 1;
     let mut records = 0;
     let mut agreement = sub.grant.as_ref().map(|g| g.agreement.clone()).unwrap_or_default();
