@@ -321,10 +321,11 @@ impl Files {
 
     fn apply(&mut self, changes: &[Delivered], reset: bool) -> Result<u64, String> {
         self.settle()?;
-        let written = self.written();
-        // A retried reset whose changes were already written is not
-        // written again.
-        if reset && changes.first().is_none_or(|c| c.seq > written) {
+        // A reset starts the positions again: nothing is skipped (a retried
+        // reset writes its reset line and changes again, which a consumer
+        // replaying the files takes to the same state).
+        let written = if reset { 0 } else { self.written() };
+        if reset {
             if self.open.is_some() {
                 self.roll()?;
             }

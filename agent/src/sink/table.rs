@@ -203,6 +203,11 @@ impl Plan {
         position: u64,
     ) -> Result<Plan, SinkError> {
         let fail = |what: String| SinkError::new(&layout.subscription, place, what);
+        // A reset starts the positions again (a snapshot after the hub
+        // compacted past this sink's position may hold lower sequences):
+        // nothing is skipped. Retrying a reset after a lost commit reply
+        // deletes and writes the same rows again.
+        let position = if reset { 0 } else { position };
         let mut last = position;
         let mut latest: HashMap<&[String], usize> = HashMap::with_capacity(changes.len());
         let mut keys = Vec::new();
@@ -261,9 +266,6 @@ impl Plan {
                 }
             })
             .collect();
-        // A retried reset whose changes were already applied (a lost
-        // commit reply) must not delete them again.
-        let reset = reset && changes.first().is_none_or(|c| c.seq > position);
         Ok(Plan {
             reset,
             keys,

@@ -224,8 +224,36 @@ async fn a_failed_apply_moves_nothing_and_can_be_repeated() {
         rows(&db),
         vec![row("a", "changed", 4), row("b", "2", 2), row("c", "bad", 3)]
     );
-    // A repeat of a committed reset (its reply lost) deletes nothing.
+    // A repeat of a committed reset (its reply lost) writes the same rows.
     assert_eq!(sink.apply(&batch, true).await.unwrap(), 4);
+    assert_eq!(rows(&db).len(), 3);
+}
+
+#[tokio::test]
+async fn a_reset_takes_a_snapshot_below_the_old_position() {
+    // The hub compacted past this sink's position (or its store is new):
+    // the snapshot that follows the reset has lower sequences, and none of
+    // it may be skipped.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let mut sink = Sink::open(table_spec(&db, true)).await.unwrap();
+    sink.apply(&[change(10, "a", "1"), change(11, "b", "2")], false)
+        .await
+        .unwrap();
+    assert_eq!(
+        sink.apply(&[change(3, "c", "3"), change(7, "a", "4")], true)
+            .await
+            .unwrap(),
+        7
+    );
+    assert_eq!(rows(&db), vec![row("a", "4", 7), row("c", "3", 3)]);
+    // After it, the position is the snapshot's: later changes follow on.
+    assert_eq!(
+        sink.apply(&[change(7, "a", "4"), change(8, "d", "5")], false)
+            .await
+            .unwrap(),
+        8
+    );
     assert_eq!(rows(&db).len(), 3);
 }
 

@@ -124,6 +124,18 @@ async fn until_rows(db: &Db, want: &[String]) {
     assert_eq!(last, want, "{:?} sink", db.kind);
 }
 
+/// Starts a receiver and waits until its sink is open (its table made).
+async fn receiver(config: &std::path::Path) -> Agent {
+    let agent = Agent::start(config).await;
+    eventually("the receiver's sink open", Duration::from_secs(30), || {
+        let s = agent.status();
+        let state = s.subscriptions.first().map(|x| x.state.clone()).unwrap_or_default();
+        (state != "starting").then_some(()).ok_or(state)
+    })
+    .await;
+    agent
+}
+
 fn expected_rows(hub: &BTreeMap<String, String>) -> Vec<String> {
     hub.iter().map(|(k, n)| format!("{k}|{n}|NULL")).collect()
 }
@@ -210,7 +222,7 @@ async fn receivers_in_every_sink_hold_the_hubs_state_of_the_shared_items_only() 
     let pg = Db::postgres().await;
     let my = Db::mysql().await;
     let mut receivers = vec![
-        Agent::start(&agent_toml(
+        receiver(&agent_toml(
             &world,
             "b",
             MZJ,
@@ -221,7 +233,7 @@ async fn receivers_in_every_sink_hold_the_hubs_state_of_the_shared_items_only() 
     ];
     if let Some(pg) = &pg {
         receivers.push(
-            Agent::start(&agent_toml(
+            receiver(&agent_toml(
                 &world,
                 "c",
                 RSJ,
@@ -233,7 +245,7 @@ async fn receivers_in_every_sink_hold_the_hubs_state_of_the_shared_items_only() 
     }
     if let Some(my) = &my {
         receivers.push(
-            Agent::start(&agent_toml(
+            receiver(&agent_toml(
                 &world,
                 "d",
                 WJW,
@@ -269,7 +281,7 @@ async fn receivers_in_every_sink_hold_the_hubs_state_of_the_shared_items_only() 
     let folder = world.path("inbox");
     std::fs::create_dir_all(&folder).unwrap();
     receivers.push(
-        Agent::start(&agent_toml(
+        receiver(&agent_toml(
             &world,
             "e",
             JYJ,
@@ -359,7 +371,7 @@ async fn no_agreement_is_refused_until_one_is_added_and_revoking_purges() {
     .await;
 
     let sqlite = Db::sqlite(&world.path(""));
-    let receiver = Agent::start(&agent_toml(
+    let receiver = receiver(&agent_toml(
         &world,
         "b",
         MZJ,
@@ -402,6 +414,66 @@ async fn no_agreement_is_refused_until_one_is_added_and_revoking_purges() {
     .await;
     assert!(table_rows(&sqlite).await.is_empty());
 
+    receiver.stop().await;
+    provider.stop().await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_receiver_behind_a_compaction_gets_a_fresh_snapshot() {
+    let world = World::new();
+    world.issue(MZJ, pki::dev::Validity::default(), MZJ);
+    let port = free_port();
+    world.hub_toml(port);
+    let hub = Hub::start(&world, port).await;
+    agree(&world, "XY-5", MZJ);
+    let provider = Agent::start(&agent_toml(
+        &world,
+        "provider",
+        GAJ,
+        port,
+        &crate::people_source("people", "drop/people", "op_column = \"操作\"\n"),
+    ))
+    .await;
+    let rows: Vec<(u64, String)> = (0..40).map(|i| (i, format!("测试{i}"))).collect();
+    let ops: Vec<(u64, &str, &str)> = rows.iter().map(|(i, n)| (*i, n.as_str(), "I")).collect();
+    world.drop_file("drop/people", "a.csv", people_ops(&ops).as_bytes());
+    eventually("the people at the hub", Duration::from_secs(60), || {
+        let n = hub_people(&world).len();
+        (n == 40).then_some(()).ok_or(format!("{n}"))
+    })
+    .await;
+    let sqlite = Db::sqlite(&world.path(""));
+    let config = agent_toml(
+        &world,
+        "b",
+        MZJ,
+        port,
+        &table_sink("sqlite", &format!("path = \"{}\"", sqlite.url), ""),
+    );
+    let receiver = self::receiver(&config).await;
+    until_rows(&sqlite, &expected_rows(&hub_people(&world))).await;
+    receiver.stop().await;
+
+    // While it is away: renames and deletes, then a compaction that does not
+    // wait for it (keep = 0s): the changes it missed are gone from history.
+    let ops: Vec<(u64, String, &str)> = (0..40)
+        .step_by(2)
+        .map(|i| (i, format!("改名{i}"), "U"))
+        .chain((1..40).step_by(4).map(|i| (i, format!("测试{i}"), "D")))
+        .collect();
+    let ops: Vec<(u64, &str, &str)> = ops.iter().map(|(i, n, o)| (*i, n.as_str(), *o)).collect();
+    world.drop_file("drop/people", "b.csv", people_ops(&ops).as_bytes());
+    eventually("the changes at the hub", Duration::from_secs(60), || {
+        let n = hub_people(&world).len();
+        (n == 30).then_some(()).ok_or(format!("{n}"))
+    })
+    .await;
+    let out = hub_cli(&world, &["compact", "--keep", "0s"]);
+    assert!(out.contains("compacted") && !out.contains("compacted: 0 "), "{out}");
+
+    let receiver = self::receiver(&config).await;
+    until_rows(&sqlite, &expected_rows(&hub_people(&world))).await;
     receiver.stop().await;
     provider.stop().await;
     hub.stop().await;
