@@ -1,6 +1,8 @@
 //! Qianzhi (前置), the front-end exchange agent: watches the agency's data
 //! (drop folders, databases), normalizes every record to the catalog's data
-//! elements, queues it durably and delivers it to the hub exactly once.
+//! elements, queues it durably and delivers it to the hub exactly once; and
+//! receives what other agencies share with it, into its own database or a
+//! folder, exactly once.
 //!
 //! Module map (the pipeline, in order, then what runs it):
 //! - [`config`]: the one TOML file → validated [`config::Config`].
@@ -9,6 +11,9 @@
 //! - [`normalize`]: pure row → record or quarantine entry.
 //! - [`outbox`]: the durable queue (SQLite): records, positions, quarantine.
 //! - `link`: the mTLS gRPC stream that drains the outbox into the hub.
+//! - `receive`: the Subscribe stream from the hub and a worker per
+//!   `[[subscription]]` that applies it into its [`sink`] (a table or a
+//!   folder) with the position in one transaction.
 //! - [`health`]: counters, `/status`, `/metrics` and the health port.
 //! - [`cli`]: the `qianzhi` subcommands (`main.rs` only dispatches).
 //! - `check`, `quarantine`, `freshness`, `systemd`, `disk`, `fsx`, `sync`,
