@@ -31,7 +31,12 @@ async fn grafana_dashboard_uses_only_exported_metrics() {
     let w = World::new();
     let hub_port = free_port();
     let hub = Hub::start(&w, hub_port).await;
-    let agent = Agent::start(&w.agent_toml(&w.agent_spec(hub_port))).await;
+    // A subscription too, so that the receiving direction's series exist.
+    let mut spec = w.agent_spec(hub_port);
+    spec.sources
+        .push_str("[[subscription]]\nresource = \"2010100/0001\"\ntype = \"folder\"\npath = \"inbox\"\n");
+    std::fs::create_dir_all(w.path("inbox")).unwrap();
+    let agent = Agent::start(&w.agent_toml(&spec)).await;
     let mut csv = people_csv(0..3);
     let mut bad = person(9);
     bad[0] = "320282199001019990".into();
