@@ -46,10 +46,9 @@ use crate::sink::{self, Delivered, Op, Sink, SinkSpec};
 /// per subscription unacknowledged, plus grants and resets.
 const WORKER_QUEUE: usize = 64;
 
-/// What the session hands a worker.
+/// What the session hands a worker. `session` numbers the stream, so
+/// that the worker's acknowledgement goes to the stream that sent it.
 enum Work {
-    /// The session's number, and the position the sink had when the
-    /// session subscribed (for the log).
     Granted {
         session: u64,
         provider: String,
@@ -66,7 +65,6 @@ enum Work {
     Changes {
         session: u64,
         changes: Vec<Delivered>,
-        upto: u64,
     },
     Revoked {
         agreement: String,
@@ -282,7 +280,7 @@ impl Worker {
                     reset = true;
                     received = 0;
                 }
-                Work::Changes { session, changes, upto } => {
+                Work::Changes { session, changes } => {
                     if revoked {
                         continue;
                     }
@@ -297,7 +295,6 @@ impl Worker {
                     // The sink skips what its position holds, so `p` covers
                     // a message that was applied before, too.
                     received = received.max(p).max(changes.last().map_or(0, |c| c.seq));
-                    let _ = upto;
                     self.committed(session, p, received);
                 }
                 Work::Revoked { agreement, reason } => {
@@ -599,14 +596,7 @@ impl Sessions {
                             captured_at_us: x.captured_at_us,
                         })
                         .collect();
-                    if w.send(Work::Changes {
-                        session: n,
-                        changes,
-                        upto: c.upto_seq,
-                    })
-                    .await
-                    .is_err()
-                    {
+                    if w.send(Work::Changes { session: n, changes }).await.is_err() {
                         return End::Cancelled;
                     }
                 }
