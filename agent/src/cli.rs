@@ -46,7 +46,11 @@ pub enum Command {
     /// Run the agent until SIGTERM or SIGINT.
     Run,
     /// Validate the config, the folders and a TLS handshake with the hub.
-    Check,
+    Check {
+        /// Create drop folders that do not exist (otherwise a missing one is an error).
+        #[arg(long)]
+        create_folders: bool,
+    },
     /// Show the running agent's status, read from its health port.
     Status {
         /// Print the raw JSON document.
@@ -56,7 +60,7 @@ pub enum Command {
         #[arg(long)]
         addr: Option<String>,
     },
-    /// Records kept for a person to fix: list, show, export, retry, discard.
+    /// Records kept for a person to fix: list, show, export, retry, discard, discarded.
     Quarantine {
         #[command(subcommand)]
         command: quarantine::QuarantineCommand,
