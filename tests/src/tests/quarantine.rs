@@ -70,6 +70,18 @@ fn long_address(i: u64) -> [String; 8] {
     row
 }
 
+/// Waits until the data directory's lock is free: `Agent::stop` returns
+/// when the tasks are done, and the outbox's writer thread lets go of the
+/// lock a moment later.
+async fn lock_released(w: &World) {
+    let path = w.path("agent-data/agent.lock");
+    eventually("the data directory's lock released", Duration::from_secs(10), || {
+        let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        file.try_lock().map_err(|e| e.to_string())
+    })
+    .await;
+}
+
 /// The name of this process's effective uid in /etc/passwd: the test runs
 /// as the same account as the `qianzhi` it starts.
 fn my_user_name() -> String {
@@ -137,6 +149,7 @@ async fn discards_are_listed_with_who_and_their_ids_never_come_back() {
     let (config, agent) = agent_without_hub(&w).await;
     drop_and_hold(&w, &agent, "a.csv", &[bad_check_digit(1), long_address(2)], 2).await;
     agent.stop().await;
+    lock_released(&w).await;
 
     // The newest entry goes: its number must not be given again.
     let (code, msg) = quarantine_cmd(&config, &["discard", "2", "--reason", "重复提交"]);
