@@ -46,7 +46,11 @@ pub enum Command {
     /// Run the agent until SIGTERM or SIGINT.
     Run,
     /// Validate the config, the folders and a TLS handshake with the hub.
-    Check,
+    Check {
+        /// Create drop folders that do not exist (otherwise a missing one is an error).
+        #[arg(long)]
+        create_folders: bool,
+    },
     /// Show the running agent's status, read from its health port.
     Status {
         /// Print the raw JSON document.
@@ -56,7 +60,7 @@ pub enum Command {
         #[arg(long)]
         addr: Option<String>,
     },
-    /// Records kept for a person to fix: list, show, export, retry, discard.
+    /// Records kept for a person to fix: list, show, export, retry, discard, discarded.
     Quarantine {
         #[command(subcommand)]
         command: quarantine::QuarantineCommand,
@@ -97,15 +101,26 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("cannot start the async runtime")
 }
 
-/// Logs to standard error; `RUST_LOG` overrides `level`.
+/// Logs to standard error; `RUST_LOG` overrides `level`. Colours only on a
+/// terminal, and not when `NO_COLOR` is set (no-color.org): the journal and
+/// a log file would keep the escapes as text.
 fn init_tracing(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
     }
+}
+
+/// Whether logs on standard error get colour escapes.
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     let config = &cli.config;
     match cli.command {
         Command::Run => cli::run::main(config),
-        Command::Check => cli::check::main(config),
+        Command::Check { create_folders } => cli::check::main(config, create_folders),
         Command::Status { json, addr } => cli::status::main(config, json, addr),
         Command::Quarantine { command } => cli::quarantine::main(config, command),
         Command::Outbox { command } => cli::outbox::main(config, command),

@@ -6,7 +6,14 @@
 //! Reading works while the agent runs. `retry` and `discard` change the
 //! outbox and take the data directory's lock, so the agent must be stopped
 //! (the running agent holds the lock). Discarded entries are kept in the
-//! outbox's `discarded` table with the reason and who discarded them.
+//! outbox's `discarded` table with the reason and who discarded them, and
+//! [`discarded`] reads them back.
+//!
+//! A rule is named by its code in any case. Rule codes come from the
+//! catalog's data elements, the normalizer and the hub, so no fixed list
+//! knows them all: a `--rule` that no held entry broke is refused with the
+//! rules the held entries did break, which catches a typo instead of
+//! answering "0 entries".
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -28,6 +35,37 @@ pub enum Error {
     NoReason,
     #[error("cannot encode the export: {0}")]
     Csv(String),
+    /// `--rule` names a rule no held entry broke (often a typo).
+    #[error("no entry held broke rule {rule:?} ({})", known_rules(known))]
+    UnknownRule { rule: String, known: Vec<String> },
+}
+
+fn known_rules(known: &[String]) -> String {
+    if known.is_empty() {
+        "the quarantine holds no entry with a rule code".into()
+    } else {
+        format!("rules held: {}", known.join(", "))
+    }
+}
+
+/// `1 entry`, `2 entries`: a count with its noun.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The held entries that `filter` picks, after checking that its rule, if
+/// any, is one that some held entry broke.
+fn pick(all: Vec<Held>, filter: &QuarantineFilter) -> Result<Vec<Held>, Error> {
+    if let Some(rule) = &filter.rule {
+        let known: std::collections::BTreeSet<String> = all.iter().flat_map(Held::rules).map(str::to_owned).collect();
+        if !known.iter().any(|k| k.eq_ignore_ascii_case(rule)) {
+            return Err(Error::UnknownRule {
+                rule: rule.clone(),
+                known: known.into_iter().collect(),
+            });
+        }
+    }
+    Ok(all.into_iter().filter(|h| filter.matches(h)).collect())
 }
 
 fn time(us: i64) -> String {
@@ -37,6 +75,14 @@ fn time(us: i64) -> String {
 
 /// Entries of the running or stopped agent (read-only).
 pub fn entries(config: &Config, filter: &QuarantineFilter) -> Result<Vec<Held>, Error> {
+    let (path, conn) = read_only(config)?;
+    let all = outbox::Reader::new(&conn)
+        .held(&QuarantineFilter::default())
+        .map_err(|source| Error::Outbox(outbox::Error::Sqlite { path, source }))?;
+    pick(all, filter)
+}
+
+fn read_only(config: &Config) -> Result<(std::path::PathBuf, rusqlite::Connection), Error> {
     let path = config.data_dir.join("outbox.db");
     let conn =
         rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|source| {
@@ -45,9 +91,100 @@ pub fn entries(config: &Config, filter: &QuarantineFilter) -> Result<Vec<Held>, 
                 source,
             }
         })?;
-    outbox::Reader::new(&conn)
-        .held(filter)
-        .map_err(|source| Error::Outbox(outbox::Error::Sqlite { path, source }))
+    Ok((path, conn))
+}
+
+/// A quarantine entry dropped for good, with why, by whom and when.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Discard {
+    /// The discard's own number.
+    pub id: i64,
+    pub at_us: i64,
+    pub reason: String,
+    pub who: String,
+    /// The entry as it was held (`quarantine_id`, `source`, `object`,
+    /// `line`, `resource`, `reasons`, `raw`).
+    pub entry: serde_json::Value,
+}
+
+/// The discarded entries, oldest first (read-only; works while the agent
+/// runs). The outbox keeps them in its `discarded` table; nothing in the
+/// agent reads them but this.
+pub fn discarded(config: &Config) -> Result<Vec<Discard>, Error> {
+    let (path, conn) = read_only(config)?;
+    let read = || -> rusqlite::Result<Vec<Discard>> {
+        let mut stmt = conn.prepare("SELECT id, at_us, reason, who, entry FROM discarded ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            let entry: String = r.get(4)?;
+            Ok(Discard {
+                id: r.get(0)?,
+                at_us: r.get(1)?,
+                reason: r.get(2)?,
+                who: r.get(3)?,
+                entry: serde_json::from_str(&entry).unwrap_or(serde_json::Value::String(entry)),
+            })
+        })?;
+        rows.collect()
+    };
+    read().map_err(|source| Error::Outbox(outbox::Error::Sqlite { path, source }))
+}
+
+/// One paragraph per discard: when, who, why, and what the entry was.
+pub fn render_discarded(discards: &[Discard]) -> String {
+    let mut o = String::new();
+    for d in discards {
+        let e = &d.entry;
+        let text = |k: &str| match &e[k] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "?".into(),
+            v => v.to_string(),
+        };
+        let first_reason = e["reasons"][0].as_str().unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "{}  by {}  reason: {}\n    entry #{} {} {}:{} {} {}",
+            time(d.at_us),
+            d.who,
+            d.reason,
+            text("quarantine_id"),
+            text("source"),
+            text("object"),
+            text("line"),
+            text("resource"),
+            first_reason
+        );
+    }
+    let _ = writeln!(o, "{}", count(discards.len(), "discarded entry", "discarded entries"));
+    o
+}
+
+/// The entries as a JSON array for scripts: each entry's fields, its rule
+/// codes, and its raw values as an object (or the raw line as a string).
+pub fn render_json(entries: &[Held]) -> String {
+    let list: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|h| {
+            let e = &h.entry;
+            let raw = serde_json::from_str::<serde_json::Value>(&e.raw)
+                .ok()
+                .filter(serde_json::Value::is_object)
+                .unwrap_or_else(|| serde_json::Value::String(e.raw.clone()));
+            serde_json::json!({
+                "id": h.id,
+                "held_at": time(h.at_us),
+                "source": e.source,
+                "object": e.object,
+                "line": e.line,
+                "resource": e.resource,
+                "rules": h.rules().collect::<Vec<_>>(),
+                "reasons": e.reasons,
+                "raw": raw,
+            })
+        })
+        .collect();
+    let mut text = serde_json::to_string_pretty(&list).unwrap_or_default();
+    text.push('\n');
+    text
 }
 
 /// One line per entry.
@@ -67,7 +204,7 @@ pub fn render_list(entries: &[Held]) -> String {
             e.reasons.first().map(String::as_str).unwrap_or_default()
         );
     }
-    let _ = writeln!(o, "{} entries", entries.len());
+    let _ = writeln!(o, "{}", count(entries.len(), "entry", "entries"));
     o
 }
 
@@ -122,12 +259,10 @@ pub fn export_csv(config: &Config, entries: &[Held], encoding: Option<Encoding>)
     let source = entries
         .first()
         .and_then(|h| config.sources.iter().find(|s| s.name == h.entry.source));
-    let columns: Vec<String> = source
-        .map(|s| s.mapping.columns.iter().map(|(c, _)| c.clone()).collect())
-        .unwrap_or_default();
+    let columns = source.map(|s| export_columns(config, s)).unwrap_or_default();
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header = vec!["隔离编号", "来源", "文件", "行号", "原因"];
-    header.extend(columns.iter().map(String::as_str));
+    header.extend(columns.iter().map(|(c, _)| c.as_str()));
     header.push("原始内容");
     w.write_record(&header).map_err(|e| Error::Csv(e.to_string()))?;
     for h in entries {
@@ -140,14 +275,13 @@ pub fn export_csv(config: &Config, entries: &[Held], encoding: Option<Encoding>)
             e.line.to_string(),
             e.reasons.join("; "),
         ];
-        for c in &columns {
-            row.push(
-                raw.as_ref()
-                    .and_then(|m| m.get(c))
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_owned(),
-            );
+        for (column, element) in &columns {
+            // By column name, or by data element (entries the hub rejected
+            // keep their items by element).
+            let value = raw
+                .as_ref()
+                .and_then(|m| m.get(column).or_else(|| element.as_ref().and_then(|e| m.get(e))));
+            row.push(value.and_then(|v| v.as_str()).unwrap_or_default().to_owned());
         }
         row.push(if raw.is_some() { String::new() } else { e.raw.clone() });
         let row: Vec<String> = row.into_iter().map(neutralised).collect();
@@ -168,6 +302,31 @@ pub fn export_csv(config: &Config, entries: &[Held], encoding: Option<Encoding>)
     })
 }
 
+/// The columns of an export, each with its data element: the mapped
+/// columns in the order of the resource's items in the catalog, then the
+/// operation column. The file's own column order is not kept anywhere (an
+/// entry holds its values by name, the config's `[source.columns]` is a
+/// table read in character-code order); the catalog's order is the one the
+/// resource is described in, and the closest to the business system's
+/// export.
+fn export_columns(config: &Config, source: &crate::config::SourceConfig) -> Vec<(String, Option<String>)> {
+    let items = config.catalog.resource(&source.resource).map(|r| r.items.as_slice());
+    let place = |element: &str| {
+        items
+            .and_then(|items| items.iter().position(|i| i.id == element))
+            .unwrap_or(usize::MAX)
+    };
+    let mut columns: Vec<(String, Option<String>)> = source
+        .mapping
+        .columns
+        .iter()
+        .map(|(c, e)| (c.clone(), Some(e.clone())))
+        .collect();
+    columns.sort_by_key(|(_, e)| e.as_deref().map_or(usize::MAX, place));
+    columns.extend(source.mapping.op_column.iter().map(|c| (c.clone(), None)));
+    columns
+}
+
 /// What a retry did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Retried {
@@ -185,7 +344,7 @@ pub struct Retried {
 /// catalog. Needs the agent stopped.
 pub fn retry(config: &Config, filter: &QuarantineFilter) -> Result<Retried, Error> {
     let mut offline = Offline::open(&config.data_dir)?;
-    let held = offline.quarantine(filter)?;
+    let held = pick(offline.quarantine(&QuarantineFilter::default())?, filter)?;
     if held.is_empty() {
         return Err(Error::NothingMatches);
     }
@@ -261,7 +420,7 @@ pub fn discard(config: &Config, filter: &QuarantineFilter, reason: &str, who: &s
         return Err(Error::NoReason);
     }
     let mut offline = Offline::open(&config.data_dir)?;
-    let held = offline.quarantine(filter)?;
+    let held = pick(offline.quarantine(&QuarantineFilter::default())?, filter)?;
     if held.is_empty() {
         return Err(Error::NothingMatches);
     }

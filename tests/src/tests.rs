@@ -11,6 +11,7 @@ mod hostile_folder;
 mod hub_guard;
 mod lying_hub;
 mod normalization;
+mod operator;
 mod package;
 mod quarantine;
 mod receiving;

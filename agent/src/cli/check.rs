@@ -6,15 +6,15 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-/// Runs `qianzhi check`.
-pub fn main(config_path: &Path) -> ExitCode {
+/// Runs `qianzhi check`; `create_folders` creates missing drop folders.
+pub fn main(config_path: &Path, create_folders: bool) -> ExitCode {
     let config = match super::load(config_path) {
         Ok(c) => c,
         Err(code) => return code,
     };
     super::runtime().block_on(async {
         let mut ok = true;
-        for f in crate::check::run(&config).await {
+        for f in crate::check::run(&config, create_folders).await {
             match f.outcome {
                 Ok(()) => println!("ok    {}", f.what),
                 Err(e) => {

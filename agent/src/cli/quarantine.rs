@@ -1,5 +1,6 @@
-//! `qianzhi quarantine list|show|export|retry|discard`: the command-line
-//! face of [`crate::quarantine`], with the filters that pick entries.
+//! `qianzhi quarantine list|show|export|retry|discard|discarded`: the
+//! command-line face of [`crate::quarantine`], with the filters that pick
+//! entries, and who the caller is for the discard record.
 //!
 //! Not here: reading, exporting, retrying or discarding entries
 //! (`crate::quarantine`). Errors are `anyhow`, as in a binary: they are
@@ -22,7 +23,7 @@ pub struct Filter {
     /// Only entries of this resource.
     #[arg(long)]
     resource: Option<String>,
-    /// Only entries that broke this rule (a code such as CHECK_DIGIT).
+    /// Only entries that broke this rule (a code such as CHECK_DIGIT, in any case).
     #[arg(long)]
     rule: Option<String>,
     /// Only these entries (by number).
@@ -46,6 +47,9 @@ pub enum QuarantineCommand {
     List {
         #[command(flatten)]
         filter: Filter,
+        /// Print a JSON array, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Everything about one entry.
     Show { id: i64 },
@@ -72,6 +76,12 @@ pub enum QuarantineCommand {
         #[arg(long)]
         reason: String,
     },
+    /// The entries discarded so far, with the reason, who and when.
+    Discarded {
+        /// Print a JSON array, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs `qianzhi quarantine …`.
@@ -85,7 +95,15 @@ pub fn main(config_path: &Path, command: QuarantineCommand) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("qianzhi: quarantine: {e:#}");
-            ExitCode::FAILURE
+            let usage = matches!(
+                e.downcast_ref::<crate::quarantine::Error>(),
+                Some(crate::quarantine::Error::UnknownRule { .. })
+            );
+            if usage {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -93,8 +111,21 @@ pub fn main(config_path: &Path, command: QuarantineCommand) -> ExitCode {
 fn quarantine(config: &Config, command: QuarantineCommand) -> anyhow::Result<ExitCode> {
     use crate::quarantine as q;
     match command {
-        QuarantineCommand::List { filter } => {
-            print!("{}", q::render_list(&q::entries(config, &filter.into_filter())?));
+        QuarantineCommand::List { filter, json } => {
+            let entries = q::entries(config, &filter.into_filter())?;
+            if json {
+                print!("{}", q::render_json(&entries));
+            } else {
+                print!("{}", q::render_list(&entries));
+            }
+        }
+        QuarantineCommand::Discarded { json } => {
+            let discards = q::discarded(config)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&discards)?);
+            } else {
+                print!("{}", q::render_discarded(&discards));
+            }
         }
         QuarantineCommand::Show { id } => {
             let filter = crate::outbox::QuarantineFilter {
@@ -121,7 +152,11 @@ fn quarantine(config: &Config, command: QuarantineCommand) -> anyhow::Result<Exi
             match out {
                 Some(path) => {
                     std::fs::write(&path, bytes)?;
-                    eprintln!("wrote {} entries to {}", entries.len(), path.display());
+                    eprintln!(
+                        "wrote {} to {}",
+                        q::count(entries.len(), "entry", "entries"),
+                        path.display()
+                    );
                 }
                 None => std::io::Write::write_all(&mut std::io::stdout(), &bytes)?,
             }
@@ -134,12 +169,46 @@ fn quarantine(config: &Config, command: QuarantineCommand) -> anyhow::Result<Exi
             );
         }
         QuarantineCommand::Discard { filter, reason } => {
-            let who = std::env::var("SUDO_USER")
-                .or_else(|_| std::env::var("USER"))
-                .unwrap_or_else(|_| "unknown".into());
-            let n = q::discard(config, &filter.into_filter(), &reason, &who)?;
-            println!("discarded {n} entries (reason: {reason})");
+            let n = q::discard(config, &filter.into_filter(), &reason, &caller())?;
+            println!("discarded {} (reason: {reason})", q::count(n, "entry", "entries"));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who runs this command, for the discard record: the user name of the
+/// effective uid (the owner of `/proc/self`) from `/etc/passwd`, with the
+/// account that used sudo when there is one; without a name in
+/// `/etc/passwd`, `$USER` or `$LOGNAME`, then the uid's number. The
+/// environment alone is not enough: systemd units, cron and `su -c` often
+/// leave `$USER` unset or stale.
+fn caller() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").ok().map(|m| m.uid());
+    let name = uid.and_then(|uid| {
+        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+        user_name(&passwd, uid)
+    });
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (name, uid) {
+        (Some(name), Some(0)) => match env("SUDO_USER") {
+            Some(by) if by != name => format!("{name} (sudo by {by})"),
+            _ => name,
+        },
+        (Some(name), _) => name,
+        (None, uid) => env("USER")
+            .or_else(|| env("LOGNAME"))
+            .or_else(|| uid.map(|u| format!("uid {u}")))
+            .unwrap_or_else(|| "unknown".into()),
+    }
+}
+
+/// The name of `uid` in a passwd file (`name:x:uid:gid:…`).
+fn user_name(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id = fields.nth(1)?;
+        (id.parse() == Ok(uid) && !name.is_empty()).then(|| name.to_owned())
+    })
 }

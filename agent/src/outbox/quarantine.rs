@@ -6,6 +6,13 @@
 //! It does not decide what is fixed (`crate::quarantine` normalizes the
 //! entries again), and it adds no entries: sources and the link quarantine
 //! through the writer thread.
+//!
+//! Entry ids are never reused: the operator and the discard records refer
+//! to entries by number. SQLite gives a plain `INTEGER PRIMARY KEY` the
+//! highest id plus one, so deleting the newest entry would hand its number
+//! to the next one. Only the tools here delete entries, so [`Offline::open`]
+//! turns the table into `AUTOINCREMENT` before anything is deleted; that
+//! also migrates outbox files made before this rule.
 
 use std::path::{Path, PathBuf};
 
@@ -29,21 +36,39 @@ pub struct QuarantineFilter {
     pub ids: Vec<i64>,
     pub source: Option<String>,
     pub resource: Option<String>,
-    /// A rule code such as `CHECK_DIGIT`: entries with a reason that starts
-    /// with it.
+    /// A rule code such as `CHECK_DIGIT`, in any case: entries with a
+    /// reason that starts with it.
     pub rule: Option<String>,
 }
 
 impl QuarantineFilter {
-    fn matches(&self, h: &Held) -> bool {
+    pub fn matches(&self, h: &Held) -> bool {
         (self.ids.is_empty() || self.ids.contains(&h.id))
             && self.source.as_ref().is_none_or(|s| *s == h.entry.source)
             && self.resource.as_ref().is_none_or(|r| *r == h.entry.resource)
             && self
                 .rule
                 .as_ref()
-                .is_none_or(|rule| h.entry.reasons.iter().any(|x| x.starts_with(&format!("{rule}:"))))
+                .is_none_or(|rule| h.rules().any(|code| code.eq_ignore_ascii_case(rule)))
     }
+}
+
+impl Held {
+    /// The codes of the rules the entry broke (`CHECK_DIGIT` of
+    /// `CHECK_DIGIT: …`); a reason without a code (a row that could not be
+    /// split into fields) has none.
+    pub fn rules(&self) -> impl Iterator<Item = &str> {
+        self.entry.reasons.iter().filter_map(|r| rule_code(r))
+    }
+}
+
+fn rule_code(reason: &str) -> Option<&str> {
+    let (code, _) = reason.split_once(':')?;
+    let is_code = !code.is_empty()
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    is_code.then_some(code)
 }
 
 pub(super) fn held_entries(conn: &Connection, filter: &QuarantineFilter) -> rusqlite::Result<Vec<Held>> {
@@ -88,6 +113,7 @@ impl Offline {
         let path = dir.join("outbox.db");
         let conn = open_connection(&path)
             .and_then(|c| create_schema(&c).map(|()| c))
+            .and_then(|mut c| never_reuse_ids(&mut c).map(|()| c))
             .map_err(|source| Error::Sqlite {
                 path: path.clone(),
                 source,
@@ -153,4 +179,49 @@ impl Offline {
         };
         run(&mut self.conn).map_err(|e| self.err(e))
     }
+}
+
+/// Makes the quarantine's ids `AUTOINCREMENT` (see the module doc), once:
+/// the table is copied, ids kept, and the sequence starts above every id
+/// ever given, including those of entries discarded before (their ids are in
+/// the discard records; retried entries left no trace, so an id retried away
+/// from the top of an old file may still come back once).
+fn never_reuse_ids(conn: &mut Connection) -> rusqlite::Result<()> {
+    let sql: String = conn.query_row(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'quarantine'",
+        [],
+        |r| r.get(0),
+    )?;
+    if sql.contains("AUTOINCREMENT") {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    tx.execute_batch(
+        "CREATE TABLE quarantine_ids (
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             at_us INTEGER NOT NULL,
+             source TEXT NOT NULL,
+             object TEXT NOT NULL,
+             line INTEGER NOT NULL,
+             resource TEXT NOT NULL,
+             reasons TEXT NOT NULL,
+             raw TEXT NOT NULL);
+         INSERT INTO quarantine_ids (id, at_us, source, object, line, resource, reasons, raw)
+             SELECT id, at_us, source, object, line, resource, reasons, raw FROM quarantine;
+         DROP TABLE quarantine;
+         ALTER TABLE quarantine_ids RENAME TO quarantine;",
+    )?;
+    let highest: i64 = tx.query_row(
+        "SELECT max(
+             coalesce((SELECT max(id) FROM quarantine), 0),
+             coalesce((SELECT max(json_extract(entry, '$.quarantine_id')) FROM discarded), 0))",
+        [],
+        |r| r.get(0),
+    )?;
+    tx.execute("DELETE FROM sqlite_sequence WHERE name = 'quarantine'", [])?;
+    tx.execute(
+        "INSERT INTO sqlite_sequence (name, seq) VALUES ('quarantine', ?1)",
+        [highest],
+    )?;
+    tx.commit()
 }
