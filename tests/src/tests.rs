@@ -14,6 +14,7 @@ mod normalization;
 mod package;
 mod quarantine;
 mod receiving;
+mod receiving_more;
 mod refusal;
 mod reload;
 mod sink;
