@@ -15,6 +15,7 @@ mod operator;
 mod package;
 mod quarantine;
 mod receiving;
+mod receiving_more;
 mod refusal;
 mod reload;
 mod sink;
