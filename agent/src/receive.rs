@@ -115,6 +115,11 @@ pub fn start(config: &Config, health: &crate::health::Health, tasks: &TaskTracke
         positions.insert(sub.resource.clone(), pos_rx);
     }
     let session = Sessions {
+        stats: config
+            .subscriptions
+            .iter()
+            .map(|s| health.subscription(&s.resource))
+            .collect(),
         hub: config.hub.clone(),
         agency: config.agency.clone(),
         catalog_digest: config.catalog.digest().to_owned(),
@@ -407,6 +412,8 @@ struct Sessions {
     subscriptions: Vec<SubscriptionConfig>,
     workers: BTreeMap<String, mpsc::Sender<Work>>,
     positions: BTreeMap<String, watch::Receiver<Option<u64>>>,
+    /// Where a stream that fails or is refused is shown, per subscription.
+    stats: Vec<SubscriptionStats>,
 }
 
 /// Why a session ended.
@@ -430,6 +437,9 @@ impl Sessions {
                 End::Cancelled => break,
                 End::Resubscribe => Duration::ZERO,
                 End::Failed(e, retryable) => {
+                    for stats in &self.stats {
+                        stats.unreachable(&e, !retryable);
+                    }
                     if started.elapsed() > Duration::from_secs(30) {
                         backoff = self::backoff(self.hub.backoff_max);
                     }

@@ -249,6 +249,18 @@ impl SubscriptionStats {
         i.error = Some(reason.to_owned());
     }
 
+    /// The stream to the hub failed (`refused`: the hub refused it, for
+    /// example the certificate's agency is not the config's). A sink that
+    /// is failing keeps saying why.
+    pub fn unreachable(&self, error: &str, refused: bool) {
+        let mut i = self.0.lock_unpoisoned();
+        if i.state == "failing" {
+            return;
+        }
+        i.state = if refused { "refused" } else { "waiting for the hub" };
+        i.error = Some(error.to_owned());
+    }
+
     /// The sink cannot be opened or a change cannot be applied.
     pub fn failing(&self, error: &str) {
         let mut i = self.0.lock_unpoisoned();

@@ -123,13 +123,18 @@ impl Stream {
             if probe {
                 continue;
             }
-            let agreement = sub.grant.as_ref().map(|g| g.agreement.clone()).unwrap_or_default();
-            self.blocking({
-                let (a, r, p) = (self.agency.clone(), sub.resource.clone(), sub.acked);
-                move |store, _| store.subscribed(&a, &r, p, &agreement).map_err(|e| e.to_string())
-            })
-            .await
-            .unwrap_or_else(|e| warn!(error = %e, "cannot record the subscription"));
+            let d = feed::Delivery {
+                agency: self.agency.clone(),
+                resource: sub.resource.clone(),
+                provider: sub.grant.as_ref().map(|g| g.provider.clone()).unwrap_or_default(),
+                agreement: sub.grant.as_ref().map(|g| g.agreement.clone()).unwrap_or_default(),
+                from: 0,
+                to: sub.acked,
+                records: 0,
+            };
+            self.blocking(move |store, _| store.subscribed(&d).map_err(|e| e.to_string()))
+                .await
+                .unwrap_or_else(|e| warn!(error = %e, "cannot record the subscription"));
         }
         info!(
             granted = subs.iter().filter(|s| s.grant.is_some()).count(),

@@ -157,19 +157,47 @@ impl Store {
         query_agreements(&conn, "1", []).map_err(|e| self.err(e))
     }
 
-    /// Notes that `agency` subscribed to `resource` from `position`.
-    pub fn subscribed(&self, agency: &str, resource: &str, position: u64, agreement: &str) -> Result<(), Error> {
-        let conn = self.lock();
+    /// Notes that `agency` subscribed to `resource` from `position`. A
+    /// position above the one recorded means acknowledgements were lost
+    /// (the hub stopped before it recorded them): the gap is recorded as a
+    /// delivery in the same transaction, so that the report counts it.
+    pub fn subscribed(&self, d: &Delivery) -> Result<(), Error> {
+        let mut conn = self.lock();
         let now = now_us();
-        conn.execute(
-            "INSERT INTO subscribers (agency, resource, acked, agreement, first_us, last_us)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5)
-             ON CONFLICT (agency, resource) DO UPDATE SET acked = excluded.acked,
-                 agreement = excluded.agreement, last_us = excluded.last_us",
-            params![agency, resource, position as i64, agreement, now],
-        )
-        .map(drop)
-        .map_err(|e| self.err(e))
+        let run =
+            |conn: &mut Connection| -> rusqlite::Result<()> {
+                let tx = conn.transaction()?;
+                let before: Option<i64> = tx
+                    .query_row(
+                        "SELECT acked FROM subscribers WHERE agency = ?1 AND resource = ?2",
+                        params![d.agency, d.resource],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(before) = before
+                    && (before as u64) < d.to
+                {
+                    let records: i64 = tx.query_row(
+                        "SELECT count(*) FROM feed WHERE resource = ?1 AND hseq > ?2 AND hseq <= ?3",
+                        params![d.resource, before, d.to as i64],
+                        |r| r.get(0),
+                    )?;
+                    tx.execute(
+                    "INSERT INTO deliveries (agency, resource, provider, agreement, from_seq, to_seq, records, at_us)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![d.agency, d.resource, d.provider, d.agreement, before + 1, d.to as i64, records, now],
+                )?;
+                }
+                tx.execute(
+                    "INSERT INTO subscribers (agency, resource, acked, agreement, first_us, last_us)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+                 ON CONFLICT (agency, resource) DO UPDATE SET acked = excluded.acked,
+                     agreement = excluded.agreement, last_us = excluded.last_us",
+                    params![d.agency, d.resource, d.to as i64, d.agreement, now],
+                )?;
+                tx.commit()
+            };
+        run(&mut conn).map_err(|e| self.err(e))
     }
 
     /// Records that `agency` durably applied `records` changes of `resource`

@@ -478,3 +478,62 @@ async fn a_receiver_behind_a_compaction_gets_a_fresh_snapshot() {
     provider.stop().await;
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_proves_the_sink_and_asks_the_hub_for_its_grants() {
+    let world = World::new();
+    world.issue(MZJ, pki::dev::Validity::default(), MZJ);
+    let port = free_port();
+    world.hub_toml(port);
+    let hub = Hub::start(&world, port).await;
+    let sqlite = Db::sqlite(&world.path(""));
+    let config = agent_toml(
+        &world,
+        "b",
+        MZJ,
+        port,
+        &table_sink("sqlite", &format!("path = \"{}\"", sqlite.url), ""),
+    );
+    let check = || {
+        let out = std::process::Command::new(bin("qianzhi"))
+            .arg("--config")
+            .arg(&config)
+            .arg("check")
+            .output()
+            .expect("run qianzhi check");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    // No agreement: the sink is fine (create = true), the hub refuses.
+    let (ok, text) = check();
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("subscription 1010100/0001: SQLite table people_in"),
+        "{text}"
+    );
+    assert!(text.contains("refused") && text.contains("article 21"), "{text}");
+    // Check made nothing.
+    let tables = sqlite.connect().await.strings("SELECT name FROM sqlite_master").await;
+    assert!(tables.is_empty(), "{tables:?}");
+
+    agree(&world, "XY-7", MZJ);
+    let (ok, text) = check();
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("hub grants 1010100/0001 to 320282-mzj under agreement XY-7: items DE00001,DE00002"),
+        "{text}"
+    );
+    // A probe delivers nothing and is not a subscriber in the report.
+    let report: serde_json::Value = serde_json::from_str(&hub_cli(&world, &["report", "--json"])).unwrap();
+    let receivers = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["received"] != serde_json::json!([]));
+    assert_eq!(receivers.count(), 0, "{report:#}");
+    hub.stop().await;
+}

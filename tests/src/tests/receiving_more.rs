@@ -924,9 +924,6 @@ async fn a_sink_column_of_the_wrong_type_fails_the_subscription_and_applies_noth
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product gap: a receiver refused for its certificate (PermissionDenied on Subscribe) stays \
-            'waiting for the hub' with no error in its subscription status (agent/src/receive.rs Sessions::run \
-            logs End::Failed but never tells the workers' SubscriptionStats)"]
 async fn a_receiver_with_another_agencys_certificate_shows_why_it_is_refused() {
     let world = World::new();
     for a in [MZJ, RSJ] {

@@ -46,6 +46,19 @@ fn apply(s: &Store, entries: Vec<Entry>) {
     assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
 }
 
+/// A receiver's position as `Store::subscribed` takes it.
+fn at(agency: &str, position: u64, agreement: &str) -> Delivery {
+    Delivery {
+        agency: agency.into(),
+        resource: PEOPLE.into(),
+        provider: GAJ.into(),
+        agreement: agreement.into(),
+        from: 0,
+        to: position,
+        records: 0,
+    }
+}
+
 fn names(rows: &[Stored]) -> Vec<(u64, String)> {
     rows.iter()
         .map(|r| {
@@ -126,7 +139,7 @@ fn compaction_keeps_what_a_receiver_needs_and_sends_one_that_fell_behind_to_a_sn
         ],
     );
     // A receiver that applied up to 2 holds back 3..=5.
-    s.subscribed("320282-mzj", PEOPLE, 2, "XY-1").unwrap();
+    s.subscribed(&at("320282-mzj", 2, "XY-1")).unwrap();
     assert_eq!(
         s.compact(Duration::from_secs(3600)).unwrap(),
         2,
@@ -150,7 +163,7 @@ fn compaction_keeps_what_a_receiver_needs_and_sends_one_that_fell_behind_to_a_sn
     let current = r.snapshot(PEOPLE, 0, 5, 10).unwrap();
     assert_eq!(names(&current), [(5, "a3".into())]);
     // A receiver silent for longer than `keep` holds nothing back.
-    s.subscribed("320282-rsj", PEOPLE, 0, "").unwrap();
+    s.subscribed(&at("320282-rsj", 0, "")).unwrap();
     apply(&s, vec![entry(6, IDS[0], "a4", Operation::Upsert)]);
     assert_eq!(s.compact(Duration::ZERO).unwrap(), 1, "5 is superseded by 6");
     assert!(matches!(r.feed(PEOPLE, 0, 10).unwrap(), Feed::Compacted { horizon: 6 }));
@@ -187,4 +200,35 @@ fn a_store_from_before_the_feed_gets_one_in_arrival_order() {
     let r = s.reader().unwrap();
     let snap = r.snapshot(PEOPLE, 0, 3, 10).unwrap();
     assert_eq!(names(&snap), [(2, "b1".into()), (3, "a2".into())]);
+}
+
+#[test]
+fn acknowledgements_lost_with_the_hub_are_counted_when_the_receiver_returns() {
+    let (_d, s) = store();
+    apply(
+        &s,
+        vec![
+            entry(1, IDS[0], "a1", Operation::Upsert),
+            entry(2, IDS[1], "b1", Operation::Upsert),
+            entry(3, IDS[2], "c1", Operation::Upsert),
+        ],
+    );
+    s.subscribed(&at("320282-mzj", 0, "XY-1")).unwrap();
+    s.delivered(&Delivery {
+        from: 1,
+        to: 1,
+        records: 1,
+        ..at("320282-mzj", 0, "XY-1")
+    })
+    .unwrap();
+    // The hub stopped before it recorded 2..=3; the receiver comes back
+    // at 3.
+    s.subscribed(&at("320282-mzj", 3, "XY-1")).unwrap();
+    let report = s.report().unwrap();
+    let mzj = &report.received[0];
+    assert_eq!((mzj.records, mzj.applied_seq, mzj.behind), (3, 3, 0));
+    assert_eq!(
+        (mzj.providers.as_slice(), mzj.agreements.as_slice()),
+        ([GAJ.to_owned()].as_slice(), ["XY-1".to_owned()].as_slice())
+    );
 }
