@@ -46,6 +46,10 @@ use crate::sink::{self, Delivered, Op, Sink, SinkSpec};
 /// per subscription unacknowledged, plus grants and resets.
 const WORKER_QUEUE: usize = 64;
 
+/// Changes one sink transaction takes at most, gathered from the messages
+/// queued when the first is taken.
+const GROUP: usize = 16 * 1024;
+
 /// What the session hands a worker. `session` numbers the stream, so
 /// that the worker's acknowledgement goes to the stream that sent it.
 enum Work {
@@ -248,8 +252,14 @@ impl Worker {
         let mut session_of_last = 0;
         // The last sequence handed to the sink (committed or not).
         let mut received = sink.position();
+        // A message taken from the queue while gathering a group, to be
+        // handled next.
+        let mut stash = None;
         loop {
-            let w = tokio::select! {
+            let w = if let Some(w) = stash.take() {
+                w
+            } else {
+                tokio::select! {
                 () = token.cancelled() => break,
                 w = work.recv() => match w { Some(w) => w, None => break },
                 _ = tick.tick() => {
@@ -261,6 +271,7 @@ impl Worker {
                         self.committed(session_of_last, p, received);
                     }
                     continue;
+                }
                 }
             };
             match w {
@@ -285,9 +296,30 @@ impl Worker {
                     reset = true;
                     received = 0;
                 }
-                Work::Changes { session, changes } => {
+                Work::Changes {
+                    mut session,
+                    mut changes,
+                } => {
                     if revoked {
                         continue;
+                    }
+                    // Group commit: the messages already queued go into the
+                    // same transaction.
+                    while changes.len() < GROUP {
+                        match work.try_recv() {
+                            Ok(Work::Changes {
+                                session: s,
+                                changes: more,
+                            }) => {
+                                session = s;
+                                changes.extend(more);
+                            }
+                            Ok(other) => {
+                                stash = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
                     }
                     session_of_last = session;
                     let Some(p) = self.apply(&mut sink, &changes, reset, &token).await else {

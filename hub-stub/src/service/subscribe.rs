@@ -464,11 +464,20 @@ fn on_message(subs: &mut [Sub], m: SubscriberMessage) -> Result<(), Status> {
             shown(&resource)
         )));
     };
-    if upto_seq < sub.acked || upto_seq > sub.sent {
+    if upto_seq < sub.acked {
         return Err(Status::invalid_argument(format!(
-            "Applied {upto_seq} for {} is outside what was sent and not yet acknowledged ({}..={})",
-            sub.resource, sub.acked, sub.sent
+            "Applied {upto_seq} for {} is below what it acknowledged before ({})",
+            sub.resource, sub.acked
         )));
+    }
+    // A receiver may hold more than this stream sent: a message of its
+    // previous stream applied after it subscribed again. It has everything
+    // up to its position, so sending goes on from there.
+    if upto_seq > sub.sent {
+        sub.sent = upto_seq;
+        if sub.snapshot.is_some_and(|end| upto_seq >= end) {
+            sub.snapshot = None;
+        }
     }
     // A sink may hold more than this stream sent (a folder's open file
     // from before a reconnect): only what was sent counts.

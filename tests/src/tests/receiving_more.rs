@@ -708,6 +708,7 @@ async fn subscribe(
                     items: Vec::new(),
                 })
                 .collect(),
+            probe: false,
         })),
     })
     .await
@@ -802,6 +803,7 @@ async fn the_hub_sends_only_granted_items_and_refuses_what_may_not_be_received()
                     body: Some(subscriber_message::Body::Applied(Applied {
                         resource: PEOPLE.into(),
                         upto_seq: c.upto_seq,
+                        received_seq: c.upto_seq,
                     })),
                 })
                 .await
