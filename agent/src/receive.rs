@@ -48,7 +48,7 @@ const WORKER_QUEUE: usize = 64;
 
 /// Changes one sink transaction takes at most, gathered from the messages
 /// queued when the first is taken.
-const GROUP: usize = 16 * 1024;
+const GROUP: usize = 4096;
 
 /// What the session hands a worker. `session` numbers the stream, so
 /// that the worker's acknowledgement goes to the stream that sent it.

@@ -43,9 +43,9 @@ use crate::text::shown;
 /// Changes per `Changes` message, at most.
 const CHUNK: usize = 1024;
 /// Changes sent and not yet acknowledged per subscription, at most...
-pub const WINDOW: u64 = 16 * 1024;
+pub const WINDOW: u64 = 8 * 1024;
 /// ...and messages (a receiver queues this many per subscription).
-pub const WINDOW_MESSAGES: usize = 16;
+pub const WINDOW_MESSAGES: usize = 8;
 /// How often grants are checked again and acknowledgements recorded.
 pub const RECHECK: Duration = Duration::from_secs(1);
 
