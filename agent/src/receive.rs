@@ -69,6 +69,8 @@ enum Work {
     Changes {
         session: u64,
         changes: Vec<Delivered>,
+        /// What the hub holds after them.
+        behind: u64,
     },
     Revoked {
         agreement: String,
@@ -299,6 +301,7 @@ impl Worker {
                 Work::Changes {
                     mut session,
                     mut changes,
+                    mut behind,
                 } => {
                     if revoked {
                         continue;
@@ -310,8 +313,10 @@ impl Worker {
                             Ok(Work::Changes {
                                 session: s,
                                 changes: more,
+                                behind: b,
                             }) => {
                                 session = s;
+                                behind = b;
                                 changes.extend(more);
                             }
                             Ok(other) => {
@@ -326,9 +331,12 @@ impl Worker {
                         break;
                     };
                     reset = false;
-                    if let Some(last) = changes.last() {
-                        self.stats.applied(changes.len() as u64, p, last.captured_at_us);
-                    }
+                    self.stats.applied(
+                        changes.len() as u64,
+                        p,
+                        changes.last().map(|c| c.captured_at_us),
+                        behind,
+                    );
                     // The sink skips what its position holds, so `p` covers
                     // a message that was applied before, too.
                     received = received.max(p).max(changes.last().map_or(0, |c| c.seq));
@@ -638,7 +646,12 @@ impl Sessions {
                             captured_at_us: x.captured_at_us,
                         })
                         .collect();
-                    if w.send(Work::Changes { session: n, changes }).await.is_err() {
+                    let work = Work::Changes {
+                        session: n,
+                        changes,
+                        behind: c.behind,
+                    };
+                    if w.send(work).await.is_err() {
                         return End::Cancelled;
                     }
                 }

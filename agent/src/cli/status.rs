@@ -130,10 +130,11 @@ pub fn render(s: &Status) -> String {
         };
         let _ = writeln!(
             o,
-            "receive  {}{from}: {state}; applied up to hub seq {}, {} changes since start; last {}{}",
+            "receive  {}{from}: {state}; applied up to hub seq {}, {} changes since start, {} behind; last {}{}",
             sub.resource,
             sub.applied_seq,
             sub.applied,
+            sub.lag_changes,
             age(sub.last_applied_seconds_ago),
             sub.lag_seconds
                 .map_or_else(String::new, |l| format!(" ({l:.1}s after the provider's capture)"))

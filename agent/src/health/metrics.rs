@@ -48,6 +48,7 @@ struct Received {
     applied_seq: Family<ResourceLabel, Gauge>,
     applied: Family<ResourceLabel, Gauge>,
     lag: Family<ResourceLabel, Gauge<f64, AtomicU64>>,
+    lag_changes: Family<ResourceLabel, Gauge>,
     receiving: Family<ResourceLabel, Gauge>,
 }
 
@@ -163,6 +164,11 @@ impl Metrics {
             m.received.lag.clone(),
         );
         r.register(
+            "subscription_lag_changes",
+            "Changes the hub held after the last ones a subscription applied",
+            m.received.lag_changes.clone(),
+        );
+        r.register(
             "subscription_receiving",
             "1 while a subscription is granted and its sink applies (0: refused, revoked, failing, waiting)",
             m.received.receiving.clone(),
@@ -213,6 +219,7 @@ impl Health {
             r.applied_seq.get_or_create(&l).set(sub.applied_seq as i64);
             r.applied.get_or_create(&l).set(sub.applied as i64);
             r.lag.get_or_create(&l).set(sub.lag_seconds.unwrap_or(0.0));
+            r.lag_changes.get_or_create(&l).set(sub.lag_changes as i64);
             r.receiving.get_or_create(&l).set(i64::from(sub.state == "receiving"));
         }
         let mut out = String::new();

@@ -206,6 +206,8 @@ pub(super) struct SubscriptionInfo {
     /// Provider's capture time of the last change applied, and when it was.
     pub(super) last_captured_us: Option<i64>,
     pub(super) last_applied: Option<SystemTime>,
+    /// Changes the hub held after the last ones applied.
+    pub(super) behind: u64,
     pub(super) error: Option<String>,
 }
 
@@ -277,12 +279,16 @@ impl SubscriptionStats {
         }
     }
 
-    /// `n` changes were applied; the position is `seq`.
-    pub fn applied(&self, n: u64, seq: u64, captured_us: i64) {
+    /// `n` changes were applied; the position is `seq`; the hub held
+    /// `behind` more.
+    pub fn applied(&self, n: u64, seq: u64, captured_us: Option<i64>, behind: u64) {
         let mut i = self.0.lock_unpoisoned();
-        i.applied += n;
+        i.behind = behind;
         i.applied_seq = seq;
-        i.last_captured_us = Some(captured_us);
-        i.last_applied = Some(SystemTime::now());
+        if let Some(c) = captured_us {
+            i.applied += n;
+            i.last_captured_us = Some(c);
+            i.last_applied = Some(SystemTime::now());
+        }
     }
 }

@@ -54,6 +54,10 @@ pub struct SubscriptionStatus {
     pub applied: u64,
     /// From the provider's capture of the last change applied to its apply.
     pub lag_seconds: Option<f64>,
+    /// Changes the hub held after the last ones applied (counted by the
+    /// hub at most once a second, up to 100,000).
+    #[serde(default)]
+    pub lag_changes: u64,
     pub last_applied_seconds_ago: Option<f64>,
     pub error: Option<String>,
 }
@@ -144,6 +148,7 @@ impl Health {
                     applied_seq: i.applied_seq,
                     applied: i.applied,
                     lag_seconds: lag,
+                    lag_changes: i.behind,
                     last_applied_seconds_ago: i
                         .last_applied
                         .map(|t| now.duration_since(t).map_or(0.0, |d| d.as_secs_f64())),

@@ -40,6 +40,8 @@ use crate::store::feed::{self, Feed, Reader, Stored};
 use crate::store::{Store, now_us};
 use crate::text::shown;
 
+/// The lag is counted up to this many changes.
+const BEHIND_CAP: u64 = 100_000;
 /// Changes per `Changes` message, at most.
 const CHUNK: usize = 1024;
 /// Changes sent and not yet acknowledged per subscription, at most...
@@ -69,6 +71,8 @@ struct Sub {
     in_flight: VecDeque<(u64, u64, String)>,
     /// Acknowledged, not yet recorded.
     unrecorded: Option<feed::Delivery>,
+    /// Changes after `sent`, as last counted (the receiver's lag).
+    behind: u64,
 }
 
 impl Sub {
@@ -112,6 +116,7 @@ impl Stream {
                 snapshot: None,
                 in_flight: VecDeque::new(),
                 unrecorded: None,
+                behind: 0,
             })
             .collect();
         let mut latest: watch::Receiver<u64> = self.store.watch();
@@ -245,6 +250,16 @@ impl Stream {
     /// `Revoked`, a new or changed one starts it with a `Grant`.
     async fn recheck(&self, subs: &mut [Sub], out: &Out) -> Result<(), Status> {
         self.record(subs).await;
+        let latest = *self.store.watch().borrow();
+        for sub in subs.iter_mut().filter(|s| s.grant.is_some() && s.sent < latest) {
+            let (resource, sent) = (sub.resource.clone(), sub.sent);
+            if let Ok(n) = self
+                .blocking(move |_, r| r.behind(&resource, sent, BEHIND_CAP).map_err(|e| e.to_string()))
+                .await
+            {
+                sub.behind = n;
+            }
+        }
         let mut grants = Vec::new();
         for sub in subs.iter_mut() {
             let before = sub.grant.clone();
@@ -330,7 +345,25 @@ impl Stream {
             }
             Read::Rows { rows, upto } => {
                 if rows.is_empty() && upto.is_none() {
+                    if sub.behind != 0 {
+                        // Caught up: say so, or the receiver shows the last
+                        // count it was sent.
+                        sub.behind = 0;
+                        send(
+                            out,
+                            delivery::Body::Changes(Changes {
+                                changes: Vec::new(),
+                                upto_seq: sub.sent,
+                                resource: sub.resource.clone(),
+                                behind: 0,
+                            }),
+                        )
+                        .await?;
+                    }
                     return Ok(false);
+                }
+                if upto.is_none() && rows.len() < CHUNK {
+                    sub.behind = 0;
                 }
                 let n = rows.len() as u64;
                 let reached = upto.or(rows.last().map(|r| r.hseq)).unwrap_or(sub.sent);
@@ -346,6 +379,7 @@ impl Stream {
                         changes,
                         upto_seq: reached,
                         resource: sub.resource.clone(),
+                        behind: sub.behind,
                     }),
                 )
                 .await?;

@@ -418,6 +418,14 @@ impl Reader {
         Ok(Feed::Changes(rows))
     }
 
+    /// Changes of `resource` after `after`, counted up to `cap`.
+    pub fn behind(&self, resource: &str, after: u64, cap: u64) -> rusqlite::Result<u64> {
+        self.conn
+            .prepare_cached("SELECT count(*) FROM (SELECT 1 FROM feed WHERE resource = ?1 AND hseq > ?2 LIMIT ?3)")?
+            .query_row(params![resource, after as i64, cap as i64], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+    }
+
     /// The history horizon of `resource` (0: never compacted).
     pub fn horizon(&self, resource: &str) -> rusqlite::Result<u64> {
         horizon(&self.conn, resource)

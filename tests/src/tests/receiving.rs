@@ -339,6 +339,7 @@ async fn receivers_in_every_sink_hold_the_hubs_state_of_the_shared_items_only() 
         let sub = &s.subscriptions[0];
         assert_eq!(sub.state, "receiving", "{sub:?}");
         assert_eq!(sub.provider, GAJ);
+        assert_eq!(sub.lag_changes, 0, "{sub:?}");
     }
 
     for r in receivers {
