@@ -3,33 +3,67 @@
 //! terminal). [`fetch`] is the small HTTP client it uses; the tests use it
 //! too.
 //!
+//! It never guesses the port: it reads the address the running agent wrote
+//! into its data directory (`health.json`, [`PortFile`]), taking the data
+//! directory from the config, or from the config's text when the config is
+//! refused, or the packaged default; and it says which agent it shows (or
+//! what it looked for). `--addr` asks a port directly.
+//!
 //! Not here: the document itself ([`crate::health::Status`]) or the server.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::config::Config;
-use crate::health::{LinkState, Status};
+use crate::config::{self, Config};
+use crate::health::{LinkState, PortFile, Status};
 
 /// Runs `qianzhi status`.
 pub fn main(config_path: &Path, json: bool, addr: Option<String>) -> ExitCode {
-    let addr = addr.unwrap_or_else(|| {
-        Config::load(config_path).map_or_else(|_| "127.0.0.1:9720".to_owned(), |c| c.health_listen.to_string())
-    });
+    let (addr, agent) = match addr {
+        Some(addr) => (addr, None),
+        None => match find(config_path) {
+            Ok(found) => (found.addr.to_string(), Some(found)),
+            Err(e) => {
+                eprintln!("qianzhi: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let body = match fetch(&addr, "/status") {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("qianzhi: cannot read status from {addr}: {e} (is the agent running?)");
+            let whose = agent.as_ref().map_or_else(String::new, |a| {
+                let gone = if Path::new("/proc").join(a.pid.to_string()).exists() {
+                    String::new()
+                } else {
+                    format!("; pid {} is not running: the agent stopped without removing the file", a.pid)
+                };
+                format!(" (the health port of agent {}, {}{gone})", a.agency, described(a))
+            });
+            eprintln!("qianzhi: cannot read status from {addr}{whose}: {e}");
             return ExitCode::FAILURE;
         }
     };
     if json {
+        if let Some(a) = &agent {
+            eprintln!("qianzhi: status of agent {}, {}", a.agency, described(a));
+        }
         println!("{body}");
         return ExitCode::SUCCESS;
     }
     match serde_json::from_str::<Status>(&body) {
         Ok(s) => {
-            let text = render(&s);
+            let mut text = String::new();
+            if let Some(a) = &agent {
+                text.push_str(&format!("process  {}\n", described(a)));
+                if a.agency != s.agency {
+                    text.push_str(&format!(
+                        "WARNING  the port was recorded by agent {}, but agent {} answers on it\n",
+                        a.agency, s.agency
+                    ));
+                }
+            }
+            text.push_str(&render(&s));
             if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
                 print!("{}", colour(&text));
             } else {
@@ -42,6 +76,41 @@ pub fn main(config_path: &Path, json: bool, addr: Option<String>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The agent's pid, config and port, in words.
+fn described(a: &PortFile) -> String {
+    format!("pid {}, config {}, health port {}", a.pid, a.config.display(), a.addr)
+}
+
+/// The running agent's record, read from the data directory the config
+/// names; or what was looked for, in words.
+fn find(config_path: &Path) -> Result<PortFile, String> {
+    let data_dir = match Config::load(config_path) {
+        Ok(c) => c.data_dir,
+        Err(e) => {
+            let text = std::fs::read_to_string(config_path).unwrap_or_default();
+            let (dir, whence) = match config::data_dir_hint(&text, config_path) {
+                Some(dir) => (dir, "the data_dir its text names"),
+                None => (PathBuf::from(config::DEFAULT_DATA_DIR), "the packaged data directory"),
+            };
+            eprintln!(
+                "qianzhi: the config does not load ({e}); looking for the running agent in {}, {whence}",
+                dir.display()
+            );
+            dir
+        }
+    };
+    let file = PortFile::path(&data_dir);
+    PortFile::read(&data_dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "no running agent found: {} does not exist (a running agent writes it when its health port \
+             opens and removes it when it stops); is the agent running with this data directory? \
+             --addr asks a health port directly",
+            file.display()
+        ),
+        _ => format!("cannot read {}: {e}", file.display()),
+    })
 }
 
 /// A human summary of a status document, for `qianzhi status`.
