@@ -399,7 +399,10 @@ fn status_finds_the_agent_through_its_data_directory_and_never_guesses() {
     let shown = format!("pid {}, config {}", child.id(), config.display());
     let (code, text, _) = status(&config);
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.starts_with(&format!("process  {shown}, health port 127.0.0.1:")), "{text}");
+    assert!(
+        text.starts_with(&format!("process  {shown}, health port 127.0.0.1:")),
+        "{text}"
+    );
     assert!(text.contains("agency   320282-gaj"), "{text}");
 
     // A config that no longer loads (a refused reload): status says so and
@@ -408,7 +411,10 @@ fn status_finds_the_agent_through_its_data_directory_and_never_guesses() {
     std::fs::write(&config, format!("{good}frobnicate = 1\n")).unwrap();
     let (code, text, err) = status(&config);
     assert_eq!(code, Some(0), "{text}{err}");
-    assert!(err.contains("the config does not load") && err.contains("frobnicate"), "{err}");
+    assert!(
+        err.contains("the config does not load") && err.contains("frobnicate"),
+        "{err}"
+    );
     assert!(err.contains(&d.path().join("data").display().to_string()), "{err}");
     assert!(text.starts_with(&format!("process  {shown}")), "{text}");
 

@@ -36,7 +36,10 @@ pub fn main(config_path: &Path, json: bool, addr: Option<String>) -> ExitCode {
                 let gone = if Path::new("/proc").join(a.pid.to_string()).exists() {
                     String::new()
                 } else {
-                    format!("; pid {} is not running: the agent stopped without removing the file", a.pid)
+                    format!(
+                        "; pid {} is not running: the agent stopped without removing the file",
+                        a.pid
+                    )
                 };
                 format!(" (the health port of agent {}, {}{gone})", a.agency, described(a))
             });
@@ -127,23 +130,31 @@ pub fn render(s: &Status) -> String {
     for d in &s.degraded {
         let _ = writeln!(o, "WARNING  {d}");
     }
-    let state = match s.link.state {
-        LinkState::Up => "up",
-        LinkState::Connecting => "connecting",
-        LinkState::Down => "DOWN",
+    // After a failure the link is down through every reconnect attempt,
+    // and how long counts from the first failure.
+    let link = &s.link;
+    let state = match (link.state, link.error.is_some()) {
+        (LinkState::Up, _) => "up",
+        (LinkState::Connecting, false) => "connecting",
+        _ => "DOWN",
+    };
+    let when = match (&link.down_since, link.down_seconds) {
+        (Some(since), Some(secs)) if link.state != LinkState::Up => {
+            format!("since {} (for {})", clock(since, secs), duration(secs))
+        }
+        _ => format!("for {}", duration(link.since_seconds)),
     };
     let _ = writeln!(
         o,
-        "link     {state} for {:.0}s to {}; last ack {}; sent {}, acked {}, rejected {}",
-        s.link.since_seconds,
-        s.link.hub,
-        age(s.link.last_ack_seconds_ago),
-        s.link.sent,
-        s.link.acked,
-        s.link.rejected
+        "link     {state} {when} to {}; last ack {}; sent {}, acked {}, rejected {}",
+        link.hub,
+        age(link.last_ack_seconds_ago),
+        link.sent,
+        link.acked,
+        link.rejected
     );
-    if let Some(e) = &s.link.error {
-        let _ = writeln!(o, "         error: {e}");
+    if let Some(e) = &link.error {
+        let _ = writeln!(o, "         last error: {e}");
     }
     let _ = writeln!(
         o,
@@ -212,6 +223,28 @@ pub fn render(s: &Status) -> String {
         }
     }
     o
+}
+
+/// An RFC 3339 instant (UTC) as the time of day, with the date when it is
+/// `secs_ago` more than half a day ago.
+fn clock(rfc3339: &str, secs_ago: f64) -> String {
+    let (date, time) = (rfc3339.get(..10), rfc3339.get(11..19));
+    match (date, time) {
+        (Some(d), Some(t)) if secs_ago >= 43_200.0 => format!("{d} {t} UTC"),
+        (_, Some(t)) => format!("{t} UTC"),
+        _ => rfc3339.to_owned(),
+    }
+}
+
+/// Seconds as the two largest units: `6s`, `1m 12s`, `3h 5m`, `2d 4h`.
+fn duration(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
 }
 
 /// Red for what needs action, yellow for warnings, green for a healthy link.

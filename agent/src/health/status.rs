@@ -62,7 +62,15 @@ pub struct SubscriptionStatus {
 pub struct LinkStatus {
     pub hub: String,
     pub state: LinkState,
+    /// In this state (each reconnect attempt is a new state).
     pub since_seconds: f64,
+    /// When the link was last up or first failed (RFC 3339, UTC), through
+    /// every reconnect attempt since; `None` while it is up.
+    #[serde(default)]
+    pub down_since: Option<String>,
+    /// Seconds since `down_since`.
+    #[serde(default)]
+    pub down_seconds: Option<f64>,
     pub last_ack_seconds_ago: Option<f64>,
     pub error: Option<String>,
     pub sent: u64,
@@ -190,6 +198,12 @@ impl Health {
                 hub: self.hub.clone(),
                 state: link.state,
                 since_seconds: now.duration_since(link.since).map_or(0.0, |d| d.as_secs_f64()),
+                down_since: link
+                    .down_since
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                down_seconds: link
+                    .down_since
+                    .map(|t| now.duration_since(t).map_or(0.0, |d| d.as_secs_f64())),
                 last_ack_seconds_ago: link
                     .last_ack
                     .map(|t| now.duration_since(t).map_or(0.0, |d| d.as_secs_f64())),

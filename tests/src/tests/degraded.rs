@@ -79,3 +79,49 @@ async fn degraded_conditions_are_reported_with_reasons() {
     agent.stop().await;
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_down_counts_from_its_first_failure_through_every_retry() {
+    let w = World::new();
+    let hub_port = free_port();
+    let mut spec = w.agent_spec(hub_port);
+    spec.health_port = free_port();
+    let agent = Agent::start(&w.agent_toml(&spec)).await;
+
+    // Each reconnect attempt is a new state; the time down is not.
+    let link = eventually("retries well after the first failure", Duration::from_secs(30), || {
+        let l = agent.status().link;
+        match l.down_seconds {
+            Some(down) if l.error.is_some() && down > l.since_seconds + 2.0 => Ok(l),
+            _ => Err(format!("{l:?}")),
+        }
+    })
+    .await;
+    let since = link.down_since.clone().expect("down since");
+    let text = agent::cli::status::render(&agent.status());
+    let line = text.lines().find(|l| l.starts_with("link")).unwrap();
+    assert!(
+        line.starts_with(&format!("link     DOWN since {} UTC (for ", &since[11..19])),
+        "{line}"
+    );
+    assert!(text.contains("         last error: "), "{text}");
+    // The JSON document says it too, from the health port.
+    let json: serde_json::Value =
+        serde_json::from_str(&agent::cli::status::fetch(&agent.running.health_addr.to_string(), "/status").unwrap())
+            .unwrap();
+    assert_eq!(json["link"]["down_since"], since.as_str());
+
+    // Up again: no longer down.
+    let hub = Hub::start(&w, hub_port).await;
+    eventually("the link up", Duration::from_secs(30), || {
+        let l = agent.status().link;
+        (l.state == agent::health::LinkState::Up && l.down_since.is_none())
+            .then_some(())
+            .ok_or(format!("{l:?}"))
+    })
+    .await;
+    let text = agent::cli::status::render(&agent.status());
+    assert!(text.contains("link     up for "), "{text}");
+    agent.stop().await;
+    hub.stop().await;
+}
