@@ -186,13 +186,16 @@ pub fn render(s: &Status) -> String {
     for src in &s.sources {
         let _ = writeln!(
             o,
-            "source   {}: {} rows, {} records, {} quarantined, {} files done, {} rejected{}",
+            "source   {}: {} rows, {} records, {} quarantined, {} files done, {} rejected{}{}",
             src.name,
             src.rows,
             src.records,
             src.quarantined,
             src.files_done,
             src.files_rejected,
+            src.rejected_held
+                .filter(|&n| n > 0)
+                .map_or_else(String::new, |n| format!(" ({n} held in rejected/)")),
             src.error.as_ref().map_or_else(String::new, |e| format!("; ERROR: {e}"))
         );
     }

@@ -102,6 +102,10 @@ pub struct SourceStatus {
     /// Folder entries never taken (links, FIFOs, folders, hidden names).
     #[serde(default)]
     pub files_skipped: u64,
+    /// Files a drop folder's `rejected/` holds now (from any run), waiting
+    /// for a person; `None` for a source that is not a folder.
+    #[serde(default)]
+    pub rejected_held: Option<u64>,
     /// Files retried with a backoff, each with its reason.
     #[serde(default)]
     pub problems: Vec<String>,
@@ -234,6 +238,7 @@ impl Health {
                     files_done: s.files_done.get(),
                     files_rejected: s.files_rejected.get(),
                     files_skipped: s.files_skipped.get(),
+                    rejected_held: s.rejected_held().map(|(_, files)| files),
                     problems: s.problems(),
                     error: s.error(),
                 })

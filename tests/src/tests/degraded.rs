@@ -125,3 +125,46 @@ async fn a_link_down_counts_from_its_first_failure_through_every_retry() {
     agent.stop().await;
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_held_in_rejected_are_counted_and_warned_until_a_person_moves_them() {
+    let w = World::new();
+    let spec = w.agent_spec(free_port());
+    // Left by an earlier run.
+    w.write("drop/people/rejected/old.csv", "x\n");
+    w.write("drop/people/rejected/old.csv.error.txt", "reason: …\n");
+    let agent = Agent::start(&w.agent_toml(&spec)).await;
+    w.drop_file("drop/people", "empty.csv", b"");
+
+    let rejected = w.path("drop/people/rejected");
+    let warning = format!(
+        "FILES_REJECTED: source people: 2 files in {}, each with its reason in NAME.error.txt",
+        rejected.display()
+    );
+    let status = eventually("two files held in rejected/", Duration::from_secs(30), || {
+        let s = agent.status();
+        (s.sources[0].rejected_held == Some(2) && s.degraded.iter().any(|d| d.starts_with(&warning)))
+            .then_some(s.clone())
+            .ok_or(format!("{s:#?}"))
+    })
+    .await;
+    let text = agent::cli::status::render(&status);
+    assert!(
+        text.contains("WARNING  FILES_REJECTED: source people: 2 files"),
+        "{text}"
+    );
+    assert!(text.contains("1 rejected (2 held in rejected/)"), "{text}");
+
+    // A person moves them away: the warning goes.
+    for f in w.files_in("drop/people/rejected") {
+        std::fs::remove_file(rejected.join(f)).unwrap();
+    }
+    eventually("rejected/ empty", Duration::from_secs(30), || {
+        let s = agent.status();
+        (s.sources[0].rejected_held == Some(0) && !s.degraded.iter().any(|d| d.starts_with("FILES_REJECTED")))
+            .then_some(())
+            .ok_or(format!("{s:#?}"))
+    })
+    .await;
+    agent.stop().await;
+}
