@@ -146,7 +146,7 @@ fn status_reads_the_running_agent_and_sigterm_stops_it_cleanly() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains("agency   320282-gaj") && text.contains("queue    0 records"),
+        text.contains("agency   320282-gaj") && text.contains("queue    0 records, 0 B of 2.0 GiB;"),
         "{text}"
     );
     let out = Command::new(BIN)

@@ -158,10 +158,10 @@ pub fn render(s: &Status) -> String {
     }
     let _ = writeln!(
         o,
-        "queue    {} records, {} of {} bytes{}; oldest {}",
+        "queue    {} records, {} of {}{}; oldest {}",
         s.queue.records,
-        s.queue.bytes,
-        s.queue.max_bytes,
+        bytes(s.queue.bytes),
+        bytes(s.queue.max_bytes),
         if s.queue.full { " (FULL: sources paused)" } else { "" },
         s.queue
             .oldest_age_seconds
@@ -237,6 +237,11 @@ fn clock(rfc3339: &str, secs_ago: f64) -> String {
         (_, Some(t)) => format!("{t} UTC"),
         _ => rfc3339.to_owned(),
     }
+}
+
+/// Bytes in binary units: `0 B`, `12.5 MiB`, `2.0 GiB`.
+fn bytes(n: u64) -> String {
+    bytesize::ByteSize::b(n).display().iec().to_string()
 }
 
 /// Seconds as the two largest units: `6s`, `1m 12s`, `3h 5m`, `2d 4h`.
