@@ -227,3 +227,80 @@ fn the_example_config_names_every_key() {
         .collect();
     assert!(missing.is_empty(), "deploy/agent.example.toml lacks {missing:?}");
 }
+
+/// The DER of the certificate the hub on `port` presents to an agency.
+async fn presented(w: &World, port: u16) -> Vec<u8> {
+    let client = pki::tls::client_config(
+        &w.path("pki/ca.pem"),
+        &w.path(&format!("pki/{GAJ}.pem")),
+        &w.path(&format!("pki/{GAJ}.key")),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(client)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].as_ref().to_vec()
+}
+
+fn first_cert(path: &std::path::Path) -> Vec<u8> {
+    pki::tls::read_certs(path).unwrap()[0].as_ref().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_reloads_its_catalog_and_certificates_on_sighup_and_refuses_a_bad_one() {
+    let w = World::new();
+    let port = free_port();
+    let config = w.hub_toml(port);
+    let log = w.path("hub.log");
+    let mut hub = spawn("qianzhi-hub", &["serve", "--config", &config.to_string_lossy()], &log);
+    wait_listening(port).await;
+    assert_eq!(presented(&w, port).await, first_cert(&w.path("pki/hub.pem")));
+    let hup = |hub: &std::process::Child| {
+        let sent = Command::new("kill")
+            .args(["-HUP", &hub.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+
+    // A renewed certificate and a new catalog.
+    let renewed = w.ca.issue_server(&["localhost".into()]).unwrap();
+    w.write("pki/hub.pem", &renewed.cert_pem);
+    w.write("pki/hub.key", &renewed.key_pem);
+    let catalog = CATALOG.replacen("name = \"人口基本信息\"", "name = \"人口基本信息（修订）\"", 1);
+    let digest = rules::catalog::Catalog::from_toml_str(&catalog)
+        .expect("the new catalog")
+        .digest()
+        .to_owned();
+    let old = rules::catalog::Catalog::from_toml_str(CATALOG).unwrap();
+    assert_ne!(old.digest(), digest);
+    w.write("catalog.toml", &catalog);
+    hup(&hub);
+    eventually("the reload in the log", Duration::from_secs(20), || {
+        let text = read(&log);
+        (text.contains("reloaded") && text.contains(&digest))
+            .then_some(())
+            .ok_or(text)
+    })
+    .await;
+    assert_eq!(presented(&w, port).await, first_cert(&w.path("pki/hub.pem")));
+
+    // A catalog that does not parse: refused, and the hub goes on with the
+    // one it has.
+    w.write("catalog.toml", "[[resource]\n");
+    hup(&hub);
+    eventually("the refusal in the log", Duration::from_secs(20), || {
+        let text = read(&log);
+        text.contains("reload refused; the running catalog and certificates stay")
+            .then_some(())
+            .ok_or(text)
+    })
+    .await;
+    assert!(hub.try_wait().unwrap().is_none(), "{}", read(&log));
+    assert_eq!(presented(&w, port).await, first_cert(&w.path("pki/hub.pem")));
+    terminate(&mut hub);
+    assert!(!read(&log).contains('\u{1b}'));
+}
