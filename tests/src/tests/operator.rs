@@ -304,3 +304,50 @@ async fn the_hub_reloads_its_catalog_and_certificates_on_sighup_and_refuses_a_ba
     terminate(&mut hub);
     assert!(!read(&log).contains('\u{1b}'));
 }
+
+#[test]
+fn the_docs_point_into_the_repository_and_name_the_files_pki_dev_writes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for doc in ["README.md", "ARCHITECTURE.md", "deploy/README.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        assert!(!text.contains("shared/"), "{doc} points outside the repository");
+        for target in text.split("](").skip(1).filter_map(|t| t.split(')').next()) {
+            if !target.contains("://") && !target.starts_with('#') {
+                let base = root.join(doc);
+                let path = base.parent().unwrap().join(target);
+                assert!(path.exists(), "{doc} links to {target}, which is missing");
+            }
+        }
+    }
+    for file in ["docs/regulation.md", "docs/standards.md"] {
+        assert!(root.join(file).is_file(), "{file}");
+    }
+
+    // Every pki/ file the first hour names is one `pki dev` writes.
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let hour = readme
+        .split("## The first hour")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a first-hour section in README.md");
+    let d = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("qianzhi"))
+        .args(["pki", "dev", "--out"])
+        .arg(d.path().join("pki"))
+        .args(["--agency", "320282-gaj"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let named: BTreeSet<&str> = hour
+        .split(|c: char| c.is_whitespace() || c == '`' || c == '"')
+        .filter_map(|w| w.strip_prefix("pki/"))
+        .map(|w| w.trim_end_matches([',', ')', '.']))
+        .collect();
+    assert!(named.contains("agency-320282-gaj.pem"), "{named:?}");
+    for name in named {
+        assert!(
+            d.path().join("pki").join(name).is_file(),
+            "README names pki/{name}, which pki dev does not write"
+        );
+    }
+}
