@@ -84,8 +84,7 @@ async fn degraded_conditions_are_reported_with_reasons() {
 async fn a_link_down_counts_from_its_first_failure_through_every_retry() {
     let w = World::new();
     let hub_port = free_port();
-    let mut spec = w.agent_spec(hub_port);
-    spec.health_port = free_port();
+    let spec = w.agent_spec(hub_port);
     let agent = Agent::start(&w.agent_toml(&spec)).await;
 
     // Each reconnect attempt is a new state; the time down is not.

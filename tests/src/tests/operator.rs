@@ -252,11 +252,18 @@ fn first_cert(path: &std::path::Path) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hub_reloads_its_catalog_and_certificates_on_sighup_and_refuses_a_bad_one() {
     let w = World::new();
-    let port = free_port();
-    let config = w.hub_toml(port);
+    // Port 0, read back from the log: no other test can hold it.
+    let config = w.hub_toml(0);
     let log = w.path("hub.log");
     let mut hub = spawn("qianzhi-hub", &["serve", "--config", &config.to_string_lossy()], &log);
-    wait_listening(port).await;
+    let port: u16 = eventually("the hub serving", Duration::from_secs(20), || {
+        let text = read(&log);
+        text.split("listen=127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+            .ok_or(text)
+    })
+    .await;
     assert_eq!(presented(&w, port).await, first_cert(&w.path("pki/hub.pem")));
     let hup = |hub: &std::process::Child| {
         let sent = Command::new("kill")
