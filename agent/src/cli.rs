@@ -56,7 +56,8 @@ pub enum Command {
         /// Print the raw JSON document.
         #[arg(long)]
         json: bool,
-        /// The health port to ask (default: from the config, else 127.0.0.1:9720).
+        /// The health port to ask (default: the one the running agent recorded in
+        /// its data directory, `health.json`).
         #[arg(long)]
         addr: Option<String>,
     },

@@ -33,6 +33,34 @@ pub use subscription::{OnRevoke, SinkConfig, SinkFormat, SubscriptionConfig};
 /// The default config path of a packaged install.
 pub const DEFAULT_PATH: &str = "/etc/qianzhi/agent.toml";
 
+/// The data directory of a packaged install (`deploy/agent.example.toml`).
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/qianzhi";
+
+/// The `data_dir` a config's text names, resolved against the file's folder,
+/// even when the config as a whole is refused: `qianzhi status` must find
+/// the running agent when its config no longer loads (a refused reload).
+/// Read from the TOML when it parses, else from a top-level
+/// `data_dir = "…"` line; `None` when the text names none.
+pub fn data_dir_hint(text: &str, origin: &Path) -> Option<PathBuf> {
+    let from = |table: toml::Table| table.get("data_dir")?.as_str().map(PathBuf::from);
+    let named = match toml::from_str::<toml::Table>(text) {
+        Ok(table) => from(table),
+        // The first table header ends the top level.
+        Err(_) => text
+            .lines()
+            .map(str::trim)
+            .take_while(|l| !l.starts_with('['))
+            .filter(|l| l.starts_with("data_dir"))
+            .find_map(|l| from(toml::from_str(l).ok()?)),
+    }?;
+    let text = Text {
+        text,
+        origin,
+        catalog: PathBuf::new(),
+    };
+    Some(text.resolve(&named))
+}
+
 /// Why a config was refused. Every variant names the file, and where it can,
 /// the key and its line.
 #[derive(Debug, thiserror::Error)]

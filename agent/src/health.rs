@@ -15,6 +15,7 @@
 //!   touch the disk or parse the certificate run on the [`Health::sample`]
 //!   tick and are cached; a request only reads the cache.
 //! - `server`: the health port.
+//! - `port_file`: `health.json`, where `qianzhi status` finds the port.
 //!
 //! Not here: the text rendering of `/status` and the HTTP client of
 //! `qianzhi status` (`cli::status`).
@@ -26,11 +27,13 @@ use crate::sync::MutexExt;
 
 mod degraded;
 mod metrics;
+mod port_file;
 mod server;
 mod stats;
 mod status;
 
 pub use degraded::Watch;
+pub use port_file::PortFile;
 pub use server::{bind, serve};
 pub use stats::{LinkStats, SourceStats, SubscriptionStats};
 pub use status::{LinkState, LinkStatus, QueueStatus, SourceStatus, Status, SubscriptionStatus};

@@ -194,7 +194,24 @@ pub async fn start(
         cert: config.hub.cert.clone(),
     };
     let health = health::Health::new(&config.agency, &config.hub.url, outbox.clone(), tracker, Some(watch));
-    tasks.spawn(health::serve(listener, health.clone(), token.clone()));
+    // Where `qianzhi status` finds this agent: written once the port is
+    // bound and the data directory is ours, removed when the port closes.
+    let port_file = health::PortFile {
+        addr: health_addr,
+        agency: config.agency.clone(),
+        config: std::path::absolute(&config.origin).unwrap_or_else(|_| config.origin.clone()),
+        pid: std::process::id(),
+    };
+    if let Err(e) = port_file.write(&config.data_dir) {
+        let file = health::PortFile::path(&config.data_dir);
+        tracing::warn!(error = %e, file = %file.display(), "cannot record the health port; qianzhi status will not find this agent");
+    }
+    let data_dir = config.data_dir.clone();
+    let serving = health::serve(listener, health.clone(), token.clone());
+    tasks.spawn(async move {
+        serving.await;
+        port_file.remove(&data_dir);
+    });
     let mut sources = source::Sources::new(&config.agency, &outbox, &health, tasks, &token);
     sources.apply(&config.sources, &config.catalog).await;
     let link = spawn_link(&config, &outbox, &health, tasks, &token);

@@ -146,7 +146,7 @@ fn status_reads_the_running_agent_and_sigterm_stops_it_cleanly() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains("agency   320282-gaj") && text.contains("queue    0 records"),
+        text.contains("agency   320282-gaj") && text.contains("queue    0 records, 0 B of 2.0 GiB;"),
         "{text}"
     );
     let out = Command::new(BIN)
@@ -370,4 +370,73 @@ fn check_warns_of_a_readable_key_and_pki_dev_narrows_existing_keys() {
     assert!(out.status.success(), "{out:?}");
     let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+}
+
+/// `qianzhi --config CONFIG status`: exit code, standard output and error.
+fn status(config: &std::path::Path) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn status_finds_the_agent_through_its_data_directory_and_never_guesses() {
+    let d = scratch();
+    // Port 0: only the running agent knows its port.
+    let config = write_config(d.path(), "", 0);
+    let record = d.path().join("data/health.json");
+    let mut child = run_agent(&config, Stdio::null());
+    let start = Instant::now();
+    while !record.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no {}", record.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let shown = format!("pid {}, config {}", child.id(), config.display());
+    let (code, text, _) = status(&config);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.starts_with(&format!("process  {shown}, health port 127.0.0.1:")),
+        "{text}"
+    );
+    assert!(text.contains("agency   320282-gaj"), "{text}");
+
+    // A config that no longer loads (a refused reload): status says so and
+    // still shows the same agent, through the data_dir of the text.
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{good}frobnicate = 1\n")).unwrap();
+    let (code, text, err) = status(&config);
+    assert_eq!(code, Some(0), "{text}{err}");
+    assert!(
+        err.contains("the config does not load") && err.contains("frobnicate"),
+        "{err}"
+    );
+    assert!(err.contains(&d.path().join("data").display().to_string()), "{err}");
+    assert!(text.starts_with(&format!("process  {shown}")), "{text}");
+
+    // Stopped cleanly, the agent takes its record away; status says what
+    // it looked for, and asks no port it was not told of.
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!record.exists());
+    std::fs::write(&config, good).unwrap();
+    let (code, text, err) = status(&config);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        err.contains(&format!("no running agent found: {} does not exist", record.display())),
+        "{err}"
+    );
+    assert!(!err.contains("127.0.0.1"), "{err}");
+
+    // No config at all: the packaged data directory is where it looks.
+    let (code, _, err) = status(&d.path().join("missing.toml"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("/var/lib/qianzhi/health.json does not exist"), "{err}");
 }

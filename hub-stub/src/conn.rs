@@ -78,12 +78,11 @@ pub struct Conn {
 /// yields the ones within their agency's quota.
 pub fn accept(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    live: Arc<crate::Live>,
     limits: Arc<Limits>,
     shutdown: CancellationToken,
 ) -> mpsc::Receiver<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(64);
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let quota = Quota::new("connections", limits.max_connections);
     tokio::spawn(async move {
         loop {
@@ -99,7 +98,9 @@ pub fn accept(
                 },
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx, quota, idle) = (acceptor.clone(), tx.clone(), quota.clone(), limits.idle_timeout);
+            // The TLS config in force now: a reload reaches the next handshake.
+            let acceptor = tokio_rustls::TlsAcceptor::from(live.tls());
+            let (tx, quota, idle) = (tx.clone(), quota.clone(), limits.idle_timeout);
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {

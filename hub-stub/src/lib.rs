@@ -9,8 +9,8 @@
 //! config and the agency identity in a client certificate). It knows nothing
 //! of the agent's sources, queue or configuration.
 //!
-//! Module map: [`config`] (hub.toml), [`limits`] (what one agency may
-//! cost the hub), [`conn`] (accepting connections, TLS, idle timeout),
+//! Module map: [`config`] (hub.toml), [`live`] (the catalog and TLS config
+//! a SIGHUP replaces), [`limits`] (what one agency may cost the hub), [`conn`] (accepting connections, TLS, idle timeout),
 //! [`codec`] (the methods on the wire), [`service`] (the gRPC service:
 //! Sync and Subscribe), [`session`] (one live session per outbox),
 //! [`store`] (SQLite; `store::feed` for the receiving direction),
@@ -33,6 +33,7 @@ pub mod codec;
 pub mod config;
 pub mod conn;
 pub mod limits;
+pub mod live;
 pub mod service;
 pub mod session;
 pub mod share;
@@ -40,6 +41,7 @@ pub mod store;
 pub mod text;
 
 pub use limits::Limits;
+pub use live::Live;
 pub use store::Store;
 
 /// Serves the exchange on `listener` with the default limits until
@@ -64,10 +66,22 @@ pub async fn serve_with(
     limits: Limits,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    serve_live(listener, Live::new(catalog, tls), store, limits, shutdown).await
+}
+
+/// Serves the exchange on `listener` with the catalog and TLS config in
+/// `live`, which the caller may replace while it serves (SIGHUP).
+pub async fn serve_live(
+    listener: TcpListener,
+    live: Arc<Live>,
+    store: Arc<Store>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
     let limits = Arc::new(limits);
-    let incoming = conn::accept(listener, tls, limits.clone(), shutdown.clone());
+    let incoming = conn::accept(listener, live.clone(), limits.clone(), shutdown.clone());
     let exchange = codec::ExchangeService::new(
-        service::Hub::new(store, catalog, limits.clone(), shutdown.clone()),
+        service::Hub::new(store, live, limits.clone(), shutdown.clone()),
         limits.max_batch_entries,
         limits.max_message_bytes,
     );

@@ -21,7 +21,7 @@ use serde::{Deserialize, Deserializer};
 mod tests;
 
 /// The `[limits]` table. Every key has a default.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// The largest gRPC message the hub decodes (after decompression); a

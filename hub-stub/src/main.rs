@@ -1,13 +1,17 @@
-//! `qianzhi-hub`: serve the hub or export its store.
+//! `qianzhi-hub`: serve the hub or export its store. `serve` runs as a
+//! service: SIGTERM or SIGINT stops it, SIGHUP reloads the catalog and the
+//! TLS files (a config that does not load is refused and the running one
+//! stays).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hub_stub::{Store, config::HubConfig};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -23,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the exchange until SIGTERM or SIGINT.
+    /// Serve the exchange until SIGTERM or SIGINT; SIGHUP reloads the catalog and certificates.
     Serve {
         #[arg(long, short)]
         config: PathBuf,
@@ -89,8 +93,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        // Colours only on a terminal: a log file gets plain text.
-        .with_ansi(std::io::stderr().is_terminal())
+        // Colours only on a terminal, and not with NO_COLOR (no-color.org):
+        // a log file or the journal gets plain text.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()))
         .init();
     let result = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt.block_on(run(cli.command)),
@@ -107,23 +112,31 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { config } => {
-            let c = HubConfig::load(&config)?;
-            let catalog = Arc::new(load_catalog(&c)?);
-            let tls = pki::tls::server_config(&c.tls.ca, &c.tls.cert, &c.tls.key)?;
+        Command::Serve { config: path } => {
+            let c = HubConfig::load(&path)?;
+            let (catalog, tls) = load_live(&c)?;
+            let live = hub_stub::Live::new(Arc::new(catalog), tls);
             let store = Arc::new(Store::open(&c.store)?);
             let listener = tokio::net::TcpListener::bind(c.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", c.listen))?;
             tracing::info!(listen = %listener.local_addr()?, store = %c.store.display(), "hub serving");
             let stopped = shutdown()?;
+            let mut hangups = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
             let token = CancellationToken::new();
             let stop = token.clone();
             tokio::spawn(async move {
                 stopped.await;
                 stop.cancel();
             });
-            hub_stub::serve_with(listener, tls, store, catalog, c.limits, token).await?;
+            let limits = c.limits.clone();
+            let reloads = live.clone();
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    reload(&path, &c, &reloads);
+                }
+            });
+            hub_stub::serve_live(listener, live, store, limits, token).await?;
             tracing::info!("hub stopped");
             Ok(())
         }
@@ -173,6 +186,46 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// The catalog and TLS config a config names, both read and checked.
+fn load_live(c: &HubConfig) -> anyhow::Result<(rules::catalog::Catalog, Arc<rustls::ServerConfig>)> {
+    let catalog = load_catalog(c)?;
+    let tls = pki::tls::server_config(&c.tls.ca, &c.tls.cert, &c.tls.key)
+        .with_context(|| format!("TLS files {}, {}", c.tls.cert.display(), c.tls.key.display()))?;
+    Ok((catalog, tls))
+}
+
+/// SIGHUP: reads the config, its catalog and TLS files again and puts them
+/// in force for new connections and sessions. A config that does not load,
+/// or that changes what needs a restart, is refused and the running one
+/// stays.
+fn reload(path: &Path, running: &HubConfig, live: &hub_stub::Live) {
+    tracing::info!(config = %path.display(), "received SIGHUP: reloading the catalog and certificates");
+    let new = HubConfig::load(path).and_then(|c| {
+        let fixed = [
+            ("listen", c.listen != running.listen),
+            ("store", c.store != running.store),
+            ("limits", c.limits != running.limits),
+        ];
+        if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
+            anyhow::bail!("`{key}` cannot change while the hub serves (restart it to change it)");
+        }
+        load_live(&c)
+    });
+    match new {
+        Ok((catalog, tls)) => {
+            let digest = catalog.digest().to_owned();
+            live.replace(Arc::new(catalog), tls);
+            tracing::info!(
+                catalog = %digest,
+                "reloaded: new connections present the certificate read now, new sessions use the catalog"
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "reload refused; the running catalog and certificates stay")
+        }
+    }
+}
+
 fn load_catalog(c: &HubConfig) -> anyhow::Result<rules::catalog::Catalog> {
     let text = std::fs::read_to_string(&c.catalog).with_context(|| format!("catalog {}", c.catalog.display()))?;
     rules::catalog::Catalog::from_toml_str(&text).with_context(|| format!("catalog {}", c.catalog.display()))
@@ -181,7 +234,6 @@ fn load_catalog(c: &HubConfig) -> anyhow::Result<rules::catalog::Catalog> {
 /// SIGTERM (systemd) or SIGINT (Ctrl-C), watched from the start: a hub that
 /// could not be stopped cleanly refuses to start.
 fn shutdown() -> anyhow::Result<impl Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     Ok(async move {

@@ -46,7 +46,8 @@ pub const MAX_ID_BYTES: usize = 128;
 
 pub struct Hub {
     store: Arc<Store>,
-    catalog: Arc<Catalog>,
+    /// The catalog in force; each session takes it at its Hello.
+    live: Arc<crate::Live>,
     limits: Arc<Limits>,
     sessions: Arc<Sessions>,
     /// Open streams per agency (`limits.max_streams`).
@@ -55,11 +56,11 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(store: Arc<Store>, catalog: Arc<Catalog>, limits: Arc<Limits>, shutdown: CancellationToken) -> Hub {
+    pub fn new(store: Arc<Store>, live: Arc<crate::Live>, limits: Arc<Limits>, shutdown: CancellationToken) -> Hub {
         Hub {
             streams: Quota::new("streams", limits.max_streams),
             store,
-            catalog,
+            live,
             limits,
             sessions: Arc::default(),
             shutdown,
@@ -108,7 +109,9 @@ impl Exchange for Hub {
         })?;
         let open = conn.open_stream();
         let mut inbound = request.into_inner();
-        let hello = self.hello(&mut inbound, &identity, &conn).await?;
+        // The catalog in force at the Hello stays the session's.
+        let catalog = self.live.catalog();
+        let hello = self.hello(&mut inbound, &identity, &conn, &catalog).await?;
         let (agency, outbox) = (hello.agency_id.clone(), hello.outbox_id.clone());
         // The outbox id is printable ASCII (checked); the agency is the
         // certificate's.
@@ -138,7 +141,7 @@ impl Exchange for Hub {
                 body: Some(hub_message::Body::Welcome(Welcome {
                     last_seq,
                     hub_version: env!("CARGO_PKG_VERSION").to_owned(),
-                    catalog_digest: self.catalog.digest().to_owned(),
+                    catalog_digest: catalog.digest().to_owned(),
                     rejections,
                 })),
             })
@@ -146,7 +149,7 @@ impl Exchange for Hub {
         stream::spawn(
             stream::Stream {
                 store: self.store.clone(),
-                catalog: self.catalog.clone(),
+                catalog,
                 limits: self.limits.clone(),
                 agency,
                 outbox,
@@ -215,7 +218,7 @@ impl Exchange for Hub {
         let (tx, rx) = mpsc::channel(16);
         let stream = subscribe::Stream {
             store: self.store.clone(),
-            catalog: self.catalog.clone(),
+            catalog: self.live.catalog(),
             agency: identity,
             reader: Arc::new(std::sync::Mutex::new(reader)),
             cancel: self.shutdown.child_token(),
@@ -236,6 +239,7 @@ impl Hub {
         inbound: &mut Streaming<AgentMessage>,
         identity: &str,
         conn: &ConnInfo,
+        catalog: &Catalog,
     ) -> Result<Hello, Status> {
         let first = tokio::select! {
             m = tokio::time::timeout(self.limits.hello_timeout, inbound.message()) => m,
@@ -266,11 +270,11 @@ impl Hub {
                 shown(&hello.agency_id)
             )));
         }
-        if hello.catalog_digest != self.catalog.digest() {
+        if hello.catalog_digest != catalog.digest() {
             warn!(
                 agency = %shown(identity),
                 agent = %shown(&hello.catalog_digest),
-                hub = %self.catalog.digest(),
+                hub = %catalog.digest(),
                 "catalog digests differ"
             );
         }

@@ -3,33 +3,70 @@
 //! terminal). [`fetch`] is the small HTTP client it uses; the tests use it
 //! too.
 //!
+//! It never guesses the port: it reads the address the running agent wrote
+//! into its data directory (`health.json`, [`PortFile`]), taking the data
+//! directory from the config, or from the config's text when the config is
+//! refused, or the packaged default; and it says which agent it shows (or
+//! what it looked for). `--addr` asks a port directly.
+//!
 //! Not here: the document itself ([`crate::health::Status`]) or the server.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::config::Config;
-use crate::health::{LinkState, Status};
+use crate::config::{self, Config};
+use crate::health::{LinkState, PortFile, Status};
 
 /// Runs `qianzhi status`.
 pub fn main(config_path: &Path, json: bool, addr: Option<String>) -> ExitCode {
-    let addr = addr.unwrap_or_else(|| {
-        Config::load(config_path).map_or_else(|_| "127.0.0.1:9720".to_owned(), |c| c.health_listen.to_string())
-    });
+    let (addr, agent) = match addr {
+        Some(addr) => (addr, None),
+        None => match find(config_path) {
+            Ok(found) => (found.addr.to_string(), Some(found)),
+            Err(e) => {
+                eprintln!("qianzhi: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let body = match fetch(&addr, "/status") {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("qianzhi: cannot read status from {addr}: {e} (is the agent running?)");
+            let whose = agent.as_ref().map_or_else(String::new, |a| {
+                let gone = if Path::new("/proc").join(a.pid.to_string()).exists() {
+                    String::new()
+                } else {
+                    format!(
+                        "; pid {} is not running: the agent stopped without removing the file",
+                        a.pid
+                    )
+                };
+                format!(" (the health port of agent {}, {}{gone})", a.agency, described(a))
+            });
+            eprintln!("qianzhi: cannot read status from {addr}{whose}: {e}");
             return ExitCode::FAILURE;
         }
     };
     if json {
+        if let Some(a) = &agent {
+            eprintln!("qianzhi: status of agent {}, {}", a.agency, described(a));
+        }
         println!("{body}");
         return ExitCode::SUCCESS;
     }
     match serde_json::from_str::<Status>(&body) {
         Ok(s) => {
-            let text = render(&s);
+            let mut text = String::new();
+            if let Some(a) = &agent {
+                text.push_str(&format!("process  {}\n", described(a)));
+                if a.agency != s.agency {
+                    text.push_str(&format!(
+                        "WARNING  the port was recorded by agent {}, but agent {} answers on it\n",
+                        a.agency, s.agency
+                    ));
+                }
+            }
+            text.push_str(&render(&s));
             if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
                 print!("{}", colour(&text));
             } else {
@@ -42,6 +79,41 @@ pub fn main(config_path: &Path, json: bool, addr: Option<String>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The agent's pid, config and port, in words.
+fn described(a: &PortFile) -> String {
+    format!("pid {}, config {}, health port {}", a.pid, a.config.display(), a.addr)
+}
+
+/// The running agent's record, read from the data directory the config
+/// names; or what was looked for, in words.
+fn find(config_path: &Path) -> Result<PortFile, String> {
+    let data_dir = match Config::load(config_path) {
+        Ok(c) => c.data_dir,
+        Err(e) => {
+            let text = std::fs::read_to_string(config_path).unwrap_or_default();
+            let (dir, whence) = match config::data_dir_hint(&text, config_path) {
+                Some(dir) => (dir, "the data_dir its text names"),
+                None => (PathBuf::from(config::DEFAULT_DATA_DIR), "the packaged data directory"),
+            };
+            eprintln!(
+                "qianzhi: the config does not load ({e}); looking for the running agent in {}, {whence}",
+                dir.display()
+            );
+            dir
+        }
+    };
+    let file = PortFile::path(&data_dir);
+    PortFile::read(&data_dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "no running agent found: {} does not exist (a running agent writes it when its health port \
+             opens and removes it when it stops); is the agent running with this data directory? \
+             --addr asks a health port directly",
+            file.display()
+        ),
+        _ => format!("cannot read {}: {e}", file.display()),
+    })
 }
 
 /// A human summary of a status document, for `qianzhi status`.
@@ -58,30 +130,38 @@ pub fn render(s: &Status) -> String {
     for d in &s.degraded {
         let _ = writeln!(o, "WARNING  {d}");
     }
-    let state = match s.link.state {
-        LinkState::Up => "up",
-        LinkState::Connecting => "connecting",
-        LinkState::Down => "DOWN",
+    // After a failure the link is down through every reconnect attempt,
+    // and how long counts from the first failure.
+    let link = &s.link;
+    let state = match (link.state, link.error.is_some()) {
+        (LinkState::Up, _) => "up",
+        (LinkState::Connecting, false) => "connecting",
+        _ => "DOWN",
+    };
+    let when = match (&link.down_since, link.down_seconds) {
+        (Some(since), Some(secs)) if link.state != LinkState::Up => {
+            format!("since {} (for {})", clock(since, secs), duration(secs))
+        }
+        _ => format!("for {}", duration(link.since_seconds)),
     };
     let _ = writeln!(
         o,
-        "link     {state} for {:.0}s to {}; last ack {}; sent {}, acked {}, rejected {}",
-        s.link.since_seconds,
-        s.link.hub,
-        age(s.link.last_ack_seconds_ago),
-        s.link.sent,
-        s.link.acked,
-        s.link.rejected
+        "link     {state} {when} to {}; last ack {}; sent {}, acked {}, rejected {}",
+        link.hub,
+        age(link.last_ack_seconds_ago),
+        link.sent,
+        link.acked,
+        link.rejected
     );
-    if let Some(e) = &s.link.error {
-        let _ = writeln!(o, "         error: {e}");
+    if let Some(e) = &link.error {
+        let _ = writeln!(o, "         last error: {e}");
     }
     let _ = writeln!(
         o,
-        "queue    {} records, {} of {} bytes{}; oldest {}",
+        "queue    {} records, {} of {}{}; oldest {}",
         s.queue.records,
-        s.queue.bytes,
-        s.queue.max_bytes,
+        bytes(s.queue.bytes),
+        bytes(s.queue.max_bytes),
         if s.queue.full { " (FULL: sources paused)" } else { "" },
         s.queue
             .oldest_age_seconds
@@ -106,13 +186,16 @@ pub fn render(s: &Status) -> String {
     for src in &s.sources {
         let _ = writeln!(
             o,
-            "source   {}: {} rows, {} records, {} quarantined, {} files done, {} rejected{}",
+            "source   {}: {} rows, {} records, {} quarantined, {} files done, {} rejected{}{}",
             src.name,
             src.rows,
             src.records,
             src.quarantined,
             src.files_done,
             src.files_rejected,
+            src.rejected_held
+                .filter(|&n| n > 0)
+                .map_or_else(String::new, |n| format!(" ({n} held in rejected/)")),
             src.error.as_ref().map_or_else(String::new, |e| format!("; ERROR: {e}"))
         );
     }
@@ -144,6 +227,33 @@ pub fn render(s: &Status) -> String {
         }
     }
     o
+}
+
+/// An RFC 3339 instant (UTC) as the time of day, with the date when it is
+/// `secs_ago` more than half a day ago.
+fn clock(rfc3339: &str, secs_ago: f64) -> String {
+    let (date, time) = (rfc3339.get(..10), rfc3339.get(11..19));
+    match (date, time) {
+        (Some(d), Some(t)) if secs_ago >= 43_200.0 => format!("{d} {t} UTC"),
+        (_, Some(t)) => format!("{t} UTC"),
+        _ => rfc3339.to_owned(),
+    }
+}
+
+/// Bytes in binary units: `0 B`, `12.5 MiB`, `2.0 GiB`.
+fn bytes(n: u64) -> String {
+    bytesize::ByteSize::b(n).display().iec().to_string()
+}
+
+/// Seconds as the two largest units: `6s`, `1m 12s`, `3h 5m`, `2d 4h`.
+fn duration(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
 }
 
 /// Red for what needs action, yellow for warnings, green for a healthy link.

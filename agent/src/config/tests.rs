@@ -181,3 +181,22 @@ fn an_unreadable_catalog_names_the_key_and_line() {
         "{e}"
     );
 }
+
+#[test]
+fn the_data_dir_is_found_in_a_config_that_is_refused() {
+    let origin = Path::new("/etc/qianzhi/agent.toml");
+    let hint = |text: &str| data_dir_hint(text, origin);
+    // Refused (an unknown key), but TOML.
+    assert_eq!(
+        hint(&format!("{GOOD}frobnicate = 1\n")),
+        Some(PathBuf::from("/etc/qianzhi/data"))
+    );
+    // Not even TOML: the top-level line still says it.
+    assert_eq!(
+        hint("agency = \"x\"\ndata_dir = \"/srv/qz\"\n[hub\nurl = "),
+        Some(PathBuf::from("/srv/qz"))
+    );
+    // Inside a table it is another key.
+    assert_eq!(hint("agency = \"x\"\n[hub]\ndata_dir = \"/srv/qz\"\n[oops\n"), None);
+    assert_eq!(hint("agency = \"x\"\n"), None);
+}

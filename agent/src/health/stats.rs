@@ -7,6 +7,7 @@
 //! read back into the status document (`status`).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -34,6 +35,9 @@ pub struct SourceStats {
     /// Files that could not be taken and are retried, by name: the folder
     /// goes on with the others.
     problems: Mutex<BTreeMap<String, String>>,
+    /// A drop folder's `rejected/` and the files it holds, as of the last
+    /// scan (rejected by any run of the agent, until a person moves them).
+    rejected_held: Mutex<Option<(PathBuf, u64)>>,
     freshness: Freshness,
 }
 
@@ -59,6 +63,7 @@ impl SourceStats {
             warnings: c.warnings,
             error: Mutex::default(),
             problems: Mutex::default(),
+            rejected_held: Mutex::default(),
             freshness,
         }
     }
@@ -87,6 +92,15 @@ impl SourceStats {
                 p.remove(file);
             }
         }
+    }
+
+    /// The files a drop folder's `rejected/` holds.
+    pub fn set_rejected_held(&self, folder: &Path, files: u64) {
+        *self.rejected_held.lock_unpoisoned() = Some((folder.to_owned(), files));
+    }
+
+    pub fn rejected_held(&self) -> Option<(PathBuf, u64)> {
+        self.rejected_held.lock_unpoisoned().clone()
     }
 
     pub fn problems(&self) -> Vec<String> {

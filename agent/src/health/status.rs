@@ -66,7 +66,15 @@ pub struct SubscriptionStatus {
 pub struct LinkStatus {
     pub hub: String,
     pub state: LinkState,
+    /// In this state (each reconnect attempt is a new state).
     pub since_seconds: f64,
+    /// When the link was last up or first failed (RFC 3339, UTC), through
+    /// every reconnect attempt since; `None` while it is up.
+    #[serde(default)]
+    pub down_since: Option<String>,
+    /// Seconds since `down_since`.
+    #[serde(default)]
+    pub down_seconds: Option<f64>,
     pub last_ack_seconds_ago: Option<f64>,
     pub error: Option<String>,
     pub sent: u64,
@@ -98,6 +106,10 @@ pub struct SourceStatus {
     /// Folder entries never taken (links, FIFOs, folders, hidden names).
     #[serde(default)]
     pub files_skipped: u64,
+    /// Files a drop folder's `rejected/` holds now (from any run), waiting
+    /// for a person; `None` for a source that is not a folder.
+    #[serde(default)]
+    pub rejected_held: Option<u64>,
     /// Files retried with a backoff, each with its reason.
     #[serde(default)]
     pub problems: Vec<String>,
@@ -195,6 +207,12 @@ impl Health {
                 hub: self.hub.clone(),
                 state: link.state,
                 since_seconds: now.duration_since(link.since).map_or(0.0, |d| d.as_secs_f64()),
+                down_since: link
+                    .down_since
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                down_seconds: link
+                    .down_since
+                    .map(|t| now.duration_since(t).map_or(0.0, |d| d.as_secs_f64())),
                 last_ack_seconds_ago: link
                     .last_ack
                     .map(|t| now.duration_since(t).map_or(0.0, |d| d.as_secs_f64())),
@@ -225,6 +243,7 @@ impl Health {
                     files_done: s.files_done.get(),
                     files_rejected: s.files_rejected.get(),
                     files_skipped: s.files_skipped.get(),
+                    rejected_held: s.rejected_held().map(|(_, files)| files),
                     problems: s.problems(),
                     error: s.error(),
                 })

@@ -188,14 +188,21 @@ impl Folder {
                         troubles: &mut troubles,
                         skipped: &mut skipped,
                     };
-                    match self.scan(&mut scan, &token).await {
+                    let next = match self.scan(&mut scan, &token).await {
                         Ok(next) => next,
                         Err(e) => {
                             warn!(error = %e, "scan failed; retrying");
                             self.stats.set_error(Some(e));
                             Some(Duration::from_secs(1))
                         }
+                    };
+                    // What waits in rejected/ for a person, whoever put it
+                    // there and whenever: /status warns while it is not empty.
+                    match dirs::count_rejected(&dirs) {
+                        Ok(files) => self.stats.set_rejected_held(&self.config.path.join("rejected"), files),
+                        Err(e) => warn!(error = %e, "cannot count the files in rejected/"),
                     }
+                    next
                 }
                 Err(e) => {
                     // Keep trying: the folder may be mounted or fixed later.

@@ -1,4 +1,4 @@
-//! Every test vector of shared/standards.md Appendix A, and properties.
+//! Every test vector of docs/standards.md Appendix A, and properties.
 
 use super::calendar::{civil_from_days, days_from_civil};
 use super::id::USCC_CHARS;

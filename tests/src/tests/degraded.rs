@@ -79,3 +79,91 @@ async fn degraded_conditions_are_reported_with_reasons() {
     agent.stop().await;
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_down_counts_from_its_first_failure_through_every_retry() {
+    let w = World::new();
+    let hub_port = free_port();
+    let spec = w.agent_spec(hub_port);
+    let agent = Agent::start(&w.agent_toml(&spec)).await;
+
+    // Each reconnect attempt is a new state; the time down is not.
+    let link = eventually("retries well after the first failure", Duration::from_secs(30), || {
+        let l = agent.status().link;
+        match l.down_seconds {
+            Some(down) if l.error.is_some() && down > l.since_seconds + 2.0 => Ok(l),
+            _ => Err(format!("{l:?}")),
+        }
+    })
+    .await;
+    let since = link.down_since.clone().expect("down since");
+    let text = agent::cli::status::render(&agent.status());
+    let line = text.lines().find(|l| l.starts_with("link")).unwrap();
+    assert!(
+        line.starts_with(&format!("link     DOWN since {} UTC (for ", &since[11..19])),
+        "{line}"
+    );
+    assert!(text.contains("         last error: "), "{text}");
+    // The JSON document says it too, from the health port.
+    let json: serde_json::Value =
+        serde_json::from_str(&agent::cli::status::fetch(&agent.running.health_addr.to_string(), "/status").unwrap())
+            .unwrap();
+    assert_eq!(json["link"]["down_since"], since.as_str());
+
+    // Up again: no longer down.
+    let hub = Hub::start(&w, hub_port).await;
+    eventually("the link up", Duration::from_secs(30), || {
+        let l = agent.status().link;
+        (l.state == agent::health::LinkState::Up && l.down_since.is_none())
+            .then_some(())
+            .ok_or(format!("{l:?}"))
+    })
+    .await;
+    let text = agent::cli::status::render(&agent.status());
+    assert!(text.contains("link     up for "), "{text}");
+    agent.stop().await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_held_in_rejected_are_counted_and_warned_until_a_person_moves_them() {
+    let w = World::new();
+    let spec = w.agent_spec(free_port());
+    // Left by an earlier run.
+    w.write("drop/people/rejected/old.csv", "x\n");
+    w.write("drop/people/rejected/old.csv.error.txt", "reason: …\n");
+    let agent = Agent::start(&w.agent_toml(&spec)).await;
+    w.drop_file("drop/people", "empty.csv", b"");
+
+    let rejected = w.path("drop/people/rejected");
+    let warning = format!(
+        "FILES_REJECTED: source people: 2 files in {}, each with its reason in NAME.error.txt",
+        rejected.display()
+    );
+    let status = eventually("two files held in rejected/", Duration::from_secs(30), || {
+        let s = agent.status();
+        (s.sources[0].rejected_held == Some(2) && s.degraded.iter().any(|d| d.starts_with(&warning)))
+            .then_some(s.clone())
+            .ok_or(format!("{s:#?}"))
+    })
+    .await;
+    let text = agent::cli::status::render(&status);
+    assert!(
+        text.contains("WARNING  FILES_REJECTED: source people: 2 files"),
+        "{text}"
+    );
+    assert!(text.contains("1 rejected (2 held in rejected/)"), "{text}");
+
+    // A person moves them away: the warning goes.
+    for f in w.files_in("drop/people/rejected") {
+        std::fs::remove_file(rejected.join(f)).unwrap();
+    }
+    eventually("rejected/ empty", Duration::from_secs(30), || {
+        let s = agent.status();
+        (s.sources[0].rejected_held == Some(0) && !s.degraded.iter().any(|d| d.starts_with("FILES_REJECTED")))
+            .then_some(())
+            .ok_or(format!("{s:#?}"))
+    })
+    .await;
+    agent.stop().await;
+}

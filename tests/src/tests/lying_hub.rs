@@ -73,7 +73,12 @@ impl Exchange for Liar {
 async fn serve_liar(w: &World, port: u16, lie: Lie, token: CancellationToken) -> tokio::task::JoinHandle<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let tls = pki::tls::server_config(&w.path("pki/ca.pem"), &w.path("pki/hub.pem"), &w.path("pki/hub.key")).unwrap();
-    let incoming = hub_stub::conn::accept(listener, tls, Arc::new(hub_stub::Limits::default()), token.clone());
+    let incoming = hub_stub::conn::accept(
+        listener,
+        hub_stub::Live::new(Arc::new(rules::catalog::Catalog::from_toml_str(CATALOG).unwrap()), tls),
+        Arc::new(hub_stub::Limits::default()),
+        token.clone(),
+    );
     tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(

@@ -227,3 +227,134 @@ fn the_example_config_names_every_key() {
         .collect();
     assert!(missing.is_empty(), "deploy/agent.example.toml lacks {missing:?}");
 }
+
+/// The DER of the certificate the hub on `port` presents to an agency.
+async fn presented(w: &World, port: u16) -> Vec<u8> {
+    let client = pki::tls::client_config(
+        &w.path("pki/ca.pem"),
+        &w.path(&format!("pki/{GAJ}.pem")),
+        &w.path(&format!("pki/{GAJ}.key")),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(client)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].as_ref().to_vec()
+}
+
+fn first_cert(path: &std::path::Path) -> Vec<u8> {
+    pki::tls::read_certs(path).unwrap()[0].as_ref().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_reloads_its_catalog_and_certificates_on_sighup_and_refuses_a_bad_one() {
+    let w = World::new();
+    // Port 0, read back from the log: no other test can hold it.
+    let config = w.hub_toml(0);
+    let log = w.path("hub.log");
+    let mut hub = spawn("qianzhi-hub", &["serve", "--config", &config.to_string_lossy()], &log);
+    let port: u16 = eventually("the hub serving", Duration::from_secs(20), || {
+        let text = read(&log);
+        text.split("listen=127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+            .ok_or(text)
+    })
+    .await;
+    assert_eq!(presented(&w, port).await, first_cert(&w.path("pki/hub.pem")));
+    let hup = |hub: &std::process::Child| {
+        let sent = Command::new("kill")
+            .args(["-HUP", &hub.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+
+    // A renewed certificate and a new catalog.
+    let renewed = w.ca.issue_server(&["localhost".into()]).unwrap();
+    w.write("pki/hub.pem", &renewed.cert_pem);
+    w.write("pki/hub.key", &renewed.key_pem);
+    let catalog = CATALOG.replacen("name = \"人口基本信息\"", "name = \"人口基本信息（修订）\"", 1);
+    let digest = rules::catalog::Catalog::from_toml_str(&catalog)
+        .expect("the new catalog")
+        .digest()
+        .to_owned();
+    let old = rules::catalog::Catalog::from_toml_str(CATALOG).unwrap();
+    assert_ne!(old.digest(), digest);
+    w.write("catalog.toml", &catalog);
+    hup(&hub);
+    eventually("the reload in the log", Duration::from_secs(20), || {
+        let text = read(&log);
+        (text.contains("reloaded") && text.contains(&digest))
+            .then_some(())
+            .ok_or(text)
+    })
+    .await;
+    assert_eq!(presented(&w, port).await, first_cert(&w.path("pki/hub.pem")));
+
+    // A catalog that does not parse: refused, and the hub goes on with the
+    // one it has.
+    w.write("catalog.toml", "[[resource]\n");
+    hup(&hub);
+    eventually("the refusal in the log", Duration::from_secs(20), || {
+        let text = read(&log);
+        text.contains("reload refused; the running catalog and certificates stay")
+            .then_some(())
+            .ok_or(text)
+    })
+    .await;
+    assert!(hub.try_wait().unwrap().is_none(), "{}", read(&log));
+    assert_eq!(presented(&w, port).await, first_cert(&w.path("pki/hub.pem")));
+    terminate(&mut hub);
+    assert!(!read(&log).contains('\u{1b}'));
+}
+
+#[test]
+fn the_docs_point_into_the_repository_and_name_the_files_pki_dev_writes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for doc in ["README.md", "ARCHITECTURE.md", "deploy/README.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        assert!(!text.contains("shared/"), "{doc} points outside the repository");
+        for target in text.split("](").skip(1).filter_map(|t| t.split(')').next()) {
+            if !target.contains("://") && !target.starts_with('#') {
+                let base = root.join(doc);
+                let path = base.parent().unwrap().join(target);
+                assert!(path.exists(), "{doc} links to {target}, which is missing");
+            }
+        }
+    }
+    for file in ["docs/regulation.md", "docs/standards.md"] {
+        assert!(root.join(file).is_file(), "{file}");
+    }
+
+    // Every pki/ file the first hour names is one `pki dev` writes.
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let hour = readme
+        .split("## The first hour")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a first-hour section in README.md");
+    let d = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("qianzhi"))
+        .args(["pki", "dev", "--out"])
+        .arg(d.path().join("pki"))
+        .args(["--agency", "320282-gaj"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let named: BTreeSet<&str> = hour
+        .split(|c: char| c.is_whitespace() || c == '`' || c == '"')
+        .filter_map(|w| w.strip_prefix("pki/"))
+        .map(|w| w.trim_end_matches([',', ')', '.']))
+        .collect();
+    assert!(named.contains("agency-320282-gaj.pem"), "{named:?}");
+    for name in named {
+        assert!(
+            d.path().join("pki").join(name).is_file(),
+            "README names pki/{name}, which pki dev does not write"
+        );
+    }
+}

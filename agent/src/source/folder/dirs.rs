@@ -149,6 +149,19 @@ pub(super) fn write_error_file(dir: &OwnedFd, moved: &OsStr, text: &[u8]) -> std
     Err(std::io::Error::other("no free name for the error file"))
 }
 
+/// The files held in `rejected/`, their error files not counted.
+pub(super) fn count_rejected(dirs: &Dirs) -> std::io::Result<u64> {
+    let mut files = 0;
+    for entry in rustix::fs::Dir::read_from(&dirs.rejected)? {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if !(name == b"." || name == b".." || name.ends_with(b".error.txt")) {
+            files += 1;
+        }
+    }
+    Ok(files)
+}
+
 pub(super) fn remove_marker(dirs: &Dirs, name: &OsStr) {
     let mut marker = name.to_owned();
     marker.push(".ok");

@@ -19,7 +19,7 @@ fn text(d: &Data, item: &str) -> Result<String, &'static str> {
 
 #[test]
 fn excel_serial_dates_in_both_systems() {
-    // shared/standards.md: serials 42544 / 59 / 61 in the 1900 system.
+    // docs/standards.md: serials 42544 / 59 / 61 in the 1900 system.
     assert_eq!(text(&Data::Float(42544.0), "DE00004"), Ok("2016-06-23".into()));
     assert_eq!(text(&Data::Int(59), "DE00004"), Ok("1900-02-28".into()));
     assert_eq!(text(&Data::Int(61), "DE00004"), Ok("1900-03-01".into()));
