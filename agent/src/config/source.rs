@@ -367,52 +367,19 @@ fn database(
     text: &Text<'_>,
 ) -> Result<DbConfig, Error> {
     let key = |k: &str| format!("source.{name}.{k}");
-    let url = match (kind, &s.path, &s.url) {
-        (DbKind::Sqlite, Some(p), None) => text.resolve(p).to_string_lossy().into_owned(),
-        (DbKind::Sqlite, _, _) => {
-            return Err(text.invalid(
-                s.name.span(),
-                &key("path"),
-                "a sqlite source needs `path` (the database file) and no `url`".into(),
-            ));
-        }
-        (_, None, Some(u)) => {
-            let scheme = if kind == DbKind::Postgres { "postgres" } else { "mysql" };
-            let url = u.get_ref();
-            let ok = url.starts_with(&format!("{scheme}://"))
-                || (kind == DbKind::Postgres && url.starts_with("postgresql://"));
-            if !ok {
-                return Err(text.invalid(
-                    u.span(),
-                    &key("url"),
-                    format!("expected a {scheme}://user@host:port/database URL"),
-                ));
-            }
-            url.clone()
-        }
-        _ => {
-            return Err(text.invalid(
-                s.name.span(),
-                &key("url"),
-                "a database server source needs `url` and no `path`".into(),
-            ));
-        }
-    };
+    let url = location(
+        kind,
+        s.path.as_deref(),
+        s.url.as_ref(),
+        s.name.span(),
+        &key,
+        "source",
+        text,
+    )?;
     let Some(table) = &s.table else {
         return Err(text.invalid(s.name.span(), &key("table"), "a database source needs `table`".into()));
     };
-    let identifier = |v: &str| !v.is_empty() && !v.contains(['"', '`', '\\', '\0', '\'']) && v.len() <= 63;
-    let parts: Vec<&str> = table.get_ref().split('.').collect();
-    if parts.len() > 2 || !parts.iter().all(|p| identifier(p)) {
-        return Err(text.invalid(
-            table.span(),
-            &key("table"),
-            format!(
-                "{:?} is not a table name (NAME or SCHEMA.NAME, without quotes)",
-                table.get_ref()
-            ),
-        ));
-    }
+    table_name(table, &key("table"), text)?;
     if let Some((column, _)) = columns.iter().find(|(c, _)| !identifier(c)) {
         return Err(text.invalid(
             s.columns.span(),
@@ -455,4 +422,67 @@ fn database(
         install: s.install.unwrap_or(InstallMode::Auto),
         snapshot: s.snapshot.unwrap_or(true),
     })
+}
+
+/// A name the agent quotes itself: not empty, no quote characters or
+/// backslashes, at most 63 bytes (PostgreSQL's limit).
+pub(super) fn identifier(v: &str) -> bool {
+    !v.is_empty() && !v.contains(['"', '`', '\\', '\0', '\'']) && v.len() <= 63
+}
+
+/// Where a database is: a SQLite file (`path`, resolved against the
+/// config's folder) or a server URL of the right scheme. `what` is
+/// "source" or "sink", for the messages.
+pub(super) fn location(
+    kind: DbKind,
+    path: Option<&std::path::Path>,
+    url: Option<&Spanned<String>>,
+    at: std::ops::Range<usize>,
+    key: &dyn Fn(&str) -> String,
+    what: &str,
+    text: &Text<'_>,
+) -> Result<String, Error> {
+    match (kind, path, url) {
+        (DbKind::Sqlite, Some(p), None) => Ok(text.resolve(p).to_string_lossy().into_owned()),
+        (DbKind::Sqlite, _, _) => Err(text.invalid(
+            at,
+            &key("path"),
+            format!("a sqlite {what} needs `path` (the database file) and no `url`"),
+        )),
+        (_, None, Some(u)) => {
+            let scheme = if kind == DbKind::Postgres { "postgres" } else { "mysql" };
+            let ok = u.get_ref().starts_with(&format!("{scheme}://"))
+                || (kind == DbKind::Postgres && u.get_ref().starts_with("postgresql://"));
+            if ok {
+                Ok(u.get_ref().clone())
+            } else {
+                Err(text.invalid(
+                    u.span(),
+                    &key("url"),
+                    format!("expected a {scheme}://user@host:port/database URL"),
+                ))
+            }
+        }
+        _ => Err(text.invalid(
+            at,
+            &key("url"),
+            format!("a database server {what} needs `url` and no `path`"),
+        )),
+    }
+}
+
+/// Refuses a table name that is not NAME or SCHEMA.NAME of identifiers.
+pub(super) fn table_name(table: &Spanned<String>, key: &str, text: &Text<'_>) -> Result<(), Error> {
+    let parts: Vec<&str> = table.get_ref().split('.').collect();
+    if parts.len() > 2 || !parts.iter().all(|p| identifier(p)) {
+        return Err(text.invalid(
+            table.span(),
+            key,
+            format!(
+                "{:?} is not a table name (NAME or SCHEMA.NAME, without quotes)",
+                table.get_ref()
+            ),
+        ));
+    }
+    Ok(())
 }

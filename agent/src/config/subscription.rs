@@ -11,7 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::raw::HumanDuration;
-use super::source::{DbKind, Encoding, Input, SourceConfig};
+use super::source::{self, DbKind, Encoding, Input, SourceConfig};
 use super::{Error, Text};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -145,7 +145,6 @@ pub(super) fn validate(
             .map(|i| i.id.clone())
             .collect();
     }
-    let identifier = |v: &str| !v.is_empty() && !v.contains(['"', '`', '\\', '\0', '\'']) && v.len() <= 63;
     let kind = *s.kind.get_ref();
     let sink = match kind {
         SinkKind::Folder => {
@@ -184,50 +183,19 @@ pub(super) fn validate(
                 SinkKind::Postgres => DbKind::Postgres,
                 _ => DbKind::Mysql,
             };
-            let url = match (kind, &s.path, &s.url) {
-                (DbKind::Sqlite, Some(p), None) => text.resolve(p).to_string_lossy().into_owned(),
-                (DbKind::Sqlite, _, _) => {
-                    return Err(text.invalid(
-                        s.kind.span(),
-                        &key("path"),
-                        "a sqlite sink needs `path` (the database file) and no `url`".into(),
-                    ));
-                }
-                (_, None, Some(u)) => {
-                    let scheme = if kind == DbKind::Postgres { "postgres" } else { "mysql" };
-                    let ok = u.get_ref().starts_with(&format!("{scheme}://"))
-                        || (kind == DbKind::Postgres && u.get_ref().starts_with("postgresql://"));
-                    if !ok {
-                        return Err(text.invalid(
-                            u.span(),
-                            &key("url"),
-                            format!("expected a {scheme}://user@host:port/database URL"),
-                        ));
-                    }
-                    u.get_ref().clone()
-                }
-                _ => {
-                    return Err(text.invalid(
-                        s.kind.span(),
-                        &key("url"),
-                        "a database server sink needs `url` and no `path`".into(),
-                    ));
-                }
-            };
+            let url = source::location(
+                kind,
+                s.path.as_deref(),
+                s.url.as_ref(),
+                s.kind.span(),
+                &key,
+                "sink",
+                text,
+            )?;
             let Some(table) = &s.table else {
                 return Err(text.invalid(s.kind.span(), &key("table"), "a table sink needs `table`".into()));
             };
-            let parts: Vec<&str> = table.get_ref().split('.').collect();
-            if parts.len() > 2 || !parts.iter().all(|p| identifier(p)) {
-                return Err(text.invalid(
-                    table.span(),
-                    &key("table"),
-                    format!(
-                        "{:?} is not a table name (NAME or SCHEMA.NAME, without quotes)",
-                        table.get_ref()
-                    ),
-                ));
-            }
+            source::table_name(table, &key("table"), text)?;
             let mut columns = BTreeMap::new();
             for (item, column) in &s.columns {
                 if resource.item(item).is_none() {
@@ -237,7 +205,7 @@ pub(super) fn validate(
                         format!("{item:?} is not an item of resource {code}"),
                     ));
                 }
-                if !identifier(column.get_ref()) {
+                if !source::identifier(column.get_ref()) {
                     return Err(text.invalid(
                         column.span(),
                         &key(&format!("columns.{item}")),

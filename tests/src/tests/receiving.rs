@@ -12,13 +12,13 @@ use crate::db::Db;
 use crate::{Agent, GAJ, Hub, PEOPLE, PEOPLE_COLUMNS, World, bin, eventually, export, free_port, person};
 
 /// Receiving agencies of the test.
-const MZJ: &str = "320282-mzj";
-const RSJ: &str = "320282-rsj";
-const WJW: &str = "320282-wjw";
-const JYJ: &str = "320282-jyj";
+pub(super) const MZJ: &str = "320282-mzj";
+pub(super) const RSJ: &str = "320282-rsj";
+pub(super) const WJW: &str = "320282-wjw";
+pub(super) const JYJ: &str = "320282-jyj";
 
 /// The items the agreements share besides the key (姓名).
-const SHARED: &str = "DE00002";
+pub(super) const SHARED: &str = "DE00002";
 
 /// The people CSV with an operation column: each row (person, name, op).
 fn people_ops(rows: &[(u64, &str, &str)]) -> String {
@@ -35,35 +35,48 @@ fn people_ops(rows: &[(u64, &str, &str)]) -> String {
 
 /// Writes `NAME.toml` for an agent of `agency` with `body` after `[health]`.
 fn agent_toml(world: &World, name: &str, agency: &str, hub_port: u16, body: &str) -> PathBuf {
+    agent_toml_as(world, name, agency, agency, hub_port, 0, body)
+}
+
+/// The same with the certificate of `cert` and the health port `health`.
+pub(super) fn agent_toml_as(
+    world: &World,
+    name: &str,
+    agency: &str,
+    cert: &str,
+    hub_port: u16,
+    health: u16,
+    body: &str,
+) -> PathBuf {
     world.write(
         &format!("{name}.toml"),
         &format!(
             "agency = \"{agency}\"\ndata_dir = \"{name}-data\"\ncatalog = \"catalog.toml\"\nshutdown_grace = \"5s\"\n\
-             [hub]\nurl = \"https://localhost:{hub_port}\"\nca = \"pki/ca.pem\"\ncert = \"pki/{agency}.pem\"\n\
-             key = \"pki/{agency}.key\"\nbackoff_max = \"500ms\"\n[health]\nlisten = \"127.0.0.1:0\"\n{body}"
+             [hub]\nurl = \"https://localhost:{hub_port}\"\nca = \"pki/ca.pem\"\ncert = \"pki/{cert}.pem\"\n\
+             key = \"pki/{cert}.key\"\nbackoff_max = \"500ms\"\n[health]\nlisten = \"127.0.0.1:{health}\"\n{body}"
         ),
     )
 }
 
-/// Runs `qianzhi-hub` with the world's hub.toml; panics with its output on
-/// failure.
-fn hub_cli(world: &World, args: &[&str]) -> String {
+/// Runs `qianzhi-hub` with the world's hub.toml and returns its standard
+/// output; panics with its output on failure.
+pub(super) fn hub_cli(world: &World, args: &[&str]) -> String {
     let out = std::process::Command::new(bin("qianzhi-hub"))
         .args(args)
         .arg("--config")
         .arg(world.path("hub.toml"))
         .output()
         .expect("run qianzhi-hub");
-    let text = format!(
-        "{}{}",
+    assert!(
+        out.status.success(),
+        "qianzhi-hub {args:?} failed: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "qianzhi-hub {args:?} failed: {text}");
-    text
+    String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
-fn agree(world: &World, id: &str, agency: &str) {
+pub(super) fn agree(world: &World, id: &str, agency: &str) {
     hub_cli(
         world,
         &[
@@ -140,7 +153,7 @@ fn expected_rows(hub: &BTreeMap<String, String>) -> Vec<String> {
     hub.iter().map(|(k, n)| format!("{k}|{n}|NULL")).collect()
 }
 
-fn table_sink(kind: &str, place: &str, extra: &str) -> String {
+pub(super) fn table_sink(kind: &str, place: &str, extra: &str) -> String {
     format!(
         "[[subscription]]\nresource = \"{PEOPLE}\"\ntype = \"{kind}\"\n{place}\ntable = \"people_in\"\ncreate = true\n{extra}\
          [subscription.columns]\nDE00001 = \"sfzh\"\nDE00002 = \"xm\"\nDE00006 = \"zz\"\n"

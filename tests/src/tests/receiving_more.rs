@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use super::receiving::{JYJ, MZJ, RSJ, SHARED, WJW, agent_toml_as as agent_toml, agree, hub_cli, table_sink};
 use crate::db::Db;
 use crate::{
     Agent, CATALOG, GAJ, Hub, PEOPLE, PEOPLE_COLUMNS, Rng, World, bin, eventually, free_port, person, spawn,
@@ -25,13 +26,6 @@ use crate::{
 };
 
 /// Receiving agencies of the tests.
-const MZJ: &str = "320282-mzj";
-const RSJ: &str = "320282-rsj";
-const WJW: &str = "320282-wjw";
-const JYJ: &str = "320282-jyj";
-
-/// The item the agreements share besides the key (姓名).
-const SHARED: &str = "DE00002";
 
 /// How long a receiver may take to reach the hub's state.
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -47,60 +41,6 @@ fn people_ops(rows: &[(u64, String, &str)]) -> String {
         s.push_str(&format!(",{op}\n"));
     }
     s
-}
-
-/// Writes `NAME.toml` for an agent of `agency` presenting the certificate
-/// `pki/CERT.pem`, its health port `health`, with `body` after `[health]`.
-fn agent_toml(world: &World, name: &str, agency: &str, cert: &str, hub_port: u16, health: u16, body: &str) -> PathBuf {
-    world.write(
-        &format!("{name}.toml"),
-        &format!(
-            "agency = \"{agency}\"\ndata_dir = \"{name}-data\"\ncatalog = \"catalog.toml\"\nshutdown_grace = \"5s\"\n\
-             [hub]\nurl = \"https://localhost:{hub_port}\"\nca = \"pki/ca.pem\"\ncert = \"pki/{cert}.pem\"\n\
-             key = \"pki/{cert}.key\"\nbackoff_max = \"500ms\"\n[health]\nlisten = \"127.0.0.1:{health}\"\n{body}"
-        ),
-    )
-}
-
-/// Runs `qianzhi-hub` with the world's hub.toml; panics with its output on
-/// failure.
-fn hub_cli(world: &World, args: &[&str]) -> String {
-    let out = std::process::Command::new(bin("qianzhi-hub"))
-        .args(args)
-        .arg("--config")
-        .arg(world.path("hub.toml"))
-        .output()
-        .expect("run qianzhi-hub");
-    assert!(
-        out.status.success(),
-        "qianzhi-hub {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
-
-fn agree(world: &World, id: &str, agency: &str) {
-    hub_cli(
-        world,
-        &[
-            "agreement",
-            "add",
-            "--id",
-            id,
-            "--resource",
-            PEOPLE,
-            "--agency",
-            agency,
-            "--items",
-            SHARED,
-            "--purpose",
-            "低保资格审核",
-            "--from",
-            "2020-01-01",
-            "--until",
-            "2099-01-01",
-        ],
-    );
 }
 
 /// A read-only connection to the hub's store.
@@ -202,13 +142,6 @@ async fn until_rows(db: &Db, want: &[String]) {
         last.len(),
         want.len()
     );
-}
-
-fn table_sink(kind: &str, place: &str, extra: &str) -> String {
-    format!(
-        "[[subscription]]\nresource = \"{PEOPLE}\"\ntype = \"{kind}\"\n{place}\ntable = \"people_in\"\ncreate = true\n{extra}\
-         [subscription.columns]\nDE00001 = \"sfzh\"\nDE00002 = \"xm\"\nDE00006 = \"zz\"\n"
-    )
 }
 
 fn folder_sink() -> String {
