@@ -25,8 +25,6 @@ use crate::{
     wait_listening,
 };
 
-/// Receiving agencies of the tests.
-
 /// How long a receiver may take to reach the hub's state.
 const CONVERGE: Duration = Duration::from_secs(60);
 
