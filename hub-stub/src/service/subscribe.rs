@@ -125,7 +125,10 @@ impl Stream {
             if let Some(g) = self.regrant(sub).await {
                 grants.push(g);
             }
-            if probe {
+            // Only a granted subscription is a receiver: a refused one must
+            // neither hold history back from compaction nor appear in the
+            // report (a later grant comes with a new stream).
+            if probe || sub.grant.is_none() {
                 continue;
             }
             let d = feed::Delivery {
