@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use hub_stub::Store;
+use hub_stub::config::HubConfig;
+use prost::Message;
 
 /// The example catalog (deploy/catalog.example.toml) the demo and the
 /// tests share.
@@ -54,13 +56,42 @@ pub async fn run(dir: &Path, keep: bool) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let hub_addr = listener.local_addr()?;
-    let store = Arc::new(Store::open(&dir.join("hub/store.db"))?);
-    let catalog = Arc::new(rules::catalog::Catalog::from_toml_str(CATALOG)?);
-    let tls = pki::tls::server_config(&pki.join("ca.pem"), &pki.join("hub.pem"), &pki.join("hub.key"))?;
-    tasks.spawn(hub_stub::serve(listener, tls, store.clone(), catalog, token.clone()));
+    // The hub runs from the hub.toml it leaves behind, so the `qianzhi-hub`
+    // commands printed at the end read the same store and serve the same
+    // port the agent's config names.
+    let hub_toml = dir.join("hub.toml");
+    std::fs::write(
+        &hub_toml,
+        format!(
+            r#"# qianzhi-hub configuration written by qianzhi-demo. Paths are relative to this file.
+listen = "{hub_addr}"
+store = "hub/store.db"
+catalog = "catalog.toml"
+[tls]
+ca = "pki/ca.pem"
+cert = "pki/hub.pem"
+key = "pki/hub.key"
+"#
+        ),
+    )?;
+    let hub = HubConfig::load(&hub_toml)?;
+    let store = Arc::new(Store::open(&hub.store)?);
+    let catalog = Arc::new(rules::catalog::Catalog::from_toml_str(&std::fs::read_to_string(
+        &hub.catalog,
+    )?)?);
+    let tls = pki::tls::server_config(&hub.tls.ca, &hub.tls.cert, &hub.tls.key)?;
+    tasks.spawn(hub_stub::serve_with(
+        listener,
+        tls,
+        store.clone(),
+        catalog,
+        hub.limits.clone(),
+        token.clone(),
+    ));
     println!(
-        "2. hub-stub listening on {hub_addr} (mTLS, store {})",
-        dir.join("hub/store.db").display()
+        "2. hub-stub listening on {hub_addr} with {} (mTLS, store {})",
+        hub_toml.display(),
+        hub.store.display()
     );
 
     let agent_toml = dir.join("agent.toml");
@@ -98,11 +129,7 @@ rescan = "1s"
     )?;
     let config = agent::config::Config::load(&agent_toml)?;
     let running = agent::start(config, &tasks, token.clone()).await?;
-    println!(
-        "3. agent running with {} (health port http://{}/status)",
-        agent_toml.display(),
-        running.health_addr
-    );
+    println!("3. agent {AGENCY} running with {}", agent_toml.display());
 
     let drop = dir.join("drop/people");
     std::fs::create_dir_all(&drop)?;
@@ -124,13 +151,8 @@ rescan = "1s"
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!(
-        "5. at the hub (qianzhi-hub export --store {}):",
-        dir.join("hub/store.db").display()
-    );
-    let mut out = Vec::new();
-    store.export(None, false, &mut out)?;
-    print!("{}", String::from_utf8_lossy(&out));
+    println!("5. at the hub, resource 1010100/0001 in hub sequence order:");
+    print!("{}", hub_table(&store, "1010100/0001")?);
     println!("6. in the agent's quarantine:");
     for q in running.outbox.read(|r| r.quarantine(100)).await? {
         println!("   {} line {}: {}", q.object, q.line, q.reasons.join("; "));
@@ -138,10 +160,15 @@ rescan = "1s"
     println!("7. agent status:");
     print!("{}", agent::cli::status::render(&running.health.status()));
 
-    receive(&dir, &store, hub_addr.port(), &tasks, &token).await?;
+    let receiver_health = receive(&dir, &store, hub_addr.port(), &tasks, &token).await?;
 
     if keep {
-        println!("Running until Ctrl-C. Drop more files into {}", drop.display());
+        println!("\nRunning until Ctrl-C. Meanwhile:");
+        println!("   drop more files into {}", drop.display());
+        println!(
+            "   {AGENCY}'s status: http://{}/status, {RECEIVER}'s: http://{receiver_health}/status",
+            running.health_addr
+        );
         agent::signal::shutdown().await;
     }
     token.cancel();
@@ -149,20 +176,136 @@ rescan = "1s"
     tokio::time::timeout(Duration::from_secs(10), tasks.wait())
         .await
         .context("shutdown took too long")?;
-    println!("== demo done");
+    println!("== demo done: the hub and both agents have stopped");
+    print!("{}", next_steps(&dir, keep));
     Ok(())
+}
+
+/// What the demo leaves behind and what to try with it, with the demo's
+/// own paths. Every command works on the stopped demo: the quarantine
+/// commands need the agent stopped, `check` needs the hub served again.
+fn next_steps(dir: &Path, keep: bool) -> String {
+    let d = dir.display();
+    let mut s = format!(
+        "
+Files in {d} (they stay: the commands below use them; remove the folder when done):
+   hub.toml, agent.toml, receiver.toml   the configs of the hub and the two agents
+   pki/                                  development CA and certificates
+   hub/store.db                          the hub's store
+   agent-data/, receiver-data/           the agents' outboxes, quarantines and audit trails
+   received.db                           what {RECEIVER} received
+   drop/people/                          {AGENCY}'s drop folder
+
+What to try next. Build the binaries in the repository first:
+   cargo build --release -p agent -p hub-stub    # target/release/qianzhi, target/release/qianzhi-hub
+then, with target/release on PATH:
+   qianzhi-hub export --config {d}/hub.toml            # the hub's records as JSON Lines
+   qianzhi-hub report --config {d}/hub.toml            # what each agency provided and received
+   qianzhi --config {d}/agent.toml quarantine list     # the two rows held back, and why
+   qianzhi-hub serve --config {d}/hub.toml &           # the hub again, on the same port
+   qianzhi --config {d}/agent.toml check               # config, folders, certificates, a session with the hub
+   qianzhi --config {d}/agent.toml run                 # the agent again: drop files into {d}/drop/people
+"
+    );
+    if !keep {
+        s.push_str(
+            "Run the demo again with --keep to keep the hub and agents running (and their status pages) until Ctrl-C.\n",
+        );
+    }
+    s
+}
+
+/// The hub's current records of `resource` as a table in hub sequence
+/// order: the order receivers get them in.
+fn hub_table(store: &Store, resource: &str) -> anyhow::Result<String> {
+    const ITEMS: [(&str, &str); 4] = [
+        ("DE00002", "姓名"),
+        ("DE00003", "性别"),
+        ("DE00004", "出生日期"),
+        ("DE00006", "住址"),
+    ];
+    let reader = store.reader()?;
+    let latest = reader.latest(resource)?;
+    let mut rows = vec![
+        ["hub seq", "provider", "key"]
+            .into_iter()
+            .chain(ITEMS.iter().map(|(_, name)| *name))
+            .map(str::to_owned)
+            .collect::<Vec<_>>(),
+    ];
+    for stored in reader.snapshot(resource, 0, latest, 1000)? {
+        let record = proto::v1::Record::decode(stored.record.as_slice())?;
+        let mut row = vec![stored.hseq.to_string(), stored.provider, record.key.join("/")];
+        row.extend(
+            ITEMS
+                .iter()
+                .map(|(id, _)| record.items.get(*id).cloned().unwrap_or_default()),
+        );
+        rows.push(row);
+    }
+    Ok(table(&rows))
+}
+
+/// Left-aligned columns, three spaces in, two between, sized by display
+/// width so that Chinese text lines up in a terminal.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| width(s))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::from("  ");
+        for (cell, w) in row.iter().zip(&widths) {
+            line.push(' ');
+            line.push_str(cell);
+            line.extend(std::iter::repeat_n(' ', w - width(cell) + 1));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Terminal columns `s` takes: two for East Asian wide characters (CJK,
+/// Hangul, full-width forms), one otherwise. An approximation of Unicode
+/// East Asian Width that is exact for the demo's text.
+fn width(s: &str) -> usize {
+    s.chars()
+        .map(|c| match c as u32 {
+            0x1100..=0x115F
+            | 0x2E80..=0x303E
+            | 0x3041..=0x33FF
+            | 0x3400..=0x4DBF
+            | 0x4E00..=0x9FFF
+            | 0xA000..=0xA4CF
+            | 0xAC00..=0xD7A3
+            | 0xF900..=0xFAFF
+            | 0xFE30..=0xFE4F
+            | 0xFF00..=0xFF60
+            | 0xFFE0..=0xFFE6
+            | 0x20000..=0x3FFFD => 2,
+            _ => 1,
+        })
+        .sum()
 }
 
 /// The receiving direction: an agreement shares 姓名 (DE00002) of the
 /// people with the receiving agency, whose agent applies what the hub
-/// delivers into `received.db`.
+/// delivers into `received.db`. Returns the receiver's health address.
 async fn receive(
     dir: &Path,
     store: &Store,
     port: u16,
     tasks: &TaskTracker,
     token: &CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<std::net::SocketAddr> {
     let now = agent::clock::now_us();
     store.add_agreement(&hub_stub::store::feed::Agreement {
         id: AGREEMENT.into(),
@@ -239,5 +382,5 @@ DE00002 = "xm"
     for row in rows {
         println!("{}", row?);
     }
-    Ok(())
+    Ok(running.health_addr)
 }

@@ -19,10 +19,12 @@ mod demo;
     about = "Run a hub, an agent and a sample file on this machine, in a scratch folder"
 )]
 struct Cli {
-    /// The scratch folder (default: a new one under the temp folder).
+    /// The scratch folder (default: a new one under the temp folder). It
+    /// stays after the demo, for the commands it suggests.
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Keep running after the sample arrived, until Ctrl-C.
+    /// Keep the hub and agents running after the sample arrived, until
+    /// Ctrl-C: drop more files, read the agents' status pages.
     #[arg(long)]
     keep: bool,
 }
