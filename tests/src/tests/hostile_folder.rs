@@ -153,6 +153,7 @@ async fn a_stray_byte_never_turns_utf8_into_other_characters() {
 /// the file goes to rejected/ with the reason, never to done/ unread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_that_changes_while_read_is_rejected_not_moved_to_done() {
+    const ROWS: u64 = 40_000;
     let w = World::new();
     let hub_port = free_port();
     let mut spec = w.agent_spec(hub_port);
@@ -163,11 +164,13 @@ async fn a_file_that_changes_while_read_is_rejected_not_moved_to_done() {
         .replacen("[hub]", "[outbox]\nmax_bytes = \"1MiB\"\n[hub]", 1);
     std::fs::write(&config, text).unwrap();
     let agent = Agent::start(&config).await;
-    w.drop_file("drop/people", "grows.csv", people_csv(0..10_000).as_bytes());
-    // The hub is down: the outbox fills and the file waits, half read.
+    w.drop_file("drop/people", "grows.csv", people_csv(0..ROWS).as_bytes());
+    // The hub is down: the outbox fills and the file waits, part read. The
+    // file is several chunks past the queue's limit: a chunk or two may be
+    // handed over before the first commit shows the queue full.
     eventually("the source paused mid-file", Duration::from_secs(60), || {
         let s = agent.status();
-        (s.queue.full && s.sources[0].rows < 10_000)
+        (s.queue.full && s.sources[0].rows < ROWS)
             .then_some(())
             .ok_or(format!("{s:?}"))
     })
@@ -178,7 +181,7 @@ async fn a_file_that_changes_while_read_is_rejected_not_moved_to_done() {
             .append(true)
             .open(w.path("drop/people/grows.csv"))
             .unwrap();
-        for i in 10_000..10_019 {
+        for i in ROWS..ROWS + 19 {
             writeln!(f, "{}", person(i).join(",")).unwrap();
         }
     }
@@ -189,7 +192,7 @@ async fn a_file_that_changes_while_read_is_rejected_not_moved_to_done() {
     let why = std::fs::read_to_string(w.path("drop/people/rejected/grows.csv.error.txt")).unwrap();
     assert!(why.contains("changed while it was read"), "{why}");
     let at_hub = export(&w.store_path(), false).len();
-    assert!(at_hub >= 10_000, "every row of the original file arrived: {at_hub}");
+    assert!(at_hub >= ROWS as usize, "every row of the original file arrived: {at_hub}");
     agent.stop().await;
     hub.stop().await;
 }
