@@ -192,7 +192,10 @@ async fn a_file_that_changes_while_read_is_rejected_not_moved_to_done() {
     let why = std::fs::read_to_string(w.path("drop/people/rejected/grows.csv.error.txt")).unwrap();
     assert!(why.contains("changed while it was read"), "{why}");
     let at_hub = export(&w.store_path(), false).len();
-    assert!(at_hub >= ROWS as usize, "every row of the original file arrived: {at_hub}");
+    assert!(
+        at_hub >= ROWS as usize,
+        "every row of the original file arrived: {at_hub}"
+    );
     agent.stop().await;
     hub.stop().await;
 }
