@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::conn::ConnInfo;
-use crate::limits::{Limits, Quota};
+use crate::conn::{ConnInfo, OpenStream};
+use crate::limits::{Limits, Quota, Slot};
 use crate::session::Sessions;
 use crate::store::Store;
 use crate::text::shown;
@@ -97,17 +97,12 @@ impl Exchange for Hub {
     type SyncStream = Responses;
 
     async fn sync(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Responses>, Status> {
-        let conn = request
-            .extensions()
-            .get::<ConnInfo>()
-            .cloned()
-            .ok_or_else(|| Status::internal("no connection info"))?;
-        let identity = conn.agency.clone().map_err(Status::unauthenticated)?;
-        let slot = self.streams.take(&identity).map_err(|e| {
-            warn!(peer = %conn.peer, "{e}; stream refused");
-            Status::resource_exhausted(e.to_string())
-        })?;
-        let open = conn.open_stream();
+        let Admitted {
+            conn,
+            identity,
+            slot,
+            open,
+        } = self.admit(&request)?;
         let mut inbound = request.into_inner();
         // The catalog in force at the Hello stays the session's.
         let catalog = self.live.catalog();
@@ -173,46 +168,23 @@ impl Exchange for Hub {
         &self,
         request: Request<Streaming<SubscriberMessage>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let conn = request
-            .extensions()
-            .get::<ConnInfo>()
-            .cloned()
-            .ok_or_else(|| Status::internal("no connection info"))?;
-        let identity = conn.agency.clone().map_err(Status::unauthenticated)?;
-        let slot = self.streams.take(&identity).map_err(|e| {
-            warn!(peer = %conn.peer, "{e}; stream refused");
-            Status::resource_exhausted(e.to_string())
-        })?;
-        let open = conn.open_stream();
+        let Admitted {
+            conn,
+            identity,
+            slot,
+            open,
+        } = self.admit(&request)?;
         let mut inbound = request.into_inner();
-        let first = tokio::select! {
-            m = tokio::time::timeout(self.limits.hello_timeout, inbound.message()) => m,
-            () = self.shutdown.cancelled() => return Err(Status::unavailable("the hub is shutting down")),
-        };
-        let subscribe = match first {
-            Err(_) => {
-                return Err(Status::deadline_exceeded(format!(
-                    "no Subscribe within {:?} (limits.hello_timeout)",
-                    self.limits.hello_timeout
-                )));
-            }
-            Ok(Err(e)) => return Err(stream::bounded(&e)),
-            Ok(Ok(Some(SubscriberMessage {
+        let subscribe = match self.first(&mut inbound, "Subscribe", &identity, &conn).await? {
+            SubscriberMessage {
                 body: Some(subscriber_message::Body::Subscribe(s)),
-            }))) => s,
-            Ok(Ok(_)) => return Err(Status::invalid_argument("the first message must be Subscribe")),
+            } => s,
+            _ => return Err(Status::invalid_argument("the first message must be Subscribe")),
         };
         check_subscribe(&subscribe).inspect_err(|e| {
             warn!(peer = %conn.peer, agency = %shown(&identity), reason = %e.message(), "Subscribe refused");
         })?;
-        if subscribe.agency_id != identity {
-            warn!(certificate = %shown(&identity), subscribe = %shown(&subscribe.agency_id), "agency mismatch refused");
-            return Err(Status::permission_denied(format!(
-                "the client certificate is for agency {}, but Subscribe says {}",
-                shown(&identity),
-                shown(&subscribe.agency_id)
-            )));
-        }
+        same_agency(&identity, &subscribe.agency_id, "Subscribe")?;
         let reader = self.store.reader().map_err(|e| Status::unavailable(e.to_string()))?;
         let span = info_span!("receiver", agency = %shown(&identity), peer = %conn.peer);
         let (tx, rx) = mpsc::channel(16);
@@ -233,6 +205,55 @@ impl Exchange for Hub {
 }
 
 impl Hub {
+    /// Admits a stream: a connection whose certificate names an agency, and
+    /// a place in that agency's stream quota.
+    fn admit<T>(&self, request: &Request<T>) -> Result<Admitted, Status> {
+        let conn = request
+            .extensions()
+            .get::<ConnInfo>()
+            .cloned()
+            .ok_or_else(|| Status::internal("no connection info"))?;
+        let identity = conn.agency.clone().map_err(Status::unauthenticated)?;
+        let slot = self.streams.take(&identity).map_err(|e| {
+            warn!(peer = %conn.peer, "{e}; stream refused");
+            Status::resource_exhausted(e.to_string())
+        })?;
+        let open = conn.open_stream();
+        Ok(Admitted {
+            conn,
+            identity,
+            slot,
+            open,
+        })
+    }
+
+    /// The stream's first message (`what`: Hello or Subscribe), within
+    /// `limits.hello_timeout`.
+    async fn first<T>(
+        &self,
+        inbound: &mut Streaming<T>,
+        what: &str,
+        identity: &str,
+        conn: &ConnInfo,
+    ) -> Result<T, Status> {
+        let first = tokio::select! {
+            m = tokio::time::timeout(self.limits.hello_timeout, inbound.message()) => m,
+            () = self.shutdown.cancelled() => return Err(Status::unavailable("the hub is shutting down")),
+        };
+        match first {
+            Err(_) => {
+                info!(peer = %conn.peer, agency = %shown(identity), "no {what} in time; stream closed");
+                Err(Status::deadline_exceeded(format!(
+                    "no {what} within {:?} (limits.hello_timeout)",
+                    self.limits.hello_timeout
+                )))
+            }
+            Ok(Err(e)) => Err(stream::bounded(&e)),
+            Ok(Ok(Some(m))) => Ok(m),
+            Ok(Ok(None)) => Err(Status::invalid_argument(format!("the first message must be {what}"))),
+        }
+    }
+
     /// Reads and checks the stream's Hello.
     async fn hello(
         &self,
@@ -241,35 +262,16 @@ impl Hub {
         conn: &ConnInfo,
         catalog: &Catalog,
     ) -> Result<Hello, Status> {
-        let first = tokio::select! {
-            m = tokio::time::timeout(self.limits.hello_timeout, inbound.message()) => m,
-            () = self.shutdown.cancelled() => return Err(Status::unavailable("the hub is shutting down")),
-        };
-        let hello = match first {
-            Err(_) => {
-                info!(peer = %conn.peer, agency = %shown(identity), "no Hello in time; stream closed");
-                return Err(Status::deadline_exceeded(format!(
-                    "no Hello within {:?} (limits.hello_timeout)",
-                    self.limits.hello_timeout
-                )));
-            }
-            Ok(Err(e)) => return Err(stream::bounded(&e)),
-            Ok(Ok(Some(AgentMessage {
+        let hello = match self.first(inbound, "Hello", identity, conn).await? {
+            AgentMessage {
                 body: Some(agent_message::Body::Hello(h)),
-            }))) => h,
-            Ok(Ok(_)) => return Err(Status::invalid_argument("the first message must be Hello")),
+            } => h,
+            _ => return Err(Status::invalid_argument("the first message must be Hello")),
         };
         check_hello(&hello).inspect_err(|e| {
             warn!(peer = %conn.peer, agency = %shown(identity), reason = %e.message(), "Hello refused");
         })?;
-        if hello.agency_id != identity {
-            warn!(certificate = %shown(identity), hello = %shown(&hello.agency_id), "agency mismatch refused");
-            return Err(Status::permission_denied(format!(
-                "the client certificate is for agency {}, but Hello says {}",
-                shown(identity),
-                shown(&hello.agency_id)
-            )));
-        }
+        same_agency(identity, &hello.agency_id, "Hello")?;
         if hello.catalog_digest != catalog.digest() {
             warn!(
                 agency = %shown(identity),
@@ -280,6 +282,28 @@ impl Hub {
         }
         Ok(hello)
     }
+}
+
+/// A stream admitted by [`Hub::admit`]: its connection, the agency of its
+/// certificate, and the places it holds until it ends.
+struct Admitted {
+    conn: ConnInfo,
+    identity: String,
+    slot: Slot,
+    open: OpenStream,
+}
+
+/// Refuses a first message that names another agency than the certificate.
+fn same_agency(identity: &str, claimed: &str, what: &str) -> Result<(), Status> {
+    if claimed == identity {
+        return Ok(());
+    }
+    warn!(certificate = %shown(identity), claimed = %shown(claimed), message = what, "agency mismatch refused");
+    Err(Status::permission_denied(format!(
+        "the client certificate is for agency {}, but {what} says {}",
+        shown(identity),
+        shown(claimed)
+    )))
 }
 
 /// Refuses a Hello whose identifiers are empty, longer than

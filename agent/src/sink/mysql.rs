@@ -186,7 +186,7 @@ impl Mysql {
         let (layout, place) = (&self.layout, &self.place);
         let fail = |w: &'static str| move |e| SinkError::from_db(&layout.subscription, db_err(place, w)(e));
         let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(fail("begin"))?;
-        tx.query_drop(delete_received(layout))
+        tx.query_drop(layout.delete_received(DbKind::Mysql))
             .await
             .map_err(fail("delete the received rows"))?;
         let n = tx.affected_rows();
@@ -223,7 +223,7 @@ async fn write(conn: &mut Conn, layout: &Layout, place: &str, plan: &Plan, held:
         return Err(table::moved(layout, place, stored, held));
     }
     if plan.reset {
-        tx.query_drop(delete_received(layout))
+        tx.query_drop(layout.delete_received(DbKind::Mysql))
             .await
             .map_err(fail("delete the received rows (reset)"))?;
     }
@@ -293,10 +293,6 @@ fn chunk(n: usize) -> usize {
     } else {
         1 << (usize::BITS - 1 - n.leading_zeros())
     }
-}
-
-fn delete_received(layout: &Layout) -> String {
-    format!("DELETE FROM {} WHERE {} IS NOT NULL", q(&layout.table), q(SEQ))
 }
 
 fn create_sql(layout: &Layout) -> String {

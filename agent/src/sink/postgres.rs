@@ -243,7 +243,7 @@ impl Postgres {
             return Err(table::moved(layout, place, stored, held));
         }
         if plan.reset {
-            tx.execute(&delete_received(layout), &[])
+            tx.execute(&layout.delete_received(DbKind::Postgres), &[])
                 .await
                 .map_err(fail("delete the received rows (reset)"))?;
         }
@@ -298,7 +298,7 @@ impl Postgres {
         let fail = |w: &'static str| move |e| SinkError::from_db(&layout.subscription, db_err(place, w)(e));
         let tx = conn.client.transaction().await.map_err(fail("begin"))?;
         let n = tx
-            .execute(&delete_received(layout), &[])
+            .execute(&layout.delete_received(DbKind::Postgres), &[])
             .await
             .map_err(fail("delete the received rows"))?;
         tx.execute(
@@ -315,10 +315,6 @@ impl Postgres {
 fn read_sql(layout: &Layout, lock: bool) -> String {
     let lock = if lock { " FOR UPDATE" } else { "" };
     format!("SELECT seq FROM {} WHERE subscription = $1{lock}", applied(layout))
-}
-
-fn delete_received(layout: &Layout) -> String {
-    format!("DELETE FROM {} WHERE {} IS NOT NULL", q(&layout.table), q(SEQ))
 }
 
 fn create_sql(layout: &Layout) -> String {

@@ -173,9 +173,11 @@ impl Sqlite {
         let deleted = self
             .call(|c, layout, place| {
                 let tx = c.transaction().map_err(err(layout, place, "begin"))?;
-                let n =
-                    tx.execute(&delete_received(layout), [])
-                        .map_err(err(layout, place, "delete the received rows"))?;
+                let n = tx.execute(&layout.delete_received(DbKind::Sqlite), []).map_err(err(
+                    layout,
+                    place,
+                    "delete the received rows",
+                ))?;
                 tx.execute(
                     &format!("DELETE FROM {APPLIED} WHERE subscription = ?1"),
                     [&layout.subscription],
@@ -204,8 +206,11 @@ impl Sqlite {
 fn write(tx: &rusqlite::Transaction<'_>, layout: &Layout, place: &str, plan: &Plan) -> Result<(), SinkError> {
     let table = quote(DbKind::Sqlite, &layout.table);
     if plan.reset {
-        tx.execute(&delete_received(layout), [])
-            .map_err(err(layout, place, "delete the received rows (reset)"))?;
+        tx.execute(&layout.delete_received(DbKind::Sqlite), []).map_err(err(
+            layout,
+            place,
+            "delete the received rows (reset)",
+        ))?;
     }
     let by_key: Vec<String> = layout
         .key_columns()
@@ -259,14 +264,6 @@ fn shown_row_key(layout: &Layout, row: &table::Row) -> String {
 }
 
 /// Deletes the rows received (not the agency's own, whose seq is NULL).
-fn delete_received(layout: &Layout) -> String {
-    format!(
-        "DELETE FROM {} WHERE {} IS NOT NULL",
-        quote(DbKind::Sqlite, &layout.table),
-        quote(DbKind::Sqlite, SEQ)
-    )
-}
-
 fn create_sql(layout: &Layout) -> String {
     let mut defs: Vec<String> = layout
         .columns

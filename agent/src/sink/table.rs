@@ -29,6 +29,17 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// Deletes every row received (reset, purge): rows with a hub sequence;
+    /// the agency's own rows (none) stay.
+    pub fn delete_received(&self, kind: crate::config::DbKind) -> String {
+        use crate::source::db::sql::quote;
+        format!(
+            "DELETE FROM {} WHERE {} IS NOT NULL",
+            quote(kind, &self.table),
+            quote(kind, SEQ)
+        )
+    }
+
     pub fn new(spec: &SinkSpec, t: &TableSpec) -> Result<Layout, SinkError> {
         let fail = |what: String| SinkError::new(&spec.subscription, "sink", what);
         check_name(&t.table).map_err(|why| fail(format!("table name {} {why}", shown(&t.table))))?;

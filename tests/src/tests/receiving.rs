@@ -137,6 +137,27 @@ async fn until_rows(db: &Db, want: &[String]) {
     assert_eq!(last, want, "{:?} sink", db.kind);
 }
 
+/// A world with a hub, an agreement `id` sharing 姓名 with `receiver`
+/// (whose certificate is issued), and a provider agent on a folder with an
+/// operation column: (world, hub port, hub, provider).
+pub(super) async fn provider_and_receiver(receiver: &str, id: &str) -> (World, u16, Hub, Agent) {
+    let world = World::new();
+    world.issue(receiver, pki::dev::Validity::default(), receiver);
+    let port = free_port();
+    world.hub_toml(port);
+    let hub = Hub::start(&world, port).await;
+    agree(&world, id, receiver);
+    let provider = Agent::start(&agent_toml(
+        &world,
+        "provider",
+        GAJ,
+        port,
+        &crate::people_source("people", "drop/people", "op_column = \"操作\"\n"),
+    ))
+    .await;
+    (world, port, hub, provider)
+}
+
 /// Starts a receiver and waits until its sink is open (its table made).
 async fn receiver(config: &std::path::Path) -> Agent {
     let agent = Agent::start(config).await;
@@ -435,20 +456,7 @@ async fn no_agreement_is_refused_until_one_is_added_and_revoking_purges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_receiver_behind_a_compaction_gets_a_fresh_snapshot() {
-    let world = World::new();
-    world.issue(MZJ, pki::dev::Validity::default(), MZJ);
-    let port = free_port();
-    world.hub_toml(port);
-    let hub = Hub::start(&world, port).await;
-    agree(&world, "XY-5", MZJ);
-    let provider = Agent::start(&agent_toml(
-        &world,
-        "provider",
-        GAJ,
-        port,
-        &crate::people_source("people", "drop/people", "op_column = \"操作\"\n"),
-    ))
-    .await;
+    let (world, port, hub, provider) = provider_and_receiver(MZJ, "XY-5").await;
     let rows: Vec<(u64, String)> = (0..40).map(|i| (i, format!("测试{i}"))).collect();
     let ops: Vec<(u64, &str, &str)> = rows.iter().map(|(i, n)| (*i, n.as_str(), "I")).collect();
     world.drop_file("drop/people", "a.csv", people_ops(&ops).as_bytes());

@@ -18,7 +18,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use super::receiving::{JYJ, MZJ, RSJ, SHARED, WJW, agent_toml_as as agent_toml, agree, hub_cli, table_sink};
+use super::receiving::{
+    JYJ, MZJ, RSJ, SHARED, WJW, agent_toml_as as agent_toml, agree, hub_cli, provider_and_receiver, table_sink,
+};
 use crate::db::Db;
 use crate::{
     Agent, CATALOG, GAJ, Hub, PEOPLE, PEOPLE_COLUMNS, Rng, World, bin, eventually, free_port, person, spawn,
@@ -504,22 +506,7 @@ async fn hub_provider_and_receivers_killed_at_random_moments_leave_every_sink_eq
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_away_for_100000_changes_catches_up_applying_each_once() {
-    let world = World::new();
-    world.issue(MZJ, pki::dev::Validity::default(), MZJ);
-    let port = free_port();
-    world.hub_toml(port);
-    let hub = Hub::start(&world, port).await;
-    agree(&world, "XY-1", MZJ);
-    let provider = Agent::start(&agent_toml(
-        &world,
-        "provider",
-        GAJ,
-        GAJ,
-        port,
-        0,
-        &crate::people_source("people", "drop/people", "op_column = \"操作\"\n"),
-    ))
-    .await;
+    let (world, port, hub, provider) = provider_and_receiver(MZJ, "XY-1").await;
     let sqlite = Db::sqlite(&world.path(""));
     let health = free_port();
     let config = agent_toml(
@@ -893,22 +880,7 @@ async fn a_receiver_with_another_agencys_certificate_shows_why_it_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_mid_stream_stops_the_position_while_the_provider_goes_on_and_keep_keeps_the_rows() {
-    let world = World::new();
-    world.issue(MZJ, pki::dev::Validity::default(), MZJ);
-    let port = free_port();
-    world.hub_toml(port);
-    let hub = Hub::start(&world, port).await;
-    agree(&world, "XY-1", MZJ);
-    let provider = Agent::start(&agent_toml(
-        &world,
-        "provider",
-        GAJ,
-        GAJ,
-        port,
-        0,
-        &crate::people_source("people", "drop/people", "op_column = \"操作\"\n"),
-    ))
-    .await;
+    let (world, port, hub, provider) = provider_and_receiver(MZJ, "XY-1").await;
     let sqlite = Db::sqlite(&world.path(""));
     let receiver = Agent::start(&agent_toml(
         &world,
