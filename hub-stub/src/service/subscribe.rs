@@ -76,10 +76,12 @@ struct Sub {
 }
 
 impl Sub {
-    /// Changes and messages sent and not yet taken by the receiver's sink.
-    fn window(&self) -> (u64, usize) {
+    /// Whether fewer than [`WINDOW`] changes and [`WINDOW_MESSAGES`]
+    /// messages are sent and not yet taken by the receiver's sink.
+    fn window_open(&self) -> bool {
         let open = self.in_flight.iter().filter(|f| f.0 > self.received);
-        open.fold((0, 0), |(n, m), f| (n + f.1, m + 1))
+        let (changes, messages) = open.fold((0, 0), |(n, m), f| (n + f.1, m + 1));
+        changes < WINDOW && messages < WINDOW_MESSAGES
     }
 }
 
@@ -303,7 +305,7 @@ impl Stream {
     async fn pump(&self, subs: &mut [Sub], out: &Out) -> Result<(), Status> {
         for sub in subs.iter_mut() {
             while let Some(grant) = sub.grant.clone()
-                && sub.window() < (WINDOW, WINDOW_MESSAGES)
+                && sub.window_open()
             {
                 if !self.pump_one(sub, &grant, out).await? {
                     break;

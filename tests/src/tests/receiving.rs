@@ -559,3 +559,92 @@ async fn check_proves_the_sink_and_asks_the_hub_for_its_grants() {
     assert_eq!(receivers.count(), 0, "{report:#}");
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_folder_sink_takes_a_trickle_before_its_file_rolls() {
+    // The file rolls only after an hour: nothing is committed, so the hub
+    // must count what the sink took (Applied.received_seq) out of its
+    // window, or it stops sending after a window of single-change messages.
+    let (world, port, hub, provider) = provider_and_receiver(JYJ, "XY-6").await;
+    std::fs::create_dir_all(world.path("inbox")).unwrap();
+    let receiver = receiver(&agent_toml(
+        &world,
+        "e",
+        JYJ,
+        port,
+        &format!(
+            "[[subscription]]\nresource = \"{PEOPLE}\"\ntype = \"folder\"\npath = \"inbox\"\n\
+             roll_records = 100000\nroll_after = \"1h\"\nitems = [\"{SHARED}\"]\n"
+        ),
+    ))
+    .await;
+    const FILES: u64 = 24;
+    for i in 0..FILES {
+        let name = format!("测试{i}");
+        world.drop_file(
+            "drop/people",
+            &format!("{i}.csv"),
+            people_ops(&[(i, &name, "I")]).as_bytes(),
+        );
+        eventually("the row at the hub", Duration::from_secs(30), || {
+            let n = hub_people(&world).len() as u64;
+            (n == i + 1).then_some(()).ok_or(format!("{n}"))
+        })
+        .await;
+    }
+    eventually("every change taken by the folder sink", Duration::from_secs(30), || {
+        let sub = receiver.status().subscriptions[0].clone();
+        (sub.applied == FILES).then_some(()).ok_or(format!("{sub:?}"))
+    })
+    .await;
+    // Nothing was renamed in yet.
+    assert!(
+        world.files_in("inbox").iter().all(|f| f.starts_with('.')),
+        "{:?}",
+        world.files_in("inbox")
+    );
+    receiver.stop().await;
+    provider.stop().await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_subscriber_does_not_hold_history_back() {
+    let (world, port, hub, provider) = provider_and_receiver(MZJ, "XY-8").await;
+    world.issue(RSJ, pki::dev::Validity::default(), RSJ);
+    let rows: Vec<(u64, String, &str)> = (0..10)
+        .map(|i| (i, format!("测试{i}"), "I"))
+        .chain((0..10).map(|i| (i, format!("改名{i}"), "U")))
+        .collect();
+    let ops: Vec<(u64, &str, &str)> = rows.iter().map(|(i, n, o)| (*i, n.as_str(), *o)).collect();
+    world.drop_file("drop/people", "a.csv", people_ops(&ops).as_bytes());
+    eventually("the renames at the hub", Duration::from_secs(60), || {
+        let people = hub_people(&world);
+        people
+            .values()
+            .all(|n| n.starts_with("改名"))
+            .then_some(())
+            .ok_or(format!("{people:?}"))
+    })
+    .await;
+    // RSJ has no agreement: refused, and not a receiver the history waits for.
+    let sqlite = Db::sqlite(&world.path(""));
+    let refused = receiver(&agent_toml(
+        &world,
+        "c",
+        RSJ,
+        port,
+        &table_sink("sqlite", &format!("path = \"{}\"", sqlite.url), ""),
+    ))
+    .await;
+    eventually("the subscription refused", Duration::from_secs(30), || {
+        let sub = refused.status().subscriptions[0].clone();
+        (sub.state == "refused").then_some(()).ok_or(format!("{sub:?}"))
+    })
+    .await;
+    let out = hub_cli(&world, &["compact"]);
+    assert!(out.contains("compacted: 10 "), "the ten superseded inserts: {out}");
+    refused.stop().await;
+    provider.stop().await;
+    hub.stop().await;
+}
