@@ -16,6 +16,8 @@
 //!   folder) with the position in one transaction.
 //! - [`health`]: counters, `/status`, `/metrics` and the health port.
 //! - [`cli`]: the `qianzhi` subcommands (`main.rs` only dispatches).
+//! - `control`: the control socket through which the CLI changes the
+//!   quarantine of the running agent.
 //! - `check`, `quarantine`, `freshness`, `systemd`, `disk`, `fsx`, `sync`,
 //!   [`clock`], [`signal`]: what those use.
 //!
@@ -36,6 +38,7 @@ mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
+mod control;
 pub mod disk;
 mod freshness;
 mod fsx;
@@ -67,6 +70,8 @@ pub struct Running {
     /// The bound health port (useful when the config asked for port 0).
     pub health_addr: SocketAddr,
     reload: tokio::sync::Mutex<Reloadable>,
+    /// The running config, for the control socket.
+    config: tokio::sync::watch::Sender<Arc<config::Config>>,
 }
 
 /// What a config reload can change while the agent runs.
@@ -155,6 +160,7 @@ impl Running {
         } else {
             ""
         };
+        self.config.send_replace(Arc::new(new.clone()));
         r.config = new;
         self.health.set_reload_error(None);
         Ok(format!(
@@ -218,6 +224,16 @@ pub async fn start(
     receive::start(&config, &health, tasks, token.clone());
     tasks.spawn(systemd::run(health.clone(), outbox.clone(), token.clone()));
     tasks.spawn(disk::watch(outbox.clone(), token.clone()));
+    let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
+    match control::serve(&config.data_dir, outbox.clone(), config_rx, token.clone()) {
+        Ok(serving) => drop(tasks.spawn(serving)),
+        // Not fatal: the quarantine can still be changed with the agent stopped.
+        Err(e) => tracing::warn!(
+            error = %e,
+            socket = %control::path(&config.data_dir).display(),
+            "cannot open the control socket; `qianzhi quarantine retry|discard` will need the agent stopped"
+        ),
+    }
     if let Some(w) = pki::tls::key_warning(&config.hub.key) {
         tracing::warn!("{w}");
     }
@@ -239,5 +255,6 @@ pub async fn start(
             tasks: tasks.clone(),
             token,
         }),
+        config: config_tx,
     })
 }

@@ -21,7 +21,7 @@
 //!   drains to empty.
 //! - `positions(source, key, value)`: opaque capture positions per source
 //!   (and, under the source `__freshness`, each resource's last change).
-//! - `quarantine(id, at_us, source, object, line, resource, reasons, raw)`:
+//! - `quarantine(id AUTOINCREMENT, at_us, source, object, line, resource, reasons, raw)`:
 //!   records that could not be normalized, or that the hub rejected, with
 //!   their raw values and reasons (a JSON array).
 //! - `discarded(id, at_us, reason, who, entry)`: quarantine entries dropped
@@ -30,7 +30,8 @@
 //!
 //! # Row states
 //! A `records` row is queued until an ack covers its seq, then deleted in
-//! the writer's next transaction. A row the hub rejected moves to
+//! the writer's next transaction (a link's acks wait up to a second for
+//! one, so that a trickle's deletes share the writes' fsyncs). A row the hub rejected moves to
 //! `quarantine` in one transaction. A `quarantine` entry stays until
 //! `qianzhi quarantine retry` queues it as a new record (once it
 //! normalizes) or `discard` moves it to `discarded`; both run with the agent
@@ -89,11 +90,11 @@ mod tests;
 mod writer;
 
 pub use lock::DirLock;
-pub use quarantine::{Held, Offline, QuarantineFilter};
+pub use quarantine::{Held, Offline, QuarantineFilter, QuarantineStore};
 pub use reader::Reader;
 pub use recover::Recovery;
 use space::Space;
-use writer::Command;
+use writer::{Command, Discard, Retry};
 
 /// Outbox failures.
 #[derive(Debug, thiserror::Error)]
@@ -372,18 +373,26 @@ impl Outbox {
     }
 
     /// Deletes every record up to and including `seq`: the hub has them.
+    /// Commits at once.
     pub async fn ack(&self, seq: u64) -> Result<(), Error> {
-        self.submit_ack(seq).await?.committed().await
-    }
-
-    /// Queues an ack behind every command queued before it; the receipt
-    /// resolves at its commit. Lets the link go on reading the hub's answers
-    /// while the delete commits.
-    pub async fn submit_ack(&self, seq: u64) -> Result<Receipt, Error> {
         let (tx, rx) = oneshot::channel();
         self.inner
             .commands
             .send(Command::Ack(seq, tx))
+            .await
+            .map_err(|_| Error::Closed)?;
+        Receipt(rx).committed().await
+    }
+
+    /// Queues an ack behind every command queued before it; the receipt
+    /// resolves at its commit, which may wait for the next write's commit or
+    /// up to a second (a trickle's acks then cost no transaction of their
+    /// own). Lets the link go on reading the hub's answers meanwhile.
+    pub async fn submit_ack(&self, seq: u64) -> Result<Receipt, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::AckLater(seq, tx))
             .await
             .map_err(|_| Error::Closed)?;
         Ok(Receipt(rx))
@@ -423,6 +432,20 @@ impl Outbox {
             .await
             .map_err(|_| Error::Closed)?;
         Receipt(rx).committed().await
+    }
+
+    /// Sends a command from blocking code (not an async task) and waits
+    /// for its commit.
+    fn command_blocking(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<(), Error>>) -> Command,
+    ) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .blocking_send(command(tx))
+            .map_err(|_| Error::Closed)?;
+        rx.blocking_recv().map_err(|_| Error::Closed)?
     }
 
     /// Runs `f` on the read connection on a blocking thread.
@@ -492,7 +515,7 @@ fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
              source TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
              PRIMARY KEY (source, key));
          CREATE TABLE IF NOT EXISTS quarantine (
-             id INTEGER PRIMARY KEY,
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
              at_us INTEGER NOT NULL,
              source TEXT NOT NULL,
              object TEXT NOT NULL,

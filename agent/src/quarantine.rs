@@ -4,10 +4,12 @@
 //! catalog or the mapping was fixed, or discard them with a reason.
 //!
 //! Reading works while the agent runs. `retry` and `discard` change the
-//! outbox and take the data directory's lock, so the agent must be stopped
-//! (the running agent holds the lock). Discarded entries are kept in the
-//! outbox's `discarded` table with the reason and who discarded them, and
-//! [`discarded`] reads them back.
+//! outbox through a [`QuarantineStore`]: the running agent's writer (the
+//! agent runs them for a caller of its control socket, with its running
+//! config) or, with the agent stopped, the file itself under the data
+//! directory's lock. Discarded entries are kept in the outbox's `discarded`
+//! table with the reason and who discarded them, and [`discarded`] reads
+//! them back.
 //!
 //! A rule is named by its code in any case. Rule codes come from the
 //! catalog's data elements, the normalizer and the hub, so no fixed list
@@ -21,7 +23,7 @@ use std::fmt::Write as _;
 use crate::clock;
 use crate::config::{Config, Encoding};
 use crate::normalize::{Field, Mapping, Origin, Outcome};
-use crate::outbox::{self, Held, Offline, QuarantineFilter};
+use crate::outbox::{self, Held, QuarantineFilter, QuarantineStore};
 use rules::element::Issue;
 
 /// A failure of a quarantine command.
@@ -340,11 +342,20 @@ pub struct Retried {
     pub not_retryable: usize,
 }
 
-/// Normalizes the matching entries again with the current config and
-/// catalog. Needs the agent stopped.
-pub fn retry(config: &Config, filter: &QuarantineFilter) -> Result<Retried, Error> {
-    let mut offline = Offline::open(&config.data_dir)?;
-    let held = pick(offline.quarantine(&QuarantineFilter::default())?, filter)?;
+impl Retried {
+    /// What the operator reads.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} queued for the hub, {} still failing, {} not retryable (fix the file and drop it again)",
+            self.queued, self.still_failing, self.not_retryable
+        )
+    }
+}
+
+/// Normalizes the matching entries again with `config` (its catalog and
+/// mappings) and applies the outcome to `store` in one transaction.
+pub fn retry(config: &Config, store: &mut dyn QuarantineStore, filter: &QuarantineFilter) -> Result<Retried, Error> {
+    let held = pick(store.held()?, filter)?;
     if held.is_empty() {
         return Err(Error::NothingMatches);
     }
@@ -404,7 +415,7 @@ pub fn retry(config: &Config, filter: &QuarantineFilter) -> Result<Retried, Erro
             }
         }
     }
-    offline.retry(&fixed, &still)?;
+    store.retry(fixed, still)?;
     tracing::info!(
         queued = result.queued,
         still_failing = result.still_failing,
@@ -413,20 +424,28 @@ pub fn retry(config: &Config, filter: &QuarantineFilter) -> Result<Retried, Erro
     Ok(result)
 }
 
-/// Discards the matching entries for good, with a reason. Needs the agent
-/// stopped.
-pub fn discard(config: &Config, filter: &QuarantineFilter, reason: &str, who: &str) -> Result<usize, Error> {
+/// Discards the matching entries for good, with a reason and who.
+pub fn discard(
+    store: &mut dyn QuarantineStore,
+    filter: &QuarantineFilter,
+    reason: &str,
+    who: &str,
+) -> Result<usize, Error> {
     if reason.trim().is_empty() {
         return Err(Error::NoReason);
     }
-    let mut offline = Offline::open(&config.data_dir)?;
-    let held = pick(offline.quarantine(&QuarantineFilter::default())?, filter)?;
+    let held = pick(store.held()?, filter)?;
     if held.is_empty() {
         return Err(Error::NothingMatches);
     }
-    offline.discard(&held, reason, who)?;
+    store.discard(held.clone(), reason, who)?;
     for h in &held {
         tracing::warn!(id = h.id, source = %h.entry.source, object = %h.entry.object, line = h.entry.line, %reason, %who, "quarantine entry discarded");
     }
     Ok(held.len())
+}
+
+/// What the operator reads after a discard.
+pub fn discard_summary(n: usize, reason: &str) -> String {
+    format!("discarded {} (reason: {reason})", count(n, "entry", "entries"))
 }

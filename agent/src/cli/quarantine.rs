@@ -2,6 +2,10 @@
 //! command-line face of [`crate::quarantine`], with the filters that pick
 //! entries, and who the caller is for the discard record.
 //!
+//! `retry` and `discard` go through the running agent's control socket
+//! (`crate::control`) when an agent runs with this data directory, and
+//! change the stopped agent's outbox file otherwise.
+//!
 //! Not here: reading, exporting, retrying or discarding entries
 //! (`crate::quarantine`). Errors are `anyhow`, as in a binary: they are
 //! only printed.
@@ -13,6 +17,7 @@ use clap::Subcommand;
 
 use super::EX_USAGE;
 use crate::config::{Config, LogFormat};
+use crate::control;
 
 /// Which entries a quarantine command is about.
 #[derive(clap::Args)]
@@ -64,12 +69,12 @@ pub enum QuarantineCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Normalize entries again after the catalog or mapping was fixed (agent stopped).
+    /// Normalize entries again after the catalog or mapping was fixed (and the agent reloaded).
     Retry {
         #[command(flatten)]
         filter: Filter,
     },
-    /// Drop entries for good, with a reason that is kept (agent stopped).
+    /// Drop entries for good, with a reason that is kept.
     Discard {
         #[command(flatten)]
         filter: Filter,
@@ -162,53 +167,69 @@ fn quarantine(config: &Config, command: QuarantineCommand) -> anyhow::Result<Exi
             }
         }
         QuarantineCommand::Retry { filter } => {
-            let r = q::retry(config, &filter.into_filter())?;
-            println!(
-                "{} queued for the hub, {} still failing, {} not retryable (fix the file and drop it again)",
-                r.queued, r.still_failing, r.not_retryable
-            );
+            let filter = filter.into_filter();
+            let request = control::Request::Retry { filter: filter.clone() };
+            if let Some(code) = through_agent(config, &request)? {
+                return Ok(code);
+            }
+            let mut offline = crate::outbox::Offline::open(&config.data_dir)?;
+            println!("{}", q::retry(config, &mut offline, &filter)?.summary());
         }
         QuarantineCommand::Discard { filter, reason } => {
-            let n = q::discard(config, &filter.into_filter(), &reason, &caller())?;
-            println!("discarded {} (reason: {reason})", q::count(n, "entry", "entries"));
+            let filter = filter.into_filter();
+            let request = control::Request::Discard {
+                filter: filter.clone(),
+                reason: reason.clone(),
+                sudo_user: env("SUDO_USER"),
+            };
+            if let Some(code) = through_agent(config, &request)? {
+                return Ok(code);
+            }
+            let mut offline = crate::outbox::Offline::open(&config.data_dir)?;
+            let n = q::discard(&mut offline, &filter, &reason, &caller())?;
+            println!("{}", q::discard_summary(n, &reason));
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Who runs this command, for the discard record: the user name of the
-/// effective uid (the owner of `/proc/self`) from `/etc/passwd`, with the
-/// account that used sudo when there is one; without a name in
-/// `/etc/passwd`, `$USER` or `$LOGNAME`, then the uid's number. The
-/// environment alone is not enough: systemd units, cron and `su -c` often
-/// leave `$USER` unset or stale.
-fn caller() -> String {
-    use std::os::unix::fs::MetadataExt;
-    let uid = std::fs::metadata("/proc/self").ok().map(|m| m.uid());
-    let name = uid.and_then(|uid| {
-        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-        user_name(&passwd, uid)
-    });
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    match (name, uid) {
-        (Some(name), Some(0)) => match env("SUDO_USER") {
-            Some(by) if by != name => format!("{name} (sudo by {by})"),
-            _ => name,
-        },
-        (Some(name), _) => name,
-        (None, uid) => env("USER")
-            .or_else(|| env("LOGNAME"))
-            .or_else(|| uid.map(|u| format!("uid {u}")))
-            .unwrap_or_else(|| "unknown".into()),
+/// Sends `request` to the agent running with this data directory and
+/// prints its answer; `None` when no agent runs there.
+fn through_agent(config: &Config, request: &control::Request) -> anyhow::Result<Option<ExitCode>> {
+    let Some(reply) = control::request(&config.data_dir, request).map_err(anyhow::Error::msg)? else {
+        return Ok(None);
+    };
+    if reply.ok {
+        println!("{} (through the running agent, pid {})", reply.message, reply.pid);
+        return Ok(Some(ExitCode::SUCCESS));
     }
+    eprintln!(
+        "qianzhi: quarantine: {} (the running agent, pid {})",
+        reply.message, reply.pid
+    );
+    Ok(Some(if reply.usage {
+        ExitCode::from(EX_USAGE)
+    } else {
+        ExitCode::FAILURE
+    }))
 }
 
-/// The name of `uid` in a passwd file (`name:x:uid:gid:…`).
-fn user_name(passwd: &str, uid: u32) -> Option<String> {
-    passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        let id = fields.nth(1)?;
-        (id.parse() == Ok(uid) && !name.is_empty()).then(|| name.to_owned())
-    })
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
+/// Who runs this command, for the discard record made without the agent:
+/// the user name of the effective uid (the owner of `/proc/self`) from
+/// `/etc/passwd`, with the account that used sudo when there is one;
+/// without a name in `/etc/passwd`, `$USER` or `$LOGNAME`, then the uid's
+/// number. The environment alone is not enough: systemd units, cron and
+/// `su -c` often leave `$USER` unset or stale. (Through the running agent,
+/// the agent asks the kernel who is calling.)
+fn caller() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let fallback = env("USER").or_else(|| env("LOGNAME"));
+    match std::fs::metadata("/proc/self").map(|m| m.uid()) {
+        Ok(uid) => control::who(uid, env("SUDO_USER").as_deref(), fallback),
+        Err(_) => fallback.unwrap_or_else(|| "unknown".into()),
+    }
 }

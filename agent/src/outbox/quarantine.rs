@@ -1,7 +1,11 @@
 //! The quarantine tool's side of the outbox (`qianzhi quarantine`): which
-//! entries a command is about (`QuarantineFilter`), and, with the agent
-//! stopped, the fixed entries queued as records and the others discarded
-//! into the `discarded` table, with the reason and who did it (`Offline`).
+//! entries a command is about (`QuarantineFilter`), and the two changes a
+//! person makes: fixed entries queued as records (a retry) and entries
+//! discarded into the `discarded` table with the reason and who did it.
+//! [`QuarantineStore`] applies them either to a stopped agent's file
+//! ([`Offline`], holding the data directory's lock) or through a running
+//! agent's writer thread ([`Outbox`], over the control socket); both run
+//! the same statements ([`retry_in`], [`discard_in`]).
 //!
 //! It does not decide what is fixed (`crate::quarantine` normalizes the
 //! entries again), and it adds no entries: sources and the link quarantine
@@ -10,15 +14,15 @@
 //! Entry ids are never reused: the operator and the discard records refer
 //! to entries by number. SQLite gives a plain `INTEGER PRIMARY KEY` the
 //! highest id plus one, so deleting the newest entry would hand its number
-//! to the next one. Only the tools here delete entries, so [`Offline::open`]
-//! turns the table into `AUTOINCREMENT` before anything is deleted; that
-//! also migrates outbox files made before this rule.
+//! to the next one. New files make the table `AUTOINCREMENT`; older ones
+//! are migrated whenever the agent or an offline tool opens them
+//! ([`never_reuse_ids`]), before anything is deleted.
 
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, params};
 
-use super::{DirLock, Error, create_schema, open_connection};
+use super::{DirLock, Error, Outbox, create_schema, open_connection};
 use crate::clock::now_us;
 use crate::normalize::Quarantined;
 
@@ -30,8 +34,10 @@ pub struct Held {
     pub entry: Quarantined,
 }
 
-/// Which quarantine entries a command is about.
-#[derive(Debug, Clone, Default)]
+/// Which quarantine entries a command is about (also sent over the
+/// control socket).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct QuarantineFilter {
     pub ids: Vec<i64>,
     pub source: Option<String>,
@@ -135,50 +141,121 @@ impl Offline {
     pub fn quarantine(&self, filter: &QuarantineFilter) -> Result<Vec<Held>, Error> {
         held_entries(&self.conn, filter).map_err(|e| self.err(e))
     }
+}
 
-    /// In one transaction: queues the fixed records and drops their entries,
-    /// and rewrites the reasons of entries that still fail.
-    pub fn retry(&mut self, fixed: &[(i64, Vec<u8>)], still: &[(i64, Vec<String>)]) -> Result<(), Error> {
+/// Where a retry or a discard is applied: a stopped agent's outbox file
+/// ([`Offline`]) or a running agent's writer ([`Outbox`]).
+pub trait QuarantineStore {
+    /// Every held entry, oldest first.
+    fn held(&self) -> Result<Vec<Held>, Error>;
+    /// In one transaction: queues the fixed records (each replaces its
+    /// entry) and rewrites the reasons of entries that still fail.
+    fn retry(&mut self, fixed: Vec<(i64, Vec<u8>)>, still: Vec<(i64, Vec<String>)>) -> Result<(), Error>;
+    /// In one transaction: drops entries for good, keeping each with the
+    /// reason and who did it.
+    fn discard(&mut self, entries: Vec<Held>, reason: &str, who: &str) -> Result<(), Error>;
+}
+
+impl QuarantineStore for Offline {
+    fn held(&self) -> Result<Vec<Held>, Error> {
+        self.quarantine(&QuarantineFilter::default())
+    }
+
+    fn retry(&mut self, fixed: Vec<(i64, Vec<u8>)>, still: Vec<(i64, Vec<String>)>) -> Result<(), Error> {
         let run = |conn: &mut Connection| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
-            let now = now_us();
-            for (id, record) in fixed {
-                tx.execute(
-                    "INSERT INTO records (enqueued_us, data) VALUES (?1, ?2)",
-                    params![now, record],
-                )?;
-                tx.execute("DELETE FROM quarantine WHERE id = ?1", [id])?;
-            }
-            for (id, reasons) in still {
-                let reasons = serde_json::to_string(reasons).unwrap_or_default();
-                tx.execute("UPDATE quarantine SET reasons = ?2 WHERE id = ?1", params![id, reasons])?;
-            }
+            retry_in(&tx, &fixed, &still, now_us())?;
             tx.commit()
         };
         run(&mut self.conn).map_err(|e| self.err(e))
     }
 
-    /// Drops entries for good, keeping each with the reason and who did it.
-    pub fn discard(&mut self, entries: &[Held], reason: &str, who: &str) -> Result<(), Error> {
+    fn discard(&mut self, entries: Vec<Held>, reason: &str, who: &str) -> Result<(), Error> {
         let run = |conn: &mut Connection| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
-            let now = now_us();
-            for h in entries {
-                let entry = serde_json::json!({
-                    "quarantine_id": h.id, "source": h.entry.source, "object": h.entry.object, "line": h.entry.line,
-                    "resource": h.entry.resource, "reasons": h.entry.reasons, "raw": h.entry.raw,
-                })
-                .to_string();
-                tx.execute(
-                    "INSERT INTO discarded (at_us, reason, who, entry) VALUES (?1, ?2, ?3, ?4)",
-                    params![now, reason, who, entry],
-                )?;
-                tx.execute("DELETE FROM quarantine WHERE id = ?1", [h.id])?;
-            }
+            discard_in(&tx, &entries, reason, who, now_us())?;
             tx.commit()
         };
         run(&mut self.conn).map_err(|e| self.err(e))
     }
+}
+
+/// The running agent: reads through its read connection, changes through
+/// its writer thread (so the queue figures, the sequence and the link see
+/// the change at once). For blocking code (a `spawn_blocking` task).
+impl QuarantineStore for Outbox {
+    fn held(&self) -> Result<Vec<Held>, Error> {
+        self.read_blocking(|r| r.held(&QuarantineFilter::default()))
+    }
+
+    fn retry(&mut self, fixed: Vec<(i64, Vec<u8>)>, still: Vec<(i64, Vec<String>)>) -> Result<(), Error> {
+        self.command_blocking(|reply| super::Command::Retry(super::Retry { fixed, still }, reply))
+    }
+
+    fn discard(&mut self, entries: Vec<Held>, reason: &str, who: &str) -> Result<(), Error> {
+        let discard = super::Discard {
+            entries,
+            reason: reason.to_owned(),
+            who: who.to_owned(),
+        };
+        self.command_blocking(|reply| super::Command::Discard(discard, reply))
+    }
+}
+
+/// Queues each fixed record in place of its entry and rewrites the reasons
+/// of the others. An entry no longer held (taken by an earlier command)
+/// queues nothing. Returns what was queued: (records, bytes).
+pub(super) fn retry_in(
+    tx: &Connection,
+    fixed: &[(i64, Vec<u8>)],
+    still: &[(i64, Vec<String>)],
+    now: i64,
+) -> rusqlite::Result<(u64, u64)> {
+    let mut queued = (0, 0);
+    for (id, record) in fixed {
+        if tx.execute("DELETE FROM quarantine WHERE id = ?1", [id])? == 0 {
+            continue;
+        }
+        tx.execute(
+            "INSERT INTO records (enqueued_us, data) VALUES (?1, ?2)",
+            params![now, record],
+        )?;
+        queued.0 += 1;
+        queued.1 += record.len() as u64;
+    }
+    for (id, reasons) in still {
+        let reasons = serde_json::to_string(reasons).unwrap_or_default();
+        tx.execute("UPDATE quarantine SET reasons = ?2 WHERE id = ?1", params![id, reasons])?;
+    }
+    Ok(queued)
+}
+
+/// Moves entries to `discarded` with the reason and who; an entry no
+/// longer held is skipped. Returns how many were discarded.
+pub(super) fn discard_in(
+    tx: &Connection,
+    entries: &[Held],
+    reason: &str,
+    who: &str,
+    now: i64,
+) -> rusqlite::Result<u64> {
+    let mut discarded = 0;
+    for h in entries {
+        if tx.execute("DELETE FROM quarantine WHERE id = ?1", [h.id])? == 0 {
+            continue;
+        }
+        let entry = serde_json::json!({
+            "quarantine_id": h.id, "source": h.entry.source, "object": h.entry.object, "line": h.entry.line,
+            "resource": h.entry.resource, "reasons": h.entry.reasons, "raw": h.entry.raw,
+        })
+        .to_string();
+        tx.execute(
+            "INSERT INTO discarded (at_us, reason, who, entry) VALUES (?1, ?2, ?3, ?4)",
+            params![now, reason, who, entry],
+        )?;
+        discarded += 1;
+    }
+    Ok(discarded)
 }
 
 /// Makes the quarantine's ids `AUTOINCREMENT` (see the module doc), once:
@@ -186,7 +263,7 @@ impl Offline {
 /// ever given, including those of entries discarded before (their ids are in
 /// the discard records; retried entries left no trace, so an id retried away
 /// from the top of an old file may still come back once).
-fn never_reuse_ids(conn: &mut Connection) -> rusqlite::Result<()> {
+pub(super) fn never_reuse_ids(conn: &mut Connection) -> rusqlite::Result<()> {
     let sql: String = conn.query_row(
         "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'quarantine'",
         [],

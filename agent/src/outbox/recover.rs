@@ -46,7 +46,7 @@ pub(super) fn open_or_recover(dir: &Path, path: &Path) -> Result<(Connection, St
 /// Opens the outbox file, checks it, and gives back the writer connection,
 /// its identity and its figures.
 fn open_checked(path: &Path) -> rusqlite::Result<(Connection, String, Stats)> {
-    let conn = open_connection(path)?;
+    let mut conn = open_connection(path)?;
     let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
     if check != "ok" {
         return Err(rusqlite::Error::SqliteFailure(
@@ -55,6 +55,7 @@ fn open_checked(path: &Path) -> rusqlite::Result<(Connection, String, Stats)> {
         ));
     }
     create_schema(&conn)?;
+    super::quarantine::never_reuse_ids(&mut conn)?;
     let id: String = conn.query_row("SELECT value FROM meta WHERE key = 'outbox_id'", [], |r| r.get(0))?;
     let stats = initial_stats(&conn)?;
     Ok((conn, id, stats))

@@ -291,3 +291,26 @@ async fn recovery_reads_past_damaged_pages() {
     drop(ob);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[tokio::test]
+async fn a_held_ack_commits_with_the_next_write_alone_and_at_close() {
+    let d = dir("later");
+    {
+        let ob = Outbox::open(&d, 1 << 30).unwrap();
+        queue(&ob, 10, "a").await;
+        // With the next write: its commit's figures include the delete.
+        let held = ob.submit_ack(4).await.unwrap();
+        queue(&ob, 1, "b").await;
+        held.committed().await.unwrap();
+        assert_eq!((ob.stats().records, ob.stats().acked_seq), (7, 4));
+        // Alone: it still commits (within a second).
+        ob.submit_ack(6).await.unwrap().committed().await.unwrap();
+        assert_eq!(ob.stats().records, 5);
+        // At close, without waiting for its commit.
+        drop(ob.submit_ack(9).await.unwrap());
+    }
+    let ob = Outbox::open(&d, 1 << 30).unwrap();
+    assert_eq!(ob.stats().records, 2);
+    assert_eq!(ob.read(|r| r.first_seq()).await.unwrap(), Some(10));
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::quarantine::{Held, discard_in, retry_in};
 use super::space::Space;
 use super::{Error, Stats, Write, sqlite_disk_full};
 use crate::clock::now_us;
@@ -21,6 +22,8 @@ use crate::normalize::Quarantined;
 pub(super) enum Command {
     Write(Write, oneshot::Sender<Result<(), Error>>),
     Ack(u64, oneshot::Sender<Result<(), Error>>),
+    /// An ack whose delete may wait for the next commit, or a second.
+    AckLater(u64, oneshot::Sender<Result<(), Error>>),
     Reject(u64, Quarantined, oneshot::Sender<Result<(), Error>>),
     /// Answered by the writer thread at once: proves it is not stuck.
     Ping(oneshot::Sender<Result<(), Error>>),
@@ -29,6 +32,42 @@ pub(super) enum Command {
     /// Answered after the writer has looked at the free space: sets or
     /// clears `Stats::disk_low`, and puts the ballast back when space is.
     CheckDisk(oneshot::Sender<Result<(), Error>>),
+    /// A person's retry of quarantine entries (`qianzhi quarantine retry`).
+    Retry(Retry, oneshot::Sender<Result<(), Error>>),
+    /// A person's discard of quarantine entries.
+    Discard(Discard, oneshot::Sender<Result<(), Error>>),
+}
+
+/// Entries that normalize now, as records to queue in their place, and the
+/// new reasons of those that still fail.
+pub(super) struct Retry {
+    pub fixed: Vec<(i64, Vec<u8>)>,
+    pub still: Vec<(i64, Vec<String>)>,
+}
+
+/// Entries to drop for good, with the reason and who.
+pub(super) struct Discard {
+    pub entries: Vec<Held>,
+    pub reason: String,
+    pub who: String,
+}
+
+impl Command {
+    /// Bytes the command adds to the outbox file, about (what the disk
+    /// reserve is checked against).
+    fn adds(&self) -> u64 {
+        match self {
+            Command::Write(w, _) => w.size(),
+            Command::Retry(r, _) => r.fixed.iter().map(|(_, data)| data.len() as u64 + 24).sum(),
+            _ => 0,
+        }
+    }
+
+    /// True for the commands that add records, which a disk below its
+    /// reserve refuses.
+    fn adds_records(&self) -> bool {
+        matches!(self, Command::Write(..) | Command::Retry(..))
+    }
 }
 
 /// Commands one transaction takes at most: bounds the memory of a group.
@@ -76,27 +115,103 @@ pub(super) fn writer_loop(
     stats: watch::Sender<Stats>,
     space: Space,
 ) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut group = vec![first];
+    let mut later = Later::default();
+    // Only to wait for a command with a deadline (tokio's channel has no
+    // blocking receive with a timeout).
+    let timer = tokio::runtime::Builder::new_current_thread().enable_time().build();
+    loop {
+        let first = match (later.due, &timer) {
+            (Some(due), Ok(timer)) => {
+                // The timer is made inside `block_on`: it needs the runtime.
+                match timer.block_on(async { tokio::time::timeout_at(due.into(), rx.recv()).await }) {
+                    Ok(received) => received,
+                    Err(_) => {
+                        commit_group(&mut conn, &path, later.take(), &stats, &space);
+                        continue;
+                    }
+                }
+            }
+            _ => rx.blocking_recv(),
+        };
+        let Some(first) = first else { break };
+        let mut group = later.take();
+        group.push(first);
         while group.len() < GROUP_MAX_COMMANDS {
             match rx.try_recv() {
                 Ok(c) => group.push(c),
                 Err(_) => break,
             }
         }
-        let mut next = stats.borrow().clone();
-        let adds: u64 = group
+        if group.iter().all(|c| matches!(c, Command::AckLater(..))) && timer.is_ok() && !stats.borrow().disk_low {
+            let acked = stats.borrow().acked_seq;
+            if later.hold(group, acked).is_none() {
+                continue;
+            }
+            group = later.take();
+        }
+        commit_group(&mut conn, &path, group, &stats, &space);
+    }
+    // Closing: what was held is deleted now, so a restart does not send it
+    // again.
+    let held = later.take();
+    if !held.is_empty() {
+        commit_group(&mut conn, &path, held, &stats, &space);
+    }
+}
+
+/// Acks whose deletes wait for the next commit. At a trickle every batch's
+/// ack would otherwise be a transaction and an fsync of its own, as costly
+/// as the write that queued the batch; a delete that waits loses nothing
+/// (after a crash the hub's Welcome says what it holds, and it takes each
+/// sequence once).
+#[derive(Default)]
+struct Later {
+    acks: Vec<Command>,
+    /// When the held deletes commit at the latest.
+    due: Option<std::time::Instant>,
+}
+
+/// A held ack commits within this time even when nothing else does.
+const ACK_LATER_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Held acks commit once they cover this many sequences (a bulk flow does
+/// not wait; its acks share the writes' transactions anyway).
+const ACK_LATER_MAX_RECORDS: u64 = 4096;
+
+impl Later {
+    /// Holds `acks` (all `AckLater`); gives them back when they should
+    /// commit now. `committed` is the highest ack committed so far.
+    fn hold(&mut self, acks: Vec<Command>, committed: u64) -> Option<()> {
+        self.acks.extend(acks);
+        let highest = self
+            .acks
             .iter()
-            .map(|c| match c {
-                Command::Write(w, _) => w.size(),
-                _ => 0,
+            .filter_map(|c| match c {
+                Command::AckLater(seq, _) => Some(*seq),
+                _ => None,
             })
-            .sum();
+            .max()
+            .unwrap_or(committed);
+        self.due
+            .get_or_insert_with(|| std::time::Instant::now() + ACK_LATER_MAX_WAIT);
+        (highest.saturating_sub(committed) >= ACK_LATER_MAX_RECORDS).then_some(())
+    }
+
+    fn take(&mut self) -> Vec<Command> {
+        self.due = None;
+        std::mem::take(&mut self.acks)
+    }
+}
+
+/// Applies `group` in one transaction and answers each command.
+fn commit_group(conn: &mut Connection, path: &Path, group: Vec<Command>, stats: &watch::Sender<Stats>, space: &Space) {
+    {
+        let mut next = stats.borrow().clone();
+        let adds: u64 = group.iter().map(Command::adds).sum();
         let check = group.iter().any(|c| matches!(c, Command::CheckDisk(_)));
         let mut admitted = Ok(());
         if adds > 0 || check || next.disk_low {
             let was_low = next.disk_low;
-            admitted = space.admit(&conn, adds, &mut next.disk_low);
+            admitted = space.admit(conn, adds, &mut next.disk_low);
             if next.disk_low != was_low {
                 // Pausing must not wait for a commit on a disk that may be full.
                 let low = next.disk_low;
@@ -104,11 +219,11 @@ pub(super) fn writer_loop(
             }
         }
         let refusal = |(free, reserve): (u64, u64)| Error::DiskLow {
-            path: path.clone(),
+            path: path.to_owned(),
             free,
             reserve,
         };
-        let mut outcome = apply(&mut conn, &group, &mut next, admitted.err().map(refusal), &path);
+        let mut outcome = apply(conn, &group, &mut next, admitted.err().map(refusal), path);
         if let Err(e) = &outcome
             && sqlite_disk_full(e)
         {
@@ -122,14 +237,8 @@ pub(super) fn writer_loop(
                     break;
                 }
                 next = stats.borrow().clone();
-                let free = space.free(&conn);
-                outcome = apply(
-                    &mut conn,
-                    &group,
-                    &mut next,
-                    Some(refusal((free, space.reserve))),
-                    &path,
-                );
+                let free = space.free(conn);
+                outcome = apply(conn, &group, &mut next, Some(refusal((free, space.reserve))), path);
                 if !outcome.as_ref().is_err_and(sqlite_disk_full) {
                     break;
                 }
@@ -155,7 +264,7 @@ pub(super) fn writer_loop(
                     .iter()
                     .map(|_| {
                         Some(Error::Commit {
-                            path: path.clone(),
+                            path: path.to_owned(),
                             reason: e.to_string(),
                             disk_full,
                         })
@@ -167,10 +276,13 @@ pub(super) fn writer_loop(
             let reply = match command {
                 Command::Write(_, r)
                 | Command::Ack(_, r)
+                | Command::AckLater(_, r)
                 | Command::Reject(_, _, r)
                 | Command::Ping(r)
                 | Command::Advance(_, r)
-                | Command::CheckDisk(r) => r,
+                | Command::CheckDisk(r)
+                | Command::Retry(_, r)
+                | Command::Discard(_, r) => r,
             };
             // A caller that gave up waiting is not an error here.
             let _ = reply.send(outcome.map_or(Ok(()), Err));
@@ -215,7 +327,7 @@ fn apply_group(
     let now = now_us();
     let mut outcomes = Vec::with_capacity(group.len());
     for command in group {
-        if let (Command::Write(..), Some(refusal)) = (command, refuse_writes) {
+        if let (true, Some(refusal)) = (command.adds_records(), refuse_writes) {
             outcomes.push(Some(match refusal {
                 Error::DiskLow { path, free, reserve } => Error::DiskLow {
                     path: path.clone(),
@@ -312,7 +424,7 @@ fn apply_one(tx: &Connection, command: &Command, stats: &mut Stats, now: i64) ->
                 };
             }
         }
-        Command::Ack(seq, _) => {
+        Command::Ack(seq, _) | Command::AckLater(seq, _) => {
             let (n, bytes): (i64, i64) = tx
                 .prepare_cached("SELECT count(*), coalesce(sum(length(data)), 0) FROM records WHERE seq <= ?1")?
                 .query_row([*seq as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -340,6 +452,23 @@ fn apply_one(tx: &Connection, command: &Command, stats: &mut Stats, now: i64) ->
                 }
                 stats.last_seq = *seq;
             }
+        }
+        Command::Retry(r, _) => {
+            let (n, bytes) = retry_in(tx, &r.fixed, &r.still, now)?;
+            if n > 0 {
+                let last: i64 = tx
+                    .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'records'")?
+                    .query_row([], |r| r.get(0))?;
+                stats.last_seq = last as u64;
+                stats.records += n;
+                stats.bytes += bytes;
+                stats.quarantined = stats.quarantined.saturating_sub(n);
+                stats.oldest_us = stats.oldest_us.or(Some(now));
+            }
+        }
+        Command::Discard(d, _) => {
+            let n = discard_in(tx, &d.entries, &d.reason, &d.who, now)?;
+            stats.quarantined = stats.quarantined.saturating_sub(n);
         }
         Command::Reject(seq, q, _) => {
             let bytes: Option<i64> = tx

@@ -204,7 +204,8 @@ async fn list_export_retry_and_discard() {
     })
     .await;
 
-    // Reading works while the agent runs; changing does not.
+    // Reading works while the agent runs, and so does a retry (through the
+    // agent): nothing is fixed yet.
     let (ok, list) = qianzhi(&config, &["list"]);
     assert!(ok, "{list}");
     assert!(
@@ -213,8 +214,10 @@ async fn list_export_retry_and_discard() {
     );
     assert!(list.contains("2 entries"), "{list}");
     let (ok, msg) = qianzhi(&config, &["retry"]);
-    assert!(!ok && msg.contains("stop it first"), "{msg}");
+    assert!(ok && msg.contains("0 queued for the hub, 2 still failing"), "{msg}");
+    assert!(msg.contains("through the running agent"), "{msg}");
     agent.stop().await;
+    lock_released(&w).await;
 
     // Export for Excel: UTF-8 with a BOM, the source's columns, the raw values.
     let csv_path = w.path("fix.csv");
@@ -273,4 +276,134 @@ async fn list_export_retry_and_discard() {
     .await;
     agent.stop().await;
     hub.stop().await;
+}
+
+/// `quarantine CMD` run as through `sudo` by `alice`: `$SUDO_USER` set.
+fn quarantine_as_alice(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(bin("qianzhi"))
+        .arg("--config")
+        .arg(config)
+        .arg("quarantine")
+        .args(args)
+        .env("SUDO_USER", "alice")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_and_discard_go_through_the_running_agent() {
+    let w = World::new();
+    // The hub already allows 200 characters; the agent's catalog says 100.
+    let fixed = CATALOG.replacen("element = \"DZ\"\nmax_len = 100", "element = \"DZ\"\nmax_len = 200", 1);
+    assert_ne!(fixed, CATALOG);
+    let hub = Hub::start_with_catalog(&w, 0, &fixed).await;
+    let config = w.agent_toml(&w.agent_spec(hub.addr.port()));
+    let agent = Agent::start(&config).await;
+    let rows = [person(1), long_address(2), long_address(3), bad_check_digit(4)];
+    drop_and_hold(&w, &agent, "a.csv", &rows, 3).await;
+
+    // Only the agent's account (and root) can connect.
+    use std::os::unix::fs::PermissionsExt;
+    let socket = w.path("agent-data/control.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", socket.display());
+
+    // The catalog is fixed on disk, but the agent still runs the old one:
+    // a retry now would only repeat the old verdict.
+    w.write("catalog.toml", &fixed);
+    let (code, msg) = quarantine_cmd(&config, &["retry"]);
+    assert_eq!(code, Some(1), "{msg}");
+    assert!(
+        msg.contains("changed since the agent loaded them") && msg.contains("reload"),
+        "{msg}"
+    );
+    assert_eq!(agent.status().quarantine, 3);
+
+    agent
+        .running
+        .reload(agent::config::Config::load(&config).unwrap())
+        .await
+        .expect("reload");
+    let (code, msg) = quarantine_cmd(&config, &["retry", "--rule", "length"]);
+    assert_eq!(code, Some(0), "{msg}");
+    assert!(
+        msg.contains("2 queued for the hub, 0 still failing") && msg.contains("through the running agent, pid"),
+        "{msg}"
+    );
+    eventually("the retried records at the hub", Duration::from_secs(30), || {
+        let n = export(&w.store_path(), false).len();
+        (n == 3).then_some(()).ok_or(format!("{n} at the hub"))
+    })
+    .await;
+    assert_eq!(agent.status().quarantine, 1);
+
+    // A typo is still a usage error (64), answered by the agent.
+    let (code, msg) = quarantine_cmd(&config, &["discard", "--rule", "CHECK_DIGT", "--reason", "x"]);
+    assert_eq!(code, Some(64), "{msg}");
+    assert!(msg.contains("CHECK_DIGIT"), "{msg}");
+
+    // Who discarded is what the kernel says of the caller; `$SUDO_USER`
+    // counts only for root.
+    let (code, msg) = quarantine_as_alice(&config, &["discard", "--rule", "CHECK_DIGIT", "--reason", "号码有误"]);
+    assert_eq!(code, Some(0), "{msg}");
+    assert!(
+        msg.contains("discarded 1 entry (reason: 号码有误) (through the running agent"),
+        "{msg}"
+    );
+    assert_eq!(agent.status().quarantine, 0);
+    let (_, json) = quarantine_cmd(&config, &["discarded", "--json"]);
+    let discards: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let me = my_user_name();
+    let expected = if me == "root" {
+        "root (sudo by alice)".to_owned()
+    } else {
+        me
+    };
+    assert_eq!(discards[0]["who"], expected.as_str(), "{json}");
+    assert_eq!(discards[0]["entry"]["quarantine_id"], 3, "{json}");
+
+    // The running agent never gives a number again either (the table is
+    // empty now: a plain rowid would start at 1 again).
+    drop_and_hold(&w, &agent, "b.csv", &[bad_check_digit(5)], 1).await;
+    let (_, json) = quarantine_cmd(&config, &["list", "--json"]);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(list[0]["id"], 4, "{json}");
+    agent.stop().await;
+    lock_released(&w).await;
+    hub.stop().await;
+    assert!(!socket.exists(), "the socket is removed at shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_left_by_a_killed_agent_does_not_stop_the_offline_path() {
+    let w = World::new();
+    let config = w.agent_toml(&w.agent_spec(free_port()));
+    let log = w.path("agent.log");
+    let mut child = spawn("qianzhi", &["--config", config.to_str().unwrap(), "run"], &log);
+    let rows: String = [bad_check_digit(1)].iter().map(|r| r.join(",") + "\n").collect();
+    w.drop_file("drop/people", "a.csv", (people_csv(0..0) + &rows).as_bytes());
+    let text = eventually("the entry held", Duration::from_secs(30), || {
+        let (_, text) = quarantine_cmd(&config, &["list"]);
+        if text.contains("1 entry") { Ok(text) } else { Err(text) }
+    })
+    .await;
+    assert!(text.contains("CHECK_DIGIT"), "{text}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        w.path("agent-data/control.sock").exists(),
+        "a killed agent leaves its socket"
+    );
+    let (code, msg) = quarantine_cmd(&config, &["discard", "1", "--reason", "测试"]);
+    assert_eq!(code, Some(0), "{msg}");
+    assert!(
+        msg.contains("discarded 1 entry") && !msg.contains("running agent"),
+        "{msg}"
+    );
 }
