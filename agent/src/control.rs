@@ -118,8 +118,14 @@ pub fn serve(
                 },
             };
             let server = server.clone();
+            let token = token.clone();
             tokio::spawn(async move {
-                server.answer(stream).await;
+                // At shutdown a caller that has not sent its request yet is
+                // dropped, so the outbox closes without waiting for it.
+                tokio::select! {
+                    () = token.cancelled() => {}
+                    () = server.answer(stream) => {}
+                }
                 drop(turn);
             });
         }
@@ -197,8 +203,8 @@ impl Server {
         };
         match request {
             Request::Retry { filter } => {
-                unchanged_on_disk(&config)?;
                 let retried = tokio::task::spawn_blocking(move || {
+                    unchanged_on_disk(&config)?;
                     quarantine::retry(&config, &mut outbox, &filter).map_err(usage)
                 })
                 .await

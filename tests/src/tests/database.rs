@@ -689,3 +689,40 @@ async fn sqlite_single_commits_wake_an_idle_source_in_wal_mode() {
 async fn sqlite_single_commits_wake_an_idle_source_in_rollback_journal_mode() {
     sqlite_single_commits_wake_an_idle_source("delete").await;
 }
+
+/// A steady writer keeps the source busy across its batched change-log
+/// deletes (about once a second): a read that comes back while a delete is
+/// due is read again after it, never skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_steady_trickle_across_change_log_deletes_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::sqlite(dir.path());
+    db.create_people().await;
+    let w = World::new();
+    let hub = Hub::start(&w, 0).await;
+    let mut spec = w.agent_spec(hub.addr.port());
+    spec.sources = db.source("business", "");
+    let agent = Agent::start(&w.agent_toml(&spec)).await;
+    db.wait_for_triggers().await;
+    // 600 single-row commits, one every 5 ms: about three seconds, so the
+    // deletes fall between reads that find new changes.
+    let path = db.url.clone();
+    tokio::task::spawn_blocking(move || {
+        let c = rusqlite::Connection::open(&path).expect("open sqlite");
+        c.busy_timeout(Duration::from_secs(30)).expect("busy timeout");
+        for i in 0..600u64 {
+            c.execute_batch(&insert_people([i])).expect("insert");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+    .await
+    .unwrap();
+    eventually("600 at the hub", Duration::from_secs(60), || {
+        let n = export(&w.store_path(), false).len();
+        (n == 600).then_some(()).ok_or(format!("{n} at the hub"))
+    })
+    .await;
+    assert_hub_matches(&w.store_path(), &(0..600).collect::<Vec<_>>(), 600);
+    agent.stop().await;
+    hub.stop().await;
+}

@@ -23,6 +23,13 @@
 //! The watch is on the folder, not on the files: the -wal and -journal files
 //! come and go (the last connection to close deletes the -wal, the next
 //! writer creates it again), and a watch on a file follows its old inode.
+//! The source reads the folder's inotify events itself, on the runtime, and
+//! at most once per [`COALESCE`]: a business system that commits a thousand
+//! times a second makes several events per commit, and a thread woken for
+//! each of them (as `notify`'s is) cost more than the capture itself. The
+//! first event after a quiet spell still wakes the source at once; those
+//! that follow within `COALESCE` wait in the kernel's queue, which merges
+//! repeats, and are read together.
 //! A wake-up that arrives while the source is reading is kept (a stored
 //! permit), and `data_version` is compared with the value of the last look,
 //! so a commit during a read is seen by the next look.
@@ -31,7 +38,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notify::Watcher;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{Notify, mpsc};
 use tracing::warn;
@@ -50,6 +56,9 @@ const LAST_LOOK: Duration = Duration::from_secs(1);
 /// Looks without a change after which the source asks whether a writer
 /// holds the write lock.
 const SETTLE: Duration = Duration::from_secs(2);
+/// After reading the folder's events, the watch waits this long before
+/// reading again (the source lingers as long after a commit anyway).
+const COALESCE: Duration = Duration::from_millis(20);
 
 pub struct Sqlite {
     conn: Arc<Mutex<Connection>>,
@@ -62,9 +71,9 @@ pub struct Sqlite {
     version: i64,
     /// Set by the folder watch: something changed the database's files.
     wake: Arc<Notify>,
-    /// Kept for its thread; None when the folder cannot be watched (then
-    /// changes are seen every `poll`, and the log says so).
-    _watcher: Option<notify::RecommendedWatcher>,
+    /// The folder watch's task; None when the folder cannot be watched
+    /// (then changes are seen every `poll`, and the log says so).
+    _watch: Option<FolderWatch>,
 }
 
 /// Deletes handed to the deleter thread, oldest first, and its last error.
@@ -149,7 +158,8 @@ impl Sqlite {
 
     /// Watches the folder holding the database, not recursively, for events
     /// on the database, its -wal and its -journal file.
-    fn watch(path: &Path, wake: Arc<Notify>) -> Result<notify::RecommendedWatcher, String> {
+    fn watch(path: &Path, wake: Arc<Notify>) -> Result<FolderWatch, String> {
+        use inotify::WatchMask;
         // SQLite puts the -wal beside the file a symbolic link points to.
         let path = std::fs::canonicalize(path).map_err(|e| e.to_string())?;
         let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
@@ -157,27 +167,76 @@ impl Sqlite {
         };
         let name = name.to_string_lossy().into_owned();
         let names = [format!("{name}-wal"), format!("{name}-journal"), name];
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let ours = match &event {
-                // Lost events (a full queue) or a failing watch: look anyway.
-                Err(_) => true,
-                Ok(e) if e.need_rescan() => true,
-                // Reads, opens and closes change nothing.
-                Ok(e) if matches!(e.kind, notify::EventKind::Access(_)) => false,
-                Ok(e) => e
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name().is_some_and(|f| names.iter().any(|n| f == n.as_str()))),
-            };
-            if ours {
-                wake.notify_one();
+        let mut inotify = inotify::Inotify::init().map_err(|e| format!("inotify: {e}"))?;
+        // Writes, and files appearing or going; not reads, opens or closes
+        // without writing, which change nothing.
+        let mask = WatchMask::MODIFY
+            | WatchMask::CLOSE_WRITE
+            | WatchMask::CREATE
+            | WatchMask::DELETE
+            | WatchMask::MOVED_FROM
+            | WatchMask::MOVED_TO;
+        let mut watches = inotify.watches();
+        let watch = watches.add(dir, mask).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name("qianzhi-sqlite-watch".into())
+            .spawn(move || read_events(&mut inotify, &names, &wake, &stopped))
+            .map_err(|e| format!("cannot start the watch thread: {e}"))?;
+        Ok(FolderWatch { watches, watch, stop })
+    }
+}
+
+/// The folder watch's thread, ended with the source: removing the watch
+/// makes the kernel send a last event, which the thread reads and stops.
+struct FolderWatch {
+    watches: inotify::Watches,
+    watch: inotify::WatchDescriptor,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for FolderWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let _ = self.watches.remove(self.watch.clone());
+    }
+}
+
+/// Reads the folder's events and wakes the source for those about `names`,
+/// at most once per [`COALESCE`]. A lost event (the kernel's queue
+/// overflowed) or a failing watch wakes it too: it looks anyway.
+fn read_events(
+    inotify: &mut inotify::Inotify,
+    names: &[String; 3],
+    wake: &Notify,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    let mut buffer = vec![0u8; 16 << 10];
+    loop {
+        let mut ours = false;
+        match inotify.read_events_blocking(&mut buffer) {
+            Ok(events) => {
+                for e in events {
+                    ours |= e.mask.contains(inotify::EventMask::Q_OVERFLOW)
+                        || e.name.is_some_and(|n| names.iter().any(|ours| n == ours.as_str()));
+                }
             }
-        })
-        .map_err(|e| e.to_string())?;
-        watcher
-            .watch(dir, notify::RecursiveMode::NonRecursive)
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
-        Ok(watcher)
+            Err(e) => {
+                if !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    warn!(error = %e, "cannot read the database folder's events: changes are seen every poll");
+                }
+                wake.notify_one();
+                return;
+            }
+        }
+        if stop.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        if ours {
+            wake.notify_one();
+        }
+        std::thread::sleep(COALESCE);
     }
 }
 
@@ -233,7 +292,7 @@ impl Backend for Sqlite {
         .await
         .map_err(|e| DbError(format!("SQLite task failed: {e}")))??;
         let wake = Arc::new(Notify::new());
-        let watcher = match Self::watch(Path::new(&target.url), wake.clone()) {
+        let watch = match Self::watch(Path::new(&target.url), wake.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
                 warn!(error = %e, "cannot watch the database's folder: changes are seen every poll");
@@ -256,7 +315,7 @@ impl Backend for Sqlite {
             target: target.clone(),
             version: -1,
             wake,
-            _watcher: watcher,
+            _watch: watch,
         })
     }
 
@@ -341,15 +400,25 @@ impl Backend for Sqlite {
         let tbl = self.target.log_name().to_owned();
         let mut skip = skip.to_vec();
         skip.extend(self.unconfirmed());
+        // The runner consumes changes in id order, a prefix of what is
+        // left, and SQLite has one writer at a time with AUTOINCREMENT ids:
+        // every change at or below the highest skipped id is consumed (or
+        // deleted). Reading above it spares stepping over each consumed row
+        // still waiting for its delete (up to a second's worth).
+        let above = skip.iter().map(|&(_, hi)| hi).max().unwrap_or(0);
         let skip = super::sql::skip_sql(&skip);
         self.call(move |c| {
             let mut stmt = c
                 .prepare(&format!(
-                    "SELECT id, op, old, new FROM {LOG_TABLE} WHERE tbl = ?1{skip} ORDER BY id LIMIT ?2"
+                    // A log table made again (uninstalled and installed)
+                    // numbers from 1 again: then everything is read.
+                    "SELECT id, op, old, new FROM {LOG_TABLE} WHERE tbl = ?1 AND id > (CASE WHEN \
+                     (SELECT seq FROM sqlite_sequence WHERE name = '{LOG_TABLE}') >= ?3 THEN ?3 ELSE 0 END)\
+                     {skip} ORDER BY id LIMIT ?2"
                 ))
                 .map_err(err("read the change log"))?;
             let rows = stmt
-                .query_map(rusqlite::params![tbl, limit as i64], |r| {
+                .query_map(rusqlite::params![tbl, limit as i64, above], |r| {
                     Ok(Change {
                         id: r.get(0)?,
                         op: r.get(1)?,
