@@ -242,7 +242,8 @@ fn read_events(
 
 /// `PRAGMA data_version`: changes when another connection commits.
 fn data_version(c: &Connection) -> Result<i64, DbError> {
-    c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+    c.prepare_cached("PRAGMA data_version")
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
         .map_err(err("data_version"))
 }
 
@@ -403,18 +404,19 @@ impl Backend for Sqlite {
         // The runner consumes changes in id order, a prefix of what is
         // left, and SQLite has one writer at a time with AUTOINCREMENT ids:
         // every change at or below the highest skipped id is consumed (or
-        // deleted). Reading above it spares stepping over each consumed row
-        // still waiting for its delete (up to a second's worth).
+        // deleted), so reading above it needs no list of ids to leave out.
+        // That spares stepping over each consumed row still waiting for its
+        // delete (up to a second's worth), and the statement stays the same
+        // (prepared once).
         let above = skip.iter().map(|&(_, hi)| hi).max().unwrap_or(0);
-        let skip = super::sql::skip_sql(&skip);
         self.call(move |c| {
             let mut stmt = c
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     // A log table made again (uninstalled and installed)
                     // numbers from 1 again: then everything is read.
                     "SELECT id, op, old, new FROM {LOG_TABLE} WHERE tbl = ?1 AND id > (CASE WHEN \
-                     (SELECT seq FROM sqlite_sequence WHERE name = '{LOG_TABLE}') >= ?3 THEN ?3 ELSE 0 END)\
-                     {skip} ORDER BY id LIMIT ?2"
+                     (SELECT seq FROM sqlite_sequence WHERE name = '{LOG_TABLE}') >= ?3 THEN ?3 ELSE 0 END) \
+                     ORDER BY id LIMIT ?2"
                 ))
                 .map_err(err("read the change log"))?;
             let rows = stmt
