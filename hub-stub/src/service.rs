@@ -300,7 +300,7 @@ fn same_agency(identity: &str, claimed: &str, what: &str) -> Result<(), Status> 
     if claimed == identity {
         return Ok(());
     }
-    warn!(certificate = %shown(identity), claimed = %shown(claimed), request = what, "agency mismatch refused");
+    warn!(certificate = %shown(identity), claimed = %shown(claimed), request = %what, "agency mismatch refused");
     Err(Status::permission_denied(format!(
         "the client certificate is for agency {}, but the agent says it is agency {}",
         shown(identity),
