@@ -1,7 +1,10 @@
 //! `qianzhi check`: proves that a config will work before it is deployed:
 //! the data directory and every drop folder are usable, every database
-//! source connects and finds its table and columns, and a TLS handshake
-//! with the hub succeeds with the configured certificates.
+//! source connects and finds its table and columns, the client certificate
+//! names the configured agency and is in date, and the hub admits this
+//! agent in a session opened as the link opens it (`link::probe`): with
+//! TLS 1.3 the hub judges the client certificate only after the client's
+//! half of the handshake, so a handshake alone proves nothing about it.
 //!
 //! It changes nothing unless asked: a missing drop folder is an error (a
 //! typo in `path` would otherwise become a folder nobody drops into), and
@@ -13,6 +16,7 @@
 //! change-log capture`), not the config's type names.
 
 use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{CaptureMode, Config, DbConfig, DbKind, Input};
 
@@ -69,10 +73,13 @@ pub async fn run(config: &Config, create_folders: bool) -> Vec<Finding> {
             }),
         }
     }
+    out.push(certificate(config, now_s()));
     out.push(Finding {
-        what: format!("hub {}: TLS 1.3 handshake as {}", config.hub.url, config.agency),
-        outcome: crate::link::handshake(&config.hub).await.map_err(|e| e.to_string()),
-        warnings: pki::tls::key_warning(&config.hub.key).into_iter().collect(),
+        what: format!("hub {}: session as {}", config.hub.url, config.agency),
+        outcome: crate::link::probe(&config.hub, &config.agency, config.catalog.digest())
+            .await
+            .map_err(|e| e.to_string()),
+        warnings: Vec::new(),
     });
     out.extend(crate::receive::check(config).await);
     out
@@ -139,4 +146,104 @@ fn folder_warnings(dir: &Path) -> Vec<String> {
     } else {
         Vec::new()
     }
+}
+
+/// What the client certificate says of itself, checked before connecting:
+/// the agency it names against `agency`, and its dates against the clock
+/// (`now`, seconds since the epoch). The hub refuses the same certificate
+/// later, in words that name neither the file nor the config's line.
+fn certificate(config: &Config, now: i64) -> Finding {
+    let path = &config.hub.cert;
+    let mut finding = Finding {
+        what: format!("client certificate {}", path.display()),
+        outcome: Ok(()),
+        // The key's keeping is the certificate's business too.
+        warnings: pki::tls::key_warning(&config.hub.key).into_iter().collect(),
+    };
+    let cert = match pki::identity::read(path) {
+        Ok(c) => c,
+        Err(e) => {
+            finding.outcome = Err(e);
+            return finding;
+        }
+    };
+    let (from, until) = (date(cert.not_before), date(cert.not_after));
+    let named = cert.agency.as_deref().unwrap_or("none");
+    finding.what = format!("{} (agency {named}, valid {from} to {until})", finding.what);
+    let dated = in_date(&cert, now);
+    if dated.is_ok() {
+        finding
+            .warnings
+            .extend(expiring(&cert, now, config.thresholds.cert_warn_days));
+    }
+    finding.outcome = same_agency(config, &cert.agency).and(dated);
+    finding
+}
+
+/// Refuses a certificate that names another agency than `agency`, saying
+/// which is which and where each comes from.
+fn same_agency(config: &Config, named: &Result<String, String>) -> Result<(), String> {
+    let file = config
+        .hub
+        .cert
+        .file_name()
+        .map(Path::new)
+        .unwrap_or(&config.hub.cert)
+        .display();
+    match named {
+        Err(e) => Err(format!("the certificate {file}: {e}")),
+        Ok(a) if *a == config.agency => Ok(()),
+        Ok(a) => Err(format!(
+            "the certificate {file} is for agency {a}, but agency = {:?} in {}:{}: configure the certificate \
+             and key issued to {}, or correct `agency`",
+            config.agency,
+            config.origin.display(),
+            config.agency_line,
+            config.agency
+        )),
+    }
+}
+
+/// Refuses a certificate outside its validity, which the hub refuses with
+/// the alert CertificateExpired either way.
+fn in_date(cert: &pki::identity::Described, now: i64) -> Result<(), String> {
+    if now > cert.not_after {
+        return Err(format!(
+            "expired at {} (the hub refuses it: CertificateExpired): install the renewed certificate and key",
+            date(cert.not_after)
+        ));
+    }
+    if now < cert.not_before {
+        return Err(format!(
+            "not valid before {} and this machine's clock says {} (the hub refuses it: CertificateExpired): \
+             check the clock, or wait",
+            date(cert.not_before),
+            date(now)
+        ));
+    }
+    Ok(())
+}
+
+/// Warns of a certificate in date that expires within `warn_days` (the
+/// threshold of the CERT_EXPIRING condition in /status).
+fn expiring(cert: &pki::identity::Described, now: i64, warn_days: u32) -> Option<String> {
+    let days = (cert.not_after - now).div_euclid(86_400);
+    (days < i64::from(warn_days)).then(|| {
+        format!(
+            "expires at {} (in {days} days): have it renewed before then, or the hub refuses this agent",
+            date(cert.not_after)
+        )
+    })
+}
+
+/// A time as the operator reads it: RFC 3339, UTC, whole seconds.
+fn date(epoch_s: i64) -> String {
+    let at = UNIX_EPOCH + Duration::from_secs(epoch_s.max(0) as u64);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+fn now_s() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

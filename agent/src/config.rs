@@ -118,6 +118,9 @@ pub struct Config {
     /// The file it came from, for messages.
     pub origin: PathBuf,
     pub agency: String,
+    /// The line of `agency` in `origin`, for messages that send the
+    /// operator there (`qianzhi check` when the certificate disagrees).
+    pub agency_line: usize,
     pub data_dir: PathBuf,
     pub catalog_path: PathBuf,
     pub catalog: Catalog,
@@ -274,6 +277,7 @@ impl Config {
 
         Ok(Config {
             origin: origin.to_owned(),
+            agency_line: line_of(text.text, raw.agency.span().start),
             agency,
             data_dir: resolve(&raw.data_dir),
             catalog_path,

@@ -21,9 +21,11 @@ use hyper_util::rt::TokioIo;
 use prost::Message;
 use proto::v1::exchange_client::ExchangeClient;
 use proto::v1::{
-    AgentMessage, Batch, Entry, Hello, HubMessage, Record, RejectCode, Rejected, agent_message, hub_message,
+    AgentMessage, Batch, Delivery, Entry, Hello, HubMessage, Record, RejectCode, Rejected, Subscribe,
+    SubscriberMessage, agent_message, delivery, hub_message, subscriber_message,
 };
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -101,8 +103,9 @@ fn from_transport(e: tonic::transport::Error) -> Error {
 
 fn from_status(s: tonic::Status) -> Error {
     // With TLS 1.3 the hub checks the client certificate after the client
-    // has finished its half of the handshake, so a refused certificate
-    // arrives as a broken stream whose cause is a TLS alert.
+    // has finished its half of the handshake. `tls_connect` waits for the
+    // verdict; a server that does not speak first would deliver a refusal
+    // here instead, as a broken stream whose cause is a TLS alert.
     let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&s);
     let mut deepest = None;
     while let Some(c) = cause {
@@ -110,7 +113,7 @@ fn from_status(s: tonic::Status) -> Error {
         cause = c.source();
     }
     match deepest {
-        Some(d) if d.contains("alert") => Error::Handshake(format!("the hub refused this agent's certificate: {d}")),
+        Some(d) if d.contains("alert") => Error::Handshake(refused_certificate(d)),
         Some(d) if s.code() == tonic::Code::Unknown || s.code() == tonic::Code::Unavailable => {
             Error::Connect(format!("{}: {d}", s.message()))
         }
@@ -118,14 +121,30 @@ fn from_status(s: tonic::Status) -> Error {
     }
 }
 
-/// TCP connect plus a TLS 1.3 handshake. Handshake failures come back as
+/// The refusal of this agent's certificate, in the words of `run`'s log
+/// and `qianzhi check`: the TLS alert the hub sent.
+fn refused_certificate(alert: impl std::fmt::Display) -> String {
+    format!("the hub refused this agent's certificate: {alert}")
+}
+
+/// TCP connect, a TLS 1.3 handshake, and the hub's verdict on the client
+/// certificate. Handshake failures and refusals come back as
 /// `HandshakeError` so the caller can tell them apart.
+///
+/// With TLS 1.3 the client's handshake is done before the hub has judged
+/// its certificate; the hub's verdict is its first word after it: a TLS
+/// alert, or its HTTP/2 SETTINGS (an HTTP/2 server speaks first). So the
+/// connector waits for that word, without consuming it, before it hands
+/// the stream over. Otherwise the HTTP/2 client writes into a connection
+/// the hub has closed and fails with "broken pipe" or "operation was
+/// canceled", the alert unread: the operator would see a different error
+/// at each attempt, none of them the cause.
 async fn tls_connect(
     config: Arc<rustls::ClientConfig>,
     name: ServerName<'static>,
     host: &str,
     port: u16,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<BufReader<tokio_rustls::client::TlsStream<TcpStream>>, Box<dyn std::error::Error + Send + Sync>> {
     let host = host.trim_matches(['[', ']']);
     let tcp = TcpStream::connect((host, port)).await?;
     tcp.set_nodelay(true)?;
@@ -133,34 +152,74 @@ async fn tls_connect(
         .connect(name, tcp)
         .await
         .map_err(|e| HandshakeError(e.to_string()))?;
-    Ok(stream)
+    // A BufReader passes writes through; what it read ahead is read again.
+    let mut stream = BufReader::new(stream);
+    let closed = || {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the hub closed the connection right after the TLS handshake (see the hub's log)",
+        )
+    };
+    match stream.fill_buf().await {
+        Ok([]) => Err(closed())?,
+        Ok(_) => Ok(stream),
+        Err(e) => match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            Some(alert @ rustls::Error::AlertReceived(_)) => Err(HandshakeError(refused_certificate(alert)))?,
+            // Without close_notify: a hub that drops the connection (its
+            // limit of connections per agency).
+            _ if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(closed())?,
+            _ => Err(e)?,
+        },
+    }
 }
 
-/// Makes one TLS handshake with the hub, for `qianzhi check`: proves the
-/// certificates, the CA and the address without opening a stream.
-pub async fn handshake(hub: &HubConfig) -> Result<(), Error> {
-    let config = pki::tls::client_config(&hub.ca, &hub.cert, &hub.key)?;
-    let name = ServerName::try_from(hub.server_name.clone())
-        .map_err(|e| Error::Handshake(format!("invalid server name {:?}: {e}", hub.server_name)))?;
-    let uri: Uri = hub
-        .url
-        .parse()
-        .map_err(|e| Error::Connect(format!("{}: {e}", hub.url)))?;
-    let host = uri.host().unwrap_or_default().to_owned();
-    let port = uri.port_u16().unwrap_or(443);
-    let connect = tls_connect(config, name, &host, port);
-    match tokio::time::timeout(Duration::from_secs(10), connect).await {
-        Err(_) => Err(Error::Connect(format!("no answer from {host}:{port} within 10s"))),
-        Ok(Err(e)) => match e.downcast::<HandshakeError>() {
-            Ok(h) => Err(Error::Handshake(h.0)),
-            Err(e) => Err(Error::Connect(e.to_string())),
-        },
-        Ok(Ok(mut stream)) => {
-            // Send close_notify so the hub logs a clean close.
-            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
-            Ok(())
+/// How long `qianzhi check` waits for the connection, and then for the
+/// hub's answer.
+const PROBE_WITHIN: Duration = Duration::from_secs(15);
+
+/// Opens a session as `run` would and asks the hub whether it admits this
+/// agent, for `qianzhi check`: connects as the link does ([`connect`]) and
+/// sends a probe (a Subscribe with `probe` set and no subscriptions), which
+/// the hub admits exactly as it admits the link's Hello (a client
+/// certificate its CA verifies, naming an agency, equal to `agency`) and
+/// answers with an empty Grants. A Hello would not do: the hub would take
+/// over the running agent's session of the same outbox, and forget the
+/// rejections below its `first_unacked_seq`. The probe changes nothing at
+/// the hub. Errors are the link's, so check prints what `run` logs.
+pub async fn probe(hub: &HubConfig, agency: &str, catalog_digest: &str) -> Result<(), Error> {
+    let late = |what: &str| Error::Connect(format!("no {what} from {} within {PROBE_WITHIN:?}", hub.url));
+    let channel = tokio::time::timeout(PROBE_WITHIN, connect(hub))
+        .await
+        .map_err(|_| late("connection"))??;
+    let subscribe = SubscriberMessage {
+        body: Some(subscriber_message::Body::Subscribe(Subscribe {
+            agency_id: agency.to_owned(),
+            software_version: env!("CARGO_PKG_VERSION").to_owned(),
+            catalog_digest: catalog_digest.to_owned(),
+            subscriptions: Vec::new(),
+            probe: true,
+        })),
+    };
+    let answer = async {
+        let mut inbound = ExchangeClient::new(channel)
+            .subscribe(tokio_stream::iter([subscribe]))
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        match inbound.message().await.map_err(from_status)? {
+            Some(Delivery {
+                body: Some(delivery::Body::Grants(_)),
+            }) => {}
+            other => return Err(Error::Protocol(format!("expected Grants, got {other:?}"))),
         }
-    }
+        // The hub ends a probe after its answer: read to the end, so the
+        // stream closes cleanly before the connection does.
+        while inbound.message().await.map_err(from_status)?.is_some() {}
+        Ok(())
+    };
+    tokio::time::timeout(PROBE_WITHIN, answer)
+        .await
+        .map_err(|_| late("answer"))?
 }
 
 /// Connects a channel to the hub (the link's and the receiver's): our own connector does TCP + rustls so that the

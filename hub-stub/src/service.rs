@@ -294,13 +294,15 @@ struct Admitted {
 }
 
 /// Refuses a first message that names another agency than the certificate.
+/// The refusal reads the same for a Hello and a Subscribe, so that
+/// `qianzhi check` (a Subscribe probe) shows the words `run` logs.
 fn same_agency(identity: &str, claimed: &str, what: &str) -> Result<(), Status> {
     if claimed == identity {
         return Ok(());
     }
-    warn!(certificate = %shown(identity), claimed = %shown(claimed), message = what, "agency mismatch refused");
+    warn!(certificate = %shown(identity), claimed = %shown(claimed), request = %what, "agency mismatch refused");
     Err(Status::permission_denied(format!(
-        "the client certificate is for agency {}, but {what} says {}",
+        "the client certificate is for agency {}, but the agent says it is agency {}",
         shown(identity),
         shown(claimed)
     )))
@@ -353,9 +355,12 @@ pub fn check_subscribe(s: &Subscribe) -> Result<(), Status> {
             )));
         }
     }
-    if s.subscriptions.is_empty() || s.subscriptions.len() > MAX_SUBSCRIPTIONS {
+    // A probe with no subscriptions asks only whether the agency is
+    // admitted (`qianzhi check`); a receiver must subscribe to something.
+    let least = usize::from(!s.probe);
+    if s.subscriptions.len() < least || s.subscriptions.len() > MAX_SUBSCRIPTIONS {
         return Err(Status::invalid_argument(format!(
-            "Subscribe names {} subscriptions: 1 to {MAX_SUBSCRIPTIONS} are allowed",
+            "Subscribe names {} subscriptions: {least} to {MAX_SUBSCRIPTIONS} are allowed",
             s.subscriptions.len()
         )));
     }

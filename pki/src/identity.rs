@@ -1,4 +1,4 @@
-//! The agency a certificate names, and the certificate's expiry.
+//! The agency a certificate names, and when the certificate is valid.
 //!
 //! Identity rule: the first SAN URI `urn:qianzhi:agency:<CODE>`; if the
 //! certificate has none, its subject CN.
@@ -32,7 +32,28 @@ pub fn agency_of(der: &[u8]) -> Result<String, String> {
 
 /// When the first certificate of a PEM file expires (seconds since the epoch).
 pub fn not_after(path: &Path) -> Result<i64, String> {
+    read(path).map(|c| c.not_after)
+}
+
+/// What an agency's certificate file says of itself (its first
+/// certificate, the one presented): what `qianzhi check` compares with the
+/// config before it connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Described {
+    /// The agency it names, or why it names none.
+    pub agency: Result<String, String>,
+    /// Valid from and until, seconds since the epoch.
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+/// Reads the first certificate of a PEM file.
+pub fn read(path: &Path) -> Result<Described, String> {
     let certs = crate::tls::read_certs(path).map_err(|e| e.to_string())?;
     let (_, cert) = x509_parser::parse_x509_certificate(&certs[0]).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(cert.validity().not_after.timestamp())
+    Ok(Described {
+        agency: agency_of(&certs[0]),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+    })
 }

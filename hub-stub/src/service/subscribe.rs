@@ -146,11 +146,11 @@ impl Stream {
                 .await
                 .unwrap_or_else(|e| warn!(error = %e, "cannot record the subscription"));
         }
-        info!(
-            granted = subs.iter().filter(|s| s.grant.is_some()).count(),
-            refused = subs.iter().filter(|s| s.refused.is_some()).count(),
-            "receiver subscribed"
-        );
+        let granted = subs.iter().filter(|s| s.grant.is_some()).count();
+        let refused = subs.iter().filter(|s| s.refused.is_some()).count();
+        // A probe is `qianzhi check` asking: no receiver came.
+        let said = if probe { "probe answered" } else { "receiver subscribed" };
+        info!(granted, refused, "{said}");
         let sent = out.send(Ok(body(delivery::Body::Grants(Grants { grants })))).await;
         if sent.is_err() || probe {
             return;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::*;
 
-fn check(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+pub(super) fn check(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(bin("qianzhi"))
         .arg("--config")
         .arg(config)
@@ -80,13 +80,21 @@ async fn check_refuses_a_missing_drop_folder_names_loose_keys_and_speaks_plainly
     );
     assert!(text.contains("--create-folders"), "{text}");
     assert!(!folder.exists());
-    // A key others can read: the file and the command that fixes it.
+    // A key others can read: the file and the command that fixes it, with
+    // the certificate it belongs to.
     let key = spec.key.display();
+    let warning = text
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "WARN  client certificate {} (agency {GAJ}, valid ",
+                spec.cert.display()
+            ))
+        })
+        .unwrap_or_else(|| panic!("no warning on the certificate: {text}"));
     assert!(
-        text.contains(&format!(
-            "WARN  hub https://localhost:{}: TLS 1.3 handshake as {GAJ}: the private key {key} can be read by \
-             other accounts (mode 640): chmod 600 {key}",
-            spec.hub_port
+        warning.ends_with(&format!(
+            "): the private key {key} can be read by other accounts (mode 640): chmod 600 {key}"
         )),
         "{text}"
     );
