@@ -1,6 +1,6 @@
 //! Health, status and metrics: the agent's state as the operator sees it,
-//! and the local HTTP port that serves it (`/healthz`, `/readyz`, `/status`,
-//! `/metrics`).
+//! and the local HTTP port that serves it (`/` the status page, `/healthz`,
+//! `/readyz`, `/status`, `/metrics`).
 //!
 //! This module owns the [`Health`] handle: the registry of sources, the
 //! link's state, the reload error and the freshness tracker, shared by the
@@ -11,6 +11,8 @@
 //! - `stats`: the handles the pipeline writes through.
 //! - `metrics`: the Prometheus registry, rendered for `/metrics`.
 //! - `status`: the `/status` document and readiness (`/readyz`).
+//! - `page`: the status page, HTML made from the `/status` document.
+//! - `units`: figures in human units, for the page and `qianzhi status`.
 //! - `degraded`: the conditions an operator must act on. The checks that
 //!   touch the disk or parse the certificate run on the [`Health::sample`]
 //!   tick and are cached; a request only reads the cache.
@@ -27,16 +29,18 @@ use crate::sync::MutexExt;
 
 mod degraded;
 mod metrics;
+mod page;
 mod port_file;
 mod server;
 mod stats;
 mod status;
+pub(crate) mod units;
 
 pub use degraded::Watch;
 pub use port_file::PortFile;
 pub use server::{bind, serve};
-pub use stats::{LinkStats, SourceStats, SubscriptionStats};
-pub use status::{LinkState, LinkStatus, QueueStatus, SourceStatus, Status, SubscriptionStatus};
+pub use stats::{ByteMeasure, FileRead, LinkStats, ReadAt, SourceStats, SubscriptionStats};
+pub use status::{FileProgress, LinkState, LinkStatus, QueueStatus, SourceStatus, Status, SubscriptionStatus};
 
 /// The freshness tracker, shared with every source's handle.
 type Freshness = Arc<Mutex<crate::freshness::Tracker>>;

@@ -58,6 +58,25 @@ pub struct Quarantined {
     pub raw: String,
 }
 
+impl Quarantined {
+    /// The codes of the rules the entry broke, each once (`CHECK_DIGIT` of
+    /// `CHECK_DIGIT: …`); a reason without a code (a row that could not be
+    /// split into fields) has none. The reasons are made here, so their
+    /// format is read here.
+    pub fn rules(&self) -> std::collections::BTreeSet<&str> {
+        self.reasons.iter().filter_map(|r| rule_code(r)).collect()
+    }
+}
+
+fn rule_code(reason: &str) -> Option<&str> {
+    let (code, _) = reason.split_once(':')?;
+    let is_code = !code.is_empty()
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    is_code.then_some(code)
+}
+
 /// The result of normalizing one row.
 #[derive(Debug)]
 pub enum Outcome {

@@ -166,7 +166,7 @@ rescan = "1s"
         println!("\nRunning until Ctrl-C. Meanwhile:");
         println!("   drop more files into {}", drop.display());
         println!(
-            "   {AGENCY}'s status: http://{}/status, {RECEIVER}'s: http://{receiver_health}/status",
+            "   {AGENCY}'s status page: http://{}/ (JSON: /status), {RECEIVER}'s: http://{receiver_health}/",
             running.health_addr
         );
         agent::signal::shutdown().await;

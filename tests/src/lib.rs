@@ -420,6 +420,15 @@ impl Agent {
     }
 }
 
+/// A test that fails drops its agent without `stop`: the agent is told to
+/// stop all the same, or a file's read waiting for room in a full queue
+/// would hold the runtime's shutdown, and the failed test, forever.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
 /// The path of a workspace binary: beside the running executable (the
 /// benchmark) or one folder up (a test binary in `deps/`), as built by
 /// `cargo test --workspace` or `cargo build --workspace --bins`.

@@ -19,4 +19,5 @@ mod receiving_more;
 mod refusal;
 mod reload;
 mod sink;
+mod status_page;
 mod timestamps;

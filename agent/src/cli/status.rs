@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::config::{self, Config};
-use crate::health::{LinkState, PortFile, Status};
+use crate::health::units::{bytes, count, duration, percent};
+use crate::health::{ByteMeasure, FileProgress, LinkState, PortFile, SourceStatus, Status};
 
 /// Runs `qianzhi status`.
 pub fn main(config_path: &Path, json: bool, addr: Option<String>) -> ExitCode {
@@ -198,6 +199,7 @@ pub fn render(s: &Status) -> String {
                 .map_or_else(String::new, |n| format!(" ({n} held in rejected/)")),
             src.error.as_ref().map_or_else(String::new, |e| format!("; ERROR: {e}"))
         );
+        o.push_str(&source_details(src));
     }
     for sub in &s.subscriptions {
         let from = if sub.provider.is_empty() {
@@ -240,20 +242,57 @@ fn clock(rfc3339: &str, secs_ago: f64) -> String {
     }
 }
 
-/// Bytes in binary units: `0 B`, `12.5 MiB`, `2.0 GiB`.
-fn bytes(n: u64) -> String {
-    bytesize::ByteSize::b(n).display().iec().to_string()
+/// The lines under a source's: the file it reads, the rules its rows
+/// broke, the files its `rejected/` holds.
+fn source_details(src: &SourceStatus) -> String {
+    let mut o = String::new();
+    if let Some(p) = &src.reading {
+        o.push_str(&format!("reading  {}\n", progress(p)));
+    }
+    if !src.quarantined_by_rule.is_empty() {
+        let rules: Vec<String> = src
+            .quarantined_by_rule
+            .iter()
+            .map(|(rule, n)| format!("{rule} {}", count(*n)))
+            .collect();
+        o.push_str(&format!(
+            "         quarantined since start by rule: {}\n",
+            rules.join(", ")
+        ));
+    }
+    if !src.rejected_files.is_empty() {
+        let held = src.rejected_held.unwrap_or(0);
+        let more = held.saturating_sub(src.rejected_files.len() as u64);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        o.push_str(&format!(
+            "         in rejected/: {}{more}\n",
+            src.rejected_files.join(", ")
+        ));
+    }
+    o
 }
 
-/// Seconds as the two largest units: `6s`, `1m 12s`, `3h 5m`, `2d 4h`.
-fn duration(secs: f64) -> String {
-    let s = secs.max(0.0) as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m {}s", s / 60, s % 60),
-        3600..86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+/// A file's read in one line: `big.csv: 1,234,567 rows, 312.0 MiB of 1.0
+/// GiB (30 %), 41,000 rows/s, about 1m 20s left`.
+fn progress(p: &FileProgress) -> String {
+    let mut line = format!("{}: {} rows", p.file, count(p.rows));
+    if let (Some(read), Some(of)) = (p.bytes, p.bytes_of) {
+        let what = match p.measure {
+            ByteMeasure::File => "",
+            ByteMeasure::CompressedSheet => " of its compressed worksheet",
+        };
+        let pct = percent(read, of).map_or_else(String::new, |n| format!(" ({n} %)"));
+        line.push_str(&format!(", {} of {}{what}{pct}", bytes(read), bytes(of)));
     }
+    line.push_str(&format!(", {} rows/s", count(p.rows_per_second as u64)));
+    if let Some(left) = p.seconds_left {
+        line.push_str(&format!(", about {} left", duration(left)));
+    }
+    line
 }
 
 /// Red for what needs action, yellow for warnings, green for a healthy link.

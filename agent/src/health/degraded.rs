@@ -130,14 +130,15 @@ impl Health {
             for problem in source.problems() {
                 out.push(format!("FILE_RETRYING: source {name}: {problem}"));
             }
-            if let Some((folder, files)) = source.rejected_held()
-                && files > 0
+            if let Some(held) = source.rejected_held()
+                && held.files > 0
             {
                 out.push(format!(
-                    "FILES_REJECTED: source {name}: {files} file{} in {}, each with its reason in NAME.error.txt; \
+                    "FILES_REJECTED: source {name}: {} file{} in {}, each with its reason in NAME.error.txt; \
                      fix and drop again, or remove",
-                    if files == 1 { "" } else { "s" },
-                    folder.display()
+                    held.files,
+                    if held.files == 1 { "" } else { "s" },
+                    held.folder.display()
                 ));
             }
         }

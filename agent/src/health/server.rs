@@ -1,9 +1,10 @@
-//! The health port: a local HTTP/1 server (axum on hyper) for `/healthz`,
-//! `/readyz`, `/status` and `/metrics`, read-only. Connections are bounded
-//! in number and time, so that half-open ones cannot use up the agent's
-//! file descriptors.
+//! The health port: a local HTTP/1 server (axum on hyper) for the status
+//! page at `/`, `/healthz`, `/readyz`, `/status` and `/metrics`, read-only.
+//! Connections are bounded in number and time, so that half-open ones
+//! cannot use up the agent's file descriptors.
 //!
-//! Not here: what the answers say (`status`, `metrics`, `degraded`).
+//! Not here: what the answers say (`status`, `page`, `metrics`,
+//! `degraded`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,15 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 /// Serves the health port until the token is cancelled.
 pub async fn serve(listener: tokio::net::TcpListener, health: Arc<Health>, token: CancellationToken) {
     let app = axum::Router::new()
+        .route(
+            "/",
+            get(|State(h): State<Arc<Health>>| async move {
+                (
+                    [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                    super::page::render(&h.status()),
+                )
+            }),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",

@@ -1,7 +1,8 @@
-//! The handles the pipeline writes through: [`SourceStats`] for one source,
-//! [`LinkStats`] for the link. Each holds only what its writer may change
-//! (counters, an error, the link's state), so neither sources nor the link
-//! see the rest of [`Health`](super::Health).
+//! The handles the pipeline writes through: [`SourceStats`] for one source
+//! (and [`FileRead`] for the file a drop folder reads), [`LinkStats`] for
+//! the link. Each holds only what its writer may change (counters, an
+//! error, the link's state), so neither sources nor the link see the rest
+//! of [`Health`](super::Health).
 //!
 //! Not here: how the counters are registered and rendered (`metrics`) or
 //! read back into the status document (`status`).
@@ -9,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -37,8 +38,81 @@ pub struct SourceStats {
     problems: Mutex<BTreeMap<String, String>>,
     /// A drop folder's `rejected/` and the files it holds, as of the last
     /// scan (rejected by any run of the agent, until a person moves them).
-    rejected_held: Mutex<Option<(PathBuf, u64)>>,
+    rejected_held: Mutex<Option<RejectedHeld>>,
+    /// Rows quarantined since the agent started, by the code of each rule
+    /// they broke: the outbox counts what is held, not why.
+    quarantined_rules: Mutex<BTreeMap<String, u64>>,
+    /// The file a drop folder is reading, while it reads it.
+    reading: Mutex<Option<Reading>>,
     freshness: Freshness,
+}
+
+/// What a drop folder's `rejected/` holds.
+#[derive(Debug, Clone)]
+pub(super) struct RejectedHeld {
+    pub folder: PathBuf,
+    pub files: u64,
+    /// The first few names, in name order, made safe to show.
+    pub names: Vec<String>,
+}
+
+/// Distinct rule codes counted per source at most. The codes are the
+/// rules' own (a few dozen); the bound only keeps a mistake from growing
+/// the map.
+const MAX_RULES: usize = 64;
+
+/// The file a drop folder is reading, as its reader last reported it.
+#[derive(Debug, Clone)]
+pub(super) struct Reading {
+    pub file: String,
+    pub size: u64,
+    pub measure: ByteMeasure,
+    pub started: Instant,
+    /// Where this read began (a resumed file at its last commit).
+    pub first: ReadAt,
+    /// As of the last chunk read.
+    pub last: ReadAt,
+}
+
+/// How far a file's read is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadAt {
+    /// Rows of the file read, those of earlier runs included.
+    pub rows: u64,
+    /// Bytes read and of how many (see [`ByteMeasure`]); `None` when the
+    /// reader cannot tell.
+    pub bytes: Option<(u64, u64)>,
+}
+
+/// What a file's bytes read count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ByteMeasure {
+    /// CSV, JSON Lines: the offset of the next row, of the file's size.
+    File,
+    /// A workbook: its worksheet's compressed bytes read, of their size.
+    CompressedSheet,
+}
+
+/// A file's read as `/status` shows it, until the handle is dropped (the
+/// file done, rejected, retried later or the source stopped).
+pub struct FileRead {
+    stats: Arc<SourceStats>,
+}
+
+impl FileRead {
+    /// The read got to `at`. Called once per chunk: a lock, no I/O.
+    pub fn advance(&self, at: ReadAt) {
+        if let Some(r) = self.stats.reading.lock_unpoisoned().as_mut() {
+            r.last = at;
+        }
+    }
+}
+
+impl Drop for FileRead {
+    fn drop(&mut self) {
+        *self.stats.reading.lock_unpoisoned() = None;
+    }
 }
 
 /// The counters of one source that are registered per source label.
@@ -64,6 +138,8 @@ impl SourceStats {
             error: Mutex::default(),
             problems: Mutex::default(),
             rejected_held: Mutex::default(),
+            quarantined_rules: Mutex::default(),
+            reading: Mutex::default(),
             freshness,
         }
     }
@@ -94,13 +170,53 @@ impl SourceStats {
         }
     }
 
-    /// The files a drop folder's `rejected/` holds.
-    pub fn set_rejected_held(&self, folder: &Path, files: u64) {
-        *self.rejected_held.lock_unpoisoned() = Some((folder.to_owned(), files));
+    /// The files a drop folder's `rejected/` holds, and the first few of
+    /// their names (made safe to show).
+    pub fn set_rejected_held(&self, folder: &Path, files: u64, names: Vec<String>) {
+        *self.rejected_held.lock_unpoisoned() = Some(RejectedHeld {
+            folder: folder.to_owned(),
+            files,
+            names,
+        });
     }
 
-    pub fn rejected_held(&self) -> Option<(PathBuf, u64)> {
+    pub(super) fn rejected_held(&self) -> Option<RejectedHeld> {
         self.rejected_held.lock_unpoisoned().clone()
+    }
+
+    /// Rows now durable in the quarantine, by rule code (a row that broke
+    /// two rules counts under each).
+    pub fn quarantined_by_rule<'a>(&self, rules: impl IntoIterator<Item = (&'a str, u64)>) {
+        let mut counts = self.quarantined_rules.lock_unpoisoned();
+        for (rule, n) in rules {
+            if let Some(c) = counts.get_mut(rule) {
+                *c += n;
+            } else if counts.len() < MAX_RULES {
+                counts.insert(rule.to_owned(), n);
+            }
+        }
+    }
+
+    pub(super) fn quarantined_rules(&self) -> BTreeMap<String, u64> {
+        self.quarantined_rules.lock_unpoisoned().clone()
+    }
+
+    /// A file's read begins at `first`: `/status` shows it, with its
+    /// progress, until the returned handle is dropped.
+    pub fn start_reading(self: &Arc<Self>, file: &str, size: u64, measure: ByteMeasure, first: ReadAt) -> FileRead {
+        *self.reading.lock_unpoisoned() = Some(Reading {
+            file: file.to_owned(),
+            size,
+            measure,
+            started: Instant::now(),
+            first,
+            last: first,
+        });
+        FileRead { stats: self.clone() }
+    }
+
+    pub(super) fn reading(&self) -> Option<Reading> {
+        self.reading.lock_unpoisoned().clone()
     }
 
     pub fn problems(&self) -> Vec<String> {

@@ -4,11 +4,13 @@
 //!
 //! Not here: the text the CLI makes of the document (`cli::status`).
 
-use std::time::SystemTime;
+use std::collections::BTreeMap;
+use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use super::Health;
+use super::stats::{ByteMeasure, Reading};
 use crate::sync::MutexExt;
 
 /// The link's state as shown in /status.
@@ -110,10 +112,75 @@ pub struct SourceStatus {
     /// for a person; `None` for a source that is not a folder.
     #[serde(default)]
     pub rejected_held: Option<u64>,
+    /// The first few of those files by name, made safe to show.
+    #[serde(default)]
+    pub rejected_files: Vec<String>,
+    /// Rows quarantined since the agent started, by rule code (a row that
+    /// broke two rules counts under each). What the quarantine holds in
+    /// all is `Status::quarantine`.
+    #[serde(default)]
+    pub quarantined_by_rule: BTreeMap<String, u64>,
+    /// The file a drop folder is reading now.
+    #[serde(default)]
+    pub reading: Option<FileProgress>,
     /// Files retried with a backoff, each with its reason.
     #[serde(default)]
     pub problems: Vec<String>,
     pub error: Option<String>,
+}
+
+/// How far the read of one file is, as of its last chunk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileProgress {
+    /// The file's name, made safe to show.
+    pub file: String,
+    /// The file's size in bytes.
+    pub size: u64,
+    /// Rows read (a resumed file counts those of earlier runs).
+    pub rows: u64,
+    /// Bytes read of `bytes_of`, in the unit `measure` says; `None` when
+    /// the reader cannot tell.
+    pub bytes: Option<u64>,
+    pub bytes_of: Option<u64>,
+    pub measure: ByteMeasure,
+    /// Since this read began.
+    pub seconds: f64,
+    /// Over this read so far.
+    pub rows_per_second: f64,
+    pub bytes_per_second: Option<f64>,
+    /// What is left of `bytes_of` at `bytes_per_second`.
+    pub seconds_left: Option<f64>,
+}
+
+impl FileProgress {
+    fn of(r: Reading, now: Instant) -> FileProgress {
+        let seconds = now.saturating_duration_since(r.started).as_secs_f64();
+        let per_second = |done: u64| if seconds > 0.0 { done as f64 / seconds } else { 0.0 };
+        let rows_per_second = per_second(r.last.rows.saturating_sub(r.first.rows));
+        // A workbook's reader finds its worksheet only once it streams it:
+        // then the read began at the worksheet's start.
+        let first_byte = r.first.bytes.map_or(0, |(read, _)| read);
+        let bytes_per_second = r
+            .last
+            .bytes
+            .map(|(read, _)| per_second(read.saturating_sub(first_byte)));
+        let seconds_left = match (r.last.bytes, bytes_per_second) {
+            (Some((read, of)), Some(rate)) if rate > 0.0 => Some(of.saturating_sub(read) as f64 / rate),
+            _ => None,
+        };
+        FileProgress {
+            file: r.file,
+            size: r.size,
+            rows: r.last.rows,
+            bytes: r.last.bytes.map(|(read, _)| read),
+            bytes_of: r.last.bytes.map(|(_, of)| of),
+            measure: r.measure,
+            seconds,
+            rows_per_second,
+            bytes_per_second,
+            seconds_left,
+        }
+    }
 }
 
 impl Health {
@@ -234,18 +301,24 @@ impl Health {
             resources: self.freshness.lock_unpoisoned().report(crate::clock::now_us()),
             sources: sources
                 .iter()
-                .map(|(name, s)| SourceStatus {
-                    name: name.clone(),
-                    rows: s.rows.get(),
-                    records: s.records.get(),
-                    quarantined: s.quarantined.get(),
-                    warnings: s.warnings.get(),
-                    files_done: s.files_done.get(),
-                    files_rejected: s.files_rejected.get(),
-                    files_skipped: s.files_skipped.get(),
-                    rejected_held: s.rejected_held().map(|(_, files)| files),
-                    problems: s.problems(),
-                    error: s.error(),
+                .map(|(name, s)| {
+                    let held = s.rejected_held();
+                    SourceStatus {
+                        name: name.clone(),
+                        rows: s.rows.get(),
+                        records: s.records.get(),
+                        quarantined: s.quarantined.get(),
+                        warnings: s.warnings.get(),
+                        files_done: s.files_done.get(),
+                        files_rejected: s.files_rejected.get(),
+                        files_skipped: s.files_skipped.get(),
+                        rejected_held: held.as_ref().map(|h| h.files),
+                        rejected_files: held.map(|h| h.names).unwrap_or_default(),
+                        quarantined_by_rule: s.quarantined_rules(),
+                        reading: s.reading().map(|r| FileProgress::of(r, Instant::now())),
+                        problems: s.problems(),
+                        error: s.error(),
+                    }
                 })
                 .collect(),
         }

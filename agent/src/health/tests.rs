@@ -81,3 +81,53 @@ async fn the_link_handle_writes_what_status_and_metrics_show() {
     let s = h.status().link;
     assert_eq!((s.state, s.error.as_deref()), (LinkState::Down, Some("reset")));
 }
+
+#[test]
+fn figures_read_as_people_write_them() {
+    use super::units::{bytes, count, duration, percent};
+    assert_eq!(count(0), "0");
+    assert_eq!(count(999), "999");
+    assert_eq!(count(1000), "1,000");
+    assert_eq!(count(1_234_567), "1,234,567");
+    assert_eq!(bytes(312 << 20), "312.0 MiB");
+    assert_eq!(duration(80.0), "1m 20s");
+    assert_eq!(percent(312, 1024), Some(30));
+    assert_eq!(percent(2, 1), Some(100));
+    assert_eq!(percent(0, 0), None);
+}
+
+#[tokio::test]
+async fn the_page_escapes_every_value_from_outside() {
+    let d = tempfile::tempdir().unwrap();
+    let h = health(d.path(), d.path().join("agency.pem"));
+    let hostile = "<img src=x onerror='alert(1)'>&\"";
+    let source = h.source(hostile);
+    source.set_error(Some(hostile.into()));
+    source.set_problem(hostile, Some(hostile.into()));
+    source.set_rejected_held(Path::new(hostile), 2, vec![hostile.into()]);
+    source.quarantined_by_rule([(hostile, 1)]);
+    let first = ReadAt {
+        rows: 0,
+        bytes: Some((0, 100)),
+    };
+    let read = source.start_reading(hostile, 100, ByteMeasure::File, first);
+    read.advance(ReadAt {
+        rows: 7,
+        bytes: Some((30, 100)),
+    });
+    h.link_stats().set_state(LinkState::Down, Some(hostile.into()));
+    h.set_reload_error(Some(hostile.into()));
+    h.subscription(hostile).refused(hostile);
+
+    let page = page::render(&h.status());
+    assert!(!page.contains("<img"), "{page}");
+    assert!(!page.contains("'alert"), "{page}");
+    let escaped = "&lt;img src=x onerror=&#39;alert(1)&#39;&gt;&amp;&quot;";
+    // The source's name, its error, problem, rejected file, rule and file
+    // read; the link's error; the reload error; the subscription.
+    assert!(page.matches(escaped).count() >= 10, "{page}");
+    assert!(page.contains("<b class=\"pct\">30 %</b>"), "{page}");
+
+    drop(read);
+    assert!(h.status().sources[0].reading.is_none());
+}

@@ -12,6 +12,7 @@
 //! It does not normalize (that is [`Mapping::apply`], the pure stage) and it
 //! does not decide what a position means (each source serializes its own).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::health::SourceStats;
@@ -29,6 +30,8 @@ pub struct Chunk {
     write: Write,
     bytes: usize,
     warnings: u64,
+    /// Quarantined rows by rule code, for `/status`.
+    rules: BTreeMap<String, u64>,
 }
 
 impl Chunk {
@@ -49,6 +52,9 @@ impl Chunk {
             }
             Outcome::Quarantine(q) => {
                 self.bytes += q.raw.len();
+                for rule in q.rules() {
+                    *self.rules.entry(rule.to_owned()).or_default() += 1;
+                }
                 self.write.quarantine.push(q);
                 false
             }
@@ -99,6 +105,7 @@ pub struct Submitted {
 struct Counts {
     records: u64,
     quarantined: u64,
+    rules: BTreeMap<String, u64>,
     warnings: u64,
     at_us: i64,
 }
@@ -118,12 +125,16 @@ impl Committer {
     /// hands nothing over.
     pub async fn submit(&self, chunk: Chunk, position: Position) -> Result<Submitted, outbox::Error> {
         let Chunk {
-            mut write, warnings, ..
+            mut write,
+            warnings,
+            rules,
+            ..
         } = chunk;
         let at_us = crate::clock::now_us();
         let counts = Counts {
             records: write.records.len() as u64,
             quarantined: write.quarantine.len() as u64,
+            rules,
             warnings,
             at_us,
         };
@@ -152,6 +163,8 @@ impl Committer {
         let c = &pending.counts;
         self.stats.records.inc_by(c.records);
         self.stats.quarantined.inc_by(c.quarantined);
+        self.stats
+            .quarantined_by_rule(c.rules.iter().map(|(rule, n)| (rule.as_str(), *n)));
         self.stats.warnings.inc_by(c.warnings);
         if c.records > 0 {
             self.stats.changed(&self.resource, c.at_us);

@@ -182,6 +182,9 @@ impl Folder {
             let next = match Dirs::open(&self.config.path) {
                 Ok(dirs) => {
                     self.stats.set_error(None);
+                    // Counted before the scan too: a long file must not
+                    // hide what already waits in rejected/.
+                    self.count_rejected(&dirs);
                     let mut scan = Scan {
                         dirs: &dirs,
                         pending: &mut pending,
@@ -196,12 +199,7 @@ impl Folder {
                             Some(Duration::from_secs(1))
                         }
                     };
-                    // What waits in rejected/ for a person, whoever put it
-                    // there and whenever: /status warns while it is not empty.
-                    match dirs::count_rejected(&dirs) {
-                        Ok(files) => self.stats.set_rejected_held(&self.config.path.join("rejected"), files),
-                        Err(e) => warn!(error = %e, "cannot count the files in rejected/"),
-                    }
+                    self.count_rejected(&dirs);
                     next
                 }
                 Err(e) => {
@@ -222,6 +220,17 @@ impl Folder {
             }
         }
         info!("source stopped");
+    }
+
+    /// Notes what waits in rejected/ for a person, whoever put it there
+    /// and whenever: /status warns while it is not empty.
+    fn count_rejected(&self, dirs: &Dirs) {
+        match dirs::count_rejected(dirs) {
+            Ok((files, names)) => self
+                .stats
+                .set_rejected_held(&self.config.path.join("rejected"), files, names),
+            Err(e) => warn!(error = %e, "cannot count the files in rejected/"),
+        }
     }
 
     /// Clears the positions of files no longer in the folder: left when a

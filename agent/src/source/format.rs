@@ -232,6 +232,21 @@ fn bind_header(mapping: &Mapping, names: &[String]) -> Result<Vec<Option<usize>>
     Ok(index)
 }
 
+/// How far a reader is through its file, for progress only (a resume
+/// uses [`Pos`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumed {
+    /// Bytes of the file before the next row (CSV, JSON Lines).
+    Offset(u64),
+    /// Bytes of a workbook's compressed worksheet read, of its compressed
+    /// size. The worksheet streams through in order, but the shared strings
+    /// were read whole before it and may sit after it in the file, so the
+    /// file's offset would not say how far the rows are.
+    Sheet { read: u64, size: u64 },
+    /// Not known: the worksheet's part was not found among the workbook's.
+    Unknown,
+}
+
 /// The rows of one file, whatever its format.
 pub enum Rows {
     Csv(Box<CsvRows>),
@@ -248,6 +263,15 @@ impl Rows {
             Rows::Csv(r) => r.next_row(),
             Rows::Json(r) => r.next_row(mapping),
             Rows::Xlsx(r) => r.next_row(mapping),
+        }
+    }
+
+    /// How far the reader is through its file.
+    pub fn consumed(&self) -> Consumed {
+        match self {
+            Rows::Csv(r) => Consumed::Offset(r.pos().byte),
+            Rows::Json(r) => Consumed::Offset(r.pos().byte),
+            Rows::Xlsx(r) => r.consumed(),
         }
     }
 }

@@ -149,17 +149,30 @@ pub(super) fn write_error_file(dir: &OwnedFd, moved: &OsStr, text: &[u8]) -> std
     Err(std::io::Error::other("no free name for the error file"))
 }
 
-/// The files held in `rejected/`, their error files not counted.
-pub(super) fn count_rejected(dirs: &Dirs) -> std::io::Result<u64> {
+/// Names of files held in `rejected/` that status lists, at most.
+const REJECTED_NAMES: usize = 10;
+
+/// The files held in `rejected/` (their error files not counted), and the
+/// first [`REJECTED_NAMES`] of their names in name order, made safe to show.
+pub(super) fn count_rejected(dirs: &Dirs) -> std::io::Result<(u64, Vec<String>)> {
     let mut files = 0;
+    // The first names in order, kept sorted: the folder may hold thousands.
+    let mut first: Vec<Vec<u8>> = Vec::with_capacity(REJECTED_NAMES + 1);
     for entry in rustix::fs::Dir::read_from(&dirs.rejected)? {
         let entry = entry?;
         let name = entry.file_name().to_bytes();
-        if !(name == b"." || name == b".." || name.ends_with(b".error.txt")) {
-            files += 1;
+        if name == b"." || name == b".." || name.ends_with(b".error.txt") {
+            continue;
+        }
+        files += 1;
+        let at = first.partition_point(|n| n.as_slice() < name);
+        if at < REJECTED_NAMES {
+            first.insert(at, name.to_vec());
+            first.truncate(REJECTED_NAMES);
         }
     }
-    Ok(files)
+    let names = first.iter().map(|n| shown(OsStr::from_bytes(n))).collect();
+    Ok((files, names))
 }
 
 pub(super) fn remove_marker(dirs: &Dirs, name: &OsStr) {

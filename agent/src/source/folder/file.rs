@@ -17,11 +17,13 @@ use tracing::{debug, info};
 
 use super::{CHUNKS_AHEAD, FileError, FilePosition, ReadFile};
 use crate::config::{Encoding, FileFormat, FolderConfig};
-use crate::health::SourceStats;
+use crate::health::{ByteMeasure, ReadAt, SourceStats};
 use crate::normalize::Mapping;
 use crate::outbox;
 use crate::source::commit::{Chunk, Committer, Position, Submitted};
-use crate::source::format::{Charset, CsvRows, JsonRows, Pos, Rows, Unreadable, Utf8Evidence, XlsxRows, bounded};
+use crate::source::format::{
+    Charset, Consumed, CsvRows, JsonRows, Pos, Rows, Unreadable, Utf8Evidence, XlsxRows, bounded,
+};
 
 /// One file's processing, on a blocking thread.
 pub(super) struct FileJob {
@@ -105,6 +107,15 @@ impl FileJob {
             FileFormat::Xlsx => Rows::Xlsx(XlsxRows::open(file, &self.mapping, from, limits).map_err(unreadable)?),
             _ => Rows::Json(JsonRows::open(file, charset, from, limits).map_err(unreadable)?),
         };
+        let measure = match format {
+            FileFormat::Xlsx => ByteMeasure::CompressedSheet,
+            _ => ByteMeasure::File,
+        };
+        let at = |rows: &Rows, pos: Pos| read_at(pos.rows, rows.consumed(), scan.size);
+        // Shown in /status until this read ends, however it ends.
+        let progress = self
+            .stats
+            .start_reading(&self.shown, scan.size, measure, at(&rows, from));
 
         // Chunks submitted and not yet durable, oldest first.
         let mut submitted: std::collections::VecDeque<Submitted> = Default::default();
@@ -137,6 +148,8 @@ impl FileJob {
                 done = changed.is_none();
             }
             if chunk.is_full() || done || changed.is_some() {
+                // Read, if not yet handed over: the source's row count too.
+                progress.advance(at(&rows, pos));
                 let value = serde_json::to_string(&FilePosition {
                     identity: scan.identity.clone(),
                     byte: pos.byte,
@@ -180,6 +193,16 @@ impl FileJob {
             }
         }
     }
+}
+
+/// How far a read is, as `/status` counts it.
+fn read_at(rows: u64, consumed: Consumed, file_size: u64) -> ReadAt {
+    let bytes = match consumed {
+        Consumed::Offset(byte) => Some((byte, file_size)),
+        Consumed::Sheet { read, size } => Some((read, size)),
+        Consumed::Unknown => None,
+    };
+    ReadAt { rows, bytes }
 }
 
 /// Why the open file is no longer what was read, if it is not.

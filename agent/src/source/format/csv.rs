@@ -204,6 +204,11 @@ impl CsvRows {
         }
     }
 
+    /// The position after the last row read.
+    pub fn pos(&self) -> Pos {
+        self.pos
+    }
+
     /// The next row, or `None` at the end of the file. An I/O error is
     /// returned as `Err` (the file is retried later, from its last commit).
     pub fn next_row(&mut self) -> std::io::Result<Option<(Row<'_>, Pos)>> {

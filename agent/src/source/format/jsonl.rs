@@ -88,6 +88,11 @@ impl JsonRows {
         })
     }
 
+    /// The position after the last line read.
+    pub fn pos(&self) -> Pos {
+        self.pos
+    }
+
     pub fn next_row(&mut self, mapping: &Mapping) -> std::io::Result<Option<(Row<'_>, Pos)>> {
         loop {
             let (n, fits) = read_line_bounded(&mut self.reader, &mut self.line, self.limits.max_row)?;

@@ -130,14 +130,23 @@ fn a_csv_resumed_before_bom_bytes_reads_the_same_rows() {
     assert_eq!(read(whole[0].1), whole[1..]);
 }
 
-/// Found by fuzzing: calamine panics on a shared-string index past the
-/// table. The file is unreadable (an error), never a silent end of the
-/// sheet that would move unread rows to done/.
-#[test]
-fn a_worksheet_calamine_panics_on_is_an_error_not_an_end() {
+/// A workbook of one worksheet with the people header (shared strings 0 to
+/// 3) then `rows` (the `<row>` elements from sheet line 2), and `filler`
+/// shared strings more. The worksheet comes before the shared strings, as
+/// Excel writes them.
+fn workbook(rows: &str, filler: usize, method: zip::CompressionMethod) -> Vec<u8> {
     use std::io::Write as _;
-    let m = people_mapping();
     let ns = "http://schemas.openxmlformats.org/";
+    // Strings that do not compress away: the table's share of the file.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let filler: String = (0..filler)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!("<si><t>{x:016x}</t></si>")
+        })
+        .collect();
     let parts = [
         (
             "[Content_Types].xml",
@@ -164,26 +173,36 @@ fn a_worksheet_calamine_panics_on_is_an_error_not_an_end() {
             ),
         ),
         (
-            "xl/sharedStrings.xml",
+            "xl/worksheets/sheet1.xml",
             format!(
-                r#"<?xml version="1.0"?><sst xmlns="{ns}spreadsheetml/2006/main"><si><t>公民身份号码</t></si><si><t>姓名</t></si><si><t>性别</t></si><si><t>出生日期</t></si></sst>"#
+                r#"<?xml version="1.0"?><worksheet xmlns="{ns}spreadsheetml/2006/main"><sheetData><row r="1"><c r="A1" t="s"><v>0</v></c><c r="B1" t="s"><v>1</v></c><c r="C1" t="s"><v>2</v></c><c r="D1" t="s"><v>3</v></c></row>{rows}</sheetData></worksheet>"#
             ),
         ),
         (
-            "xl/worksheets/sheet1.xml",
-            // Row 2 is a person; row 3 names shared string 99 of a table of four.
+            "xl/sharedStrings.xml",
             format!(
-                r#"<?xml version="1.0"?><worksheet xmlns="{ns}spreadsheetml/2006/main"><sheetData><row r="1"><c r="A1" t="s"><v>0</v></c><c r="B1" t="s"><v>1</v></c><c r="C1" t="s"><v>2</v></c><c r="D1" t="s"><v>3</v></c></row><row r="2"><c r="A2" t="inlineStr"><is><t>320282199001019995</t></is></c><c r="B2" t="inlineStr"><is><t>李四</t></is></c></row><row r="3"><c r="A3" t="s"><v>99</v></c></row><row r="4"><c r="A4" t="inlineStr"><is><t>x</t></is></c></row></sheetData></worksheet>"#
+                r#"<?xml version="1.0"?><sst xmlns="{ns}spreadsheetml/2006/main"><si><t>公民身份号码</t></si><si><t>姓名</t></si><si><t>性别</t></si><si><t>出生日期</t></si>{filler}</sst>"#
             ),
         ),
     ];
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let options = zip::write::SimpleFileOptions::default().compression_method(method);
     for (name, text) in &parts {
-        zip.start_file(*name, stored).unwrap();
+        zip.start_file(*name, options).unwrap();
         zip.write_all(text.as_bytes()).unwrap();
     }
-    let bytes = zip.finish().unwrap().into_inner();
+    zip.finish().unwrap().into_inner()
+}
+
+/// Found by fuzzing: calamine panics on a shared-string index past the
+/// table. The file is unreadable (an error), never a silent end of the
+/// sheet that would move unread rows to done/.
+#[test]
+fn a_worksheet_calamine_panics_on_is_an_error_not_an_end() {
+    let m = people_mapping();
+    // Row 2 is a person; row 3 names shared string 99 of a table of four.
+    let rows = r#"<row r="2"><c r="A2" t="inlineStr"><is><t>320282199001019995</t></is></c><c r="B2" t="inlineStr"><is><t>李四</t></is></c></row><row r="3"><c r="A3" t="s"><v>99</v></c></row><row r="4"><c r="A4" t="inlineStr"><is><t>x</t></is></c></row>"#;
+    let bytes = workbook(rows, 0, zip::CompressionMethod::Stored);
     let mut rows = XlsxRows::open(temp_file(&bytes), &m, Pos::default(), Limits::default()).unwrap();
     loop {
         match rows.next_row(&m) {
@@ -195,4 +214,48 @@ fn a_worksheet_calamine_panics_on_is_an_error_not_an_end() {
             }
         }
     }
+}
+
+/// A workbook's read counts in its worksheet's compressed bytes: the
+/// shared strings are read whole before the rows and lie after the
+/// worksheet, so the file's offset would stop far short of the end.
+#[test]
+fn a_workbook_read_counts_the_compressed_bytes_of_its_worksheet() {
+    let m = people_mapping();
+    const ROWS: u32 = 20_000;
+    let rows: String = (2..ROWS + 2)
+        .map(|r| format!(r#"<row r="{r}"><c r="A{r}" t="inlineStr"><is><t>3202821990{r:08}</t></is></c><c r="B{r}" t="inlineStr"><is><t>名{r}</t></is></c></row>"#))
+        .collect();
+    let bytes = workbook(&rows, 50_000, zip::CompressionMethod::Deflated);
+    let sheet = zip::ZipArchive::new(std::io::Cursor::new(&bytes))
+        .unwrap()
+        .by_name("xl/worksheets/sheet1.xml")
+        .unwrap()
+        .compressed_size();
+    assert!(
+        sheet < bytes.len() as u64 / 2,
+        "the shared strings are most of the file: {sheet} of {}",
+        bytes.len()
+    );
+
+    let mut reader = Rows::Xlsx(XlsxRows::open(temp_file(&bytes), &m, Pos::default(), Limits::default()).unwrap());
+    let mut seen = Vec::new();
+    while reader.next(&m).unwrap().is_some() {
+        seen.push(reader.consumed());
+    }
+    assert_eq!(seen.len(), ROWS as usize);
+    let read: Vec<u64> = seen
+        .iter()
+        .map(|c| match c {
+            Consumed::Sheet { read, size } if *size == sheet => *read,
+            other => panic!("not the worksheet's bytes: {other:?}"),
+        })
+        .collect();
+    assert!(read.windows(2).all(|w| w[0] <= w[1]), "the count never goes back");
+    let half = read[read.len() / 2];
+    assert!(
+        half > sheet / 4 && half < sheet * 3 / 4,
+        "{half} of {sheet} at half the rows"
+    );
+    assert_eq!(read.last(), Some(&sheet));
 }

@@ -1,11 +1,15 @@
 //! Excel workbooks (.xlsx, .xlsm): the first worksheet, streamed cell by
-//! cell on a thread of its own, resumable by the count of rows read.
+//! cell on a thread of its own, resumable by the count of rows read. How
+//! far the read is counts in the worksheet's compressed bytes.
 
 use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Limits, Pos, Unreadable, bind_header, bounded};
+use super::{Consumed, Limits, Pos, Unreadable, bind_header, bounded};
 use crate::normalize::{Field, Mapping, Row};
 use rules::element::Issue;
 
@@ -16,6 +20,10 @@ const MAX_WORKBOOK_PART: u64 = 256 << 20;
 
 /// Rows read ahead of the consumer of a worksheet.
 const SHEET_ROWS_AHEAD: usize = 64;
+
+/// The workbook reader's buffer: its position in the file is at most this
+/// far ahead of what the worksheet's decompression took.
+const READ_AHEAD: usize = 8 << 10;
 
 /// Reads rows from the first worksheet of an Excel workbook (.xlsx, .xlsm)
 /// with a header row, cell by cell on a thread of its own: memory holds a
@@ -35,6 +43,10 @@ pub struct XlsxRows {
     /// file's hash is checked before a resume, so the order is the same).
     skip: u64,
     limits: Limits,
+    /// The workbook reader's position in the file, moved by its own thread.
+    at: Arc<AtomicU64>,
+    /// Where each worksheet's compressed data lie in the file.
+    sheets: Vec<Range<u64>>,
 }
 
 /// One worksheet row: its 0-based sheet row and its cells by column.
@@ -45,7 +57,9 @@ struct SheetRow {
 
 impl XlsxRows {
     pub fn open(file: File, mapping: &Mapping, from: Pos, limits: Limits) -> Result<XlsxRows, Unreadable> {
-        check_zip_parts(&file)?;
+        let sheets = check_zip_parts(&file)?;
+        let at = Arc::new(AtomicU64::new(0));
+        let file = Counted { file, at: at.clone() };
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Option<SheetRow>, String>>(SHEET_ROWS_AHEAD);
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
         std::thread::Builder::new()
@@ -83,7 +97,46 @@ impl XlsxRows {
             rows_read: from.rows,
             skip: from.rows,
             limits,
+            at,
+            sheets,
         })
+    }
+
+    /// The bytes of the streamed worksheet read so far: its part is the
+    /// one whose compressed data hold the reader's position, or end less
+    /// than a buffer's read-ahead before it.
+    pub fn consumed(&self) -> Consumed {
+        let at = self.at.load(Ordering::Relaxed);
+        let holds = |r: &&Range<u64>| r.start <= at && at <= r.end.saturating_add(READ_AHEAD as u64);
+        match self.sheets.iter().find(holds) {
+            Some(r) => Consumed::Sheet {
+                read: (at - r.start).min(r.end - r.start),
+                size: r.end - r.start,
+            },
+            None => Consumed::Unknown,
+        }
+    }
+}
+
+/// The workbook's file, noting how far its reader is in it.
+struct Counted {
+    file: File,
+    at: Arc<AtomicU64>,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.at.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl Seek for Counted {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        let at = self.file.seek(pos)?;
+        self.at.store(at, Ordering::Relaxed);
+        Ok(at)
     }
 }
 
@@ -152,12 +205,12 @@ const MAX_ROW_CELLS: usize = 16_384;
 /// The worksheet reader thread: sends the first sheet's rows, one at a
 /// time, until the consumer hangs up.
 fn read_sheet(
-    file: File,
+    file: Counted,
     tx: std::sync::mpsc::SyncSender<Result<Option<SheetRow>, String>>,
     ready: std::sync::mpsc::SyncSender<Result<(), String>>,
 ) {
     use calamine::Reader;
-    let mut book: calamine::Xlsx<_> = match calamine::Xlsx::new(BufReader::new(file)) {
+    let mut book: calamine::Xlsx<_> = match calamine::Xlsx::new(BufReader::with_capacity(READ_AHEAD, file)) {
         Ok(b) => b,
         Err(e) => {
             let _ = ready.send(Err(format!("not a readable .xlsx workbook: {e}")));
@@ -222,7 +275,8 @@ fn read_sheet(
 
 /// Refuses a workbook whose shared parts would inflate past
 /// [`MAX_WORKBOOK_PART`] (they are loaded whole), and legacy formats.
-fn check_zip_parts(file: &File) -> Result<(), Unreadable> {
+/// Returns where the worksheets' compressed data lie.
+fn check_zip_parts(file: &File) -> Result<Vec<Range<u64>>, Unreadable> {
     let mut head = [0u8; 8];
     let n = (&*file)
         .read(&mut head)
@@ -237,6 +291,7 @@ fn check_zip_parts(file: &File) -> Result<(), Unreadable> {
         ));
     }
     let mut zip = zip::ZipArchive::new(file).map_err(|e| Unreadable(format!("not a readable .xlsx workbook: {e}")))?;
+    let mut sheets = Vec::new();
     for i in 0..zip.len() {
         let entry = zip
             .by_index_raw(i)
@@ -250,12 +305,16 @@ fn check_zip_parts(file: &File) -> Result<(), Unreadable> {
                 entry.size()
             )));
         }
+        if !shared {
+            let start = entry.data_start();
+            sheets.push(start..start.saturating_add(entry.compressed_size()));
+        }
     }
     drop(zip);
     (&*file)
         .seek(SeekFrom::Start(0))
         .map_err(|e| Unreadable(format!("cannot read: {e}")))?;
-    Ok(())
+    Ok(sheets)
 }
 
 /// The text of one worksheet cell for an item. Numbers never stand for
