@@ -524,13 +524,14 @@ impl Link {
                 .wait_for(|s| s.last_seq >= cursor)
                 .await
                 .map_err(|_| outbox::Error::Closed)?;
-            let (mut batch, mut oldest_us) = self.read_batch(cursor).await?;
-            if batch.len() < self.hub.batch_records && !self.hub.linger.is_zero() {
-                // A short linger lets a burst fill the batch; a trickle
-                // still leaves within milliseconds.
+            // A short linger lets a burst fill the batch; a trickle still
+            // leaves within milliseconds. Whether the batch would be short
+            // is known from the sequence alone, so it is read once, after.
+            let queued = stats.borrow().last_seq.saturating_add(1).saturating_sub(cursor);
+            if queued < self.hub.batch_records as u64 && !self.hub.linger.is_zero() {
                 tokio::time::sleep(self.hub.linger).await;
-                (batch, oldest_us) = self.read_batch(cursor).await?;
             }
+            let (batch, oldest_us) = self.read_batch(cursor).await?;
             let Some(&(last, _)) = batch.last() else { continue };
             let n = batch.len() as u64;
             cursor = last + 1;

@@ -23,7 +23,7 @@
 //! are consumed with the snapshot's end.
 //!
 //! A trickle is read in chunks: a change that finds the source caught up
-//! waits `LINGER` (20 ms) for the changes that follow it, so that a steady
+//! waits `LINGER` (30 ms) for the changes that follow it, so that a steady
 //! 1,000 changes/s costs one read, one outbox commit and one batch per
 //! ~20 changes; a backlog is read chunk after chunk without waiting.
 //!
