@@ -6,10 +6,12 @@
 //! unread, or a hundred streams must cost bounded memory, and must not stop
 //! other agencies from being served. Each limit bounds one of these:
 //! decoding (`max_message_bytes`, `max_batch_entries`, `max_value_bytes`),
-//! queueing (`max_queued_bytes`), fan-out (`max_streams`,
-//! `max_connections`) and idleness (`hello_timeout`, `idle_timeout`).
-//! Together they bound an agency to about `max_streams` × (stream window
-//! + 2 × `max_message_bytes` + `max_queued_bytes`).
+//! queueing (`max_queued_bytes` per stream, `max_total_queued_bytes` for
+//! all agencies together), fan-out (`max_streams`, `max_connections`) and
+//! idleness (`hello_timeout`, `idle_timeout`). Together they bound an
+//! agency to about `max_streams` × (stream window + 2 ×
+//! `max_message_bytes` + `max_queued_bytes`), and the decoded batches of
+//! all agencies waiting for the store to `max_total_queued_bytes`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,6 +42,12 @@ pub struct Limits {
     /// stops the agent).
     #[serde(deserialize_with = "bytes")]
     pub max_queued_bytes: usize,
+    /// Bytes of decoded batches all streams together may have waiting for
+    /// the store. Fifty agencies at their own limits would hold fifty
+    /// times `max_queued_bytes`; past this the hub reads no stream until
+    /// the store catches up, and the streams wait their turn in order.
+    #[serde(deserialize_with = "bytes")]
+    pub max_total_queued_bytes: usize,
     /// Concurrent Sync streams per agency; one more is refused with
     /// RESOURCE_EXHAUSTED.
     pub max_streams: usize,
@@ -64,6 +72,7 @@ impl Default for Limits {
             max_batch_entries: 10_000,
             max_value_bytes: 64 << 10,
             max_queued_bytes: 16 << 20,
+            max_total_queued_bytes: 64 << 20,
             max_streams: 4,
             max_connections: 8,
             hello_timeout: Duration::from_secs(30),
@@ -87,6 +96,7 @@ impl Limits {
             ("max_batch_entries", self.max_batch_entries),
             ("max_value_bytes", self.max_value_bytes),
             ("max_queued_bytes", self.max_queued_bytes),
+            ("max_total_queued_bytes", self.max_total_queued_bytes),
             ("max_streams", self.max_streams),
             ("max_connections", self.max_connections),
         ];
@@ -99,6 +109,9 @@ impl Limits {
         let err = |key, reason| Err(InvalidLimit { key, reason });
         if u32::try_from(self.max_queued_bytes).is_err() {
             return err("max_queued_bytes", "must be below 4 GiB");
+        }
+        if u32::try_from(self.max_total_queued_bytes).is_err() {
+            return err("max_total_queued_bytes", "must be below 4 GiB");
         }
         if u32::try_from(self.max_streams).is_err() {
             return err("max_streams", "is too large");

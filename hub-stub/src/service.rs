@@ -52,6 +52,9 @@ pub struct Hub {
     sessions: Arc<Sessions>,
     /// Open streams per agency (`limits.max_streams`).
     streams: Arc<Quota>,
+    /// Decoded batches of all streams waiting for the store
+    /// (`limits.max_total_queued_bytes`).
+    queued: Arc<tokio::sync::Semaphore>,
     shutdown: CancellationToken,
 }
 
@@ -59,6 +62,7 @@ impl Hub {
     pub fn new(store: Arc<Store>, live: Arc<crate::Live>, limits: Arc<Limits>, shutdown: CancellationToken) -> Hub {
         Hub {
             streams: Quota::new("streams", limits.max_streams),
+            queued: Arc::new(tokio::sync::Semaphore::new(limits.max_total_queued_bytes)),
             store,
             live,
             limits,
@@ -146,6 +150,7 @@ impl Exchange for Hub {
                 store: self.store.clone(),
                 catalog,
                 limits: self.limits.clone(),
+                queued: self.queued.clone(),
                 agency,
                 outbox,
                 session,

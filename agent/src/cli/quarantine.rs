@@ -74,12 +74,16 @@ pub enum QuarantineCommand {
         #[command(flatten)]
         filter: Filter,
     },
-    /// Drop entries for good, with a reason that is kept.
+    /// Drop entries for good, with a reason that is kept. Name the entries
+    /// (numbers, --source, --resource, --rule), or say --all.
     Discard {
         #[command(flatten)]
         filter: Filter,
         #[arg(long)]
         reason: String,
+        /// Every held entry (without it, a discard with no filter is refused).
+        #[arg(long)]
+        all: bool,
     },
     /// The entries discarded so far, with the reason, who and when.
     Discarded {
@@ -175,8 +179,19 @@ fn quarantine(config: &Config, command: QuarantineCommand) -> anyhow::Result<Exi
             let mut offline = crate::outbox::Offline::open(&config.data_dir)?;
             println!("{}", q::retry(config, &mut offline, &filter)?.summary());
         }
-        QuarantineCommand::Discard { filter, reason } => {
+        QuarantineCommand::Discard { filter, reason, all } => {
             let filter = filter.into_filter();
+            let names_entries =
+                !filter.ids.is_empty() || filter.source.is_some() || filter.resource.is_some() || filter.rule.is_some();
+            if !names_entries && !all {
+                // Nothing can bring a discarded entry back: a forgotten
+                // number must not mean "all of them".
+                eprintln!(
+                    "qianzhi: quarantine discard: name the entries (their numbers, --source, --resource or --rule), \
+                     or --all for every held entry"
+                );
+                return Ok(ExitCode::from(EX_USAGE));
+            }
             let request = control::Request::Discard {
                 filter: filter.clone(),
                 reason: reason.clone(),

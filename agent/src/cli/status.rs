@@ -256,7 +256,7 @@ fn source_details(src: &SourceStatus) -> String {
             .map(|(rule, n)| format!("{rule} {}", count(*n)))
             .collect();
         o.push_str(&format!(
-            "         quarantined since start by rule: {}\n",
+            "         rules broken since start (a row can break several): {}\n",
             rules.join(", ")
         ));
     }

@@ -48,7 +48,7 @@ pub fn render(s: &Status) -> String {
         "<!DOCTYPE html>\n<html lang=\"zh-CN\"><head><meta charset=\"utf-8\">\
          <meta http-equiv=\"refresh\" content=\"{REFRESH}\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>千知 · {} · 状态</title><style>{STYLE}</style></head><body>\n",
+         <title>前置 · {} · 状态</title><style>{STYLE}</style></head><body>\n",
         esc(&s.agency)
     );
     header(&mut o, s);
@@ -75,7 +75,7 @@ fn header(o: &mut String, s: &Status) {
     };
     let _ = writeln!(
         o,
-        "<header><h1>千知前置交换代理 <small>Qianzhi agent</small></h1><p>{ready}</p>\
+        "<header><h1>前置交换代理 <small>Qianzhi agent</small></h1><p>{ready}</p>\
          <p class=\"dim\">机构 agency <b>{}</b> · 版本 {} · outbox {} · 每 {REFRESH} 秒自动刷新 · {}</p></header>",
         esc(&s.agency),
         esc(&s.version),

@@ -3,10 +3,13 @@
 //! once in one transaction (group commit), so receiving overlaps the fsync.
 //!
 //! Memory: the reader takes a batch's size in permits from the stream's
-//! budget (`limits.max_queued_bytes`) before preparing it, and the writer
-//! gives them back once the batch is applied. A stream whose agent leaves
-//! the answers unread therefore stops being read, and HTTP/2 flow control
-//! stops the agent, instead of the hub queueing without end.
+//! budget (`limits.max_queued_bytes`) and then from the hub's, shared by
+//! every stream (`limits.max_total_queued_bytes`), before preparing it, and
+//! the writer gives them back once the batch is applied. A stream whose
+//! agent leaves the answers unread therefore stops being read, and HTTP/2
+//! flow control stops the agent, instead of the hub queueing without end;
+//! and many agencies at once wait for the store in turn (the semaphore is
+//! fair) instead of each queueing its own budget.
 //!
 //! Ending: the reader hands the reason it stopped to the writer behind the
 //! batches before it, so those are applied and acknowledged first; a batch
@@ -53,6 +56,8 @@ pub struct Stream {
     pub store: Arc<Store>,
     pub catalog: Arc<Catalog>,
     pub limits: Arc<Limits>,
+    /// The hub's queue budget, shared by every stream.
+    pub queued: Arc<Semaphore>,
     pub agency: String,
     pub outbox: String,
     pub session: Session,
@@ -64,8 +69,9 @@ pub struct Stream {
 enum Work {
     Batch {
         entries: Vec<Prepared>,
-        /// The batch's share of the queue budget, given back once applied.
-        permit: OwnedSemaphorePermit,
+        /// The batch's share of the stream's and the hub's queue budgets,
+        /// given back once applied.
+        permit: (OwnedSemaphorePermit, OwnedSemaphorePermit),
     },
     /// The reader stopped: end the stream with this status once the
     /// batches before it are answered.
@@ -86,6 +92,7 @@ pub fn spawn(
         agency: s.agency.clone(),
         catalog: s.catalog,
         budget: Arc::new(Semaphore::new(s.limits.max_queued_bytes)),
+        queued: s.queued,
         limits: s.limits,
         state: s.session.state.clone(),
         work: work_tx,
@@ -138,6 +145,8 @@ struct Reader {
     catalog: Arc<Catalog>,
     limits: Arc<Limits>,
     budget: Arc<Semaphore>,
+    /// The hub's budget, shared by every stream.
+    queued: Arc<Semaphore>,
     state: Arc<State>,
     work: mpsc::Sender<Work>,
     _guards: Arc<(Slot, OpenStream)>,
@@ -178,11 +187,17 @@ impl Reader {
             };
             self.state.touch();
             let cost = cost(&batch, self.limits.max_queued_bytes);
-            let permit = tokio::select! {
+            let stream = tokio::select! {
                 () = self.state.cancel.cancelled() => return None,
-                // The semaphore is never closed.
+                // The semaphores are never closed.
                 p = self.budget.clone().acquire_many_owned(cost) => p.ok()?,
             };
+            let total = u32::try_from(self.limits.max_total_queued_bytes).unwrap_or(u32::MAX);
+            let hub = tokio::select! {
+                () = self.state.cancel.cancelled() => return None,
+                p = self.queued.clone().acquire_many_owned(cost.min(total)) => p.ok()?,
+            };
+            let permit = (stream, hub);
             let (agency, catalog, max_value) = (self.agency.clone(), self.catalog.clone(), self.limits.max_value_bytes);
             let prepared =
                 tokio::task::spawn_blocking(move || store::prepare(&agency, batch.entries, &catalog, max_value)).await;

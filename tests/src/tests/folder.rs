@@ -115,3 +115,40 @@ async fn a_full_outbox_pauses_the_sources_and_loses_nothing() {
     agent.stop().await;
     hub.stop().await;
 }
+
+/// A drop folder that does not exist is not made by the service (a typo
+/// in `path` would become a folder nobody drops into): the source says so
+/// in /status, and takes files once the folder is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_drop_folder_is_reported_not_created_and_found_later() {
+    let w = World::new();
+    let hub = Hub::start(&w, 0).await;
+    let mut spec = w.agent_spec(hub.addr.port());
+    spec.sources = people_source("people", "drop/peple", "");
+    let agent = Agent::start(&w.agent_toml(&spec)).await;
+    let error = eventually("the source's error", Duration::from_secs(30), || {
+        let s = agent.status();
+        s.sources[0].error.clone().ok_or(format!("{:?}", s.sources))
+    })
+    .await;
+    assert!(
+        error.contains("drop/peple does not exist") && error.contains("path"),
+        "{error}"
+    );
+    assert!(!w.path("drop/peple").exists(), "the service made the folder");
+    w.drop_file("drop/peple", "a.csv", people_csv(0..3).as_bytes());
+    eventually(
+        "the file taken once the folder is there",
+        Duration::from_secs(60),
+        || {
+            let s = agent.status();
+            (s.link.acked == 3 && s.sources[0].error.is_none())
+                .then_some(())
+                .ok_or(format!("{s:?}"))
+        },
+    )
+    .await;
+    assert_hub_holds(&w.store_path(), 0..3);
+    agent.stop().await;
+    hub.stop().await;
+}

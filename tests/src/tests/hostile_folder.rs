@@ -125,11 +125,18 @@ async fn csv_line_numbers_hold_for_crlf_and_multiline_fields_and_values_are_boun
 
 /// A UTF-8 file with one stray byte stays UTF-8: its other rows arrive
 /// intact and the row with the byte waits in the quarantine. A UTF-8 file
-/// in a folder configured for GB18030 is rejected with that reason.
+/// in a folder configured for GB18030 is rejected with that reason, and a
+/// GBK file in a folder configured for UTF-8 too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stray_byte_never_turns_utf8_into_other_characters() {
     let w = World::new();
-    let (hub, agent) = start(&w, &people_source("gbk", "drop/gbk", "encoding = \"gb18030\"\n"), "").await;
+    let sources = people_source("gbk", "drop/gbk", "encoding = \"gb18030\"\n")
+        + &people_source("utf8", "drop/utf8", "encoding = \"utf-8\"\n");
+    let (hub, agent) = start(&w, &sources, "").await;
+    let text = people_csv(20..22);
+    let (gbk, _, unmappable) = encoding_rs::GB18030.encode(&text);
+    assert!(!unmappable);
+    w.drop_file("drop/utf8", "gbk.csv", &gbk);
     let mut bytes = people_csv(0..3).into_bytes();
     let mut stray = person(3).join(",").into_bytes();
     stray.insert(30, 0xB0);
@@ -137,7 +144,7 @@ async fn a_stray_byte_never_turns_utf8_into_other_characters() {
     bytes.push(b'\n');
     w.drop_file("drop/people", "stray.csv", &bytes);
     w.drop_file("drop/gbk", "utf8.csv", people_csv(10..12).as_bytes());
-    handled(&agent, 2).await;
+    handled(&agent, 3).await;
     assert_hub_holds(&w.store_path(), 0..3);
     let q = quarantine(&agent).await;
     assert_eq!(q.len(), 1, "{q:?}");
@@ -145,6 +152,11 @@ async fn a_stray_byte_never_turns_utf8_into_other_characters() {
     assert!(q[0].reasons[0].contains("UNDECODABLE"), "{:?}", q[0].reasons);
     let why = std::fs::read_to_string(w.path("drop/gbk/rejected/utf8.csv.error.txt")).unwrap();
     assert!(why.contains("looks like UTF-8"), "{why}");
+    let why = std::fs::read_to_string(w.path("drop/utf8/rejected/gbk.csv.error.txt")).unwrap();
+    assert!(
+        why.contains("looks like GB18030/GBK") && why.contains("encoding = \"auto\""),
+        "{why}"
+    );
     agent.stop().await;
     hub.stop().await;
 }

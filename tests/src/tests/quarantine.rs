@@ -343,6 +343,12 @@ async fn retry_and_discard_go_through_the_running_agent() {
     .await;
     assert_eq!(agent.status().quarantine, 1);
 
+    // A discard that names no entry is refused (64): nothing brings them back.
+    let (code, msg) = quarantine_cmd(&config, &["discard", "--reason", "x"]);
+    assert_eq!(code, Some(64), "{msg}");
+    assert!(msg.contains("--all"), "{msg}");
+    assert_eq!(agent.status().quarantine, 1);
+
     // A typo is still a usage error (64), answered by the agent.
     let (code, msg) = quarantine_cmd(&config, &["discard", "--rule", "CHECK_DIGT", "--reason", "x"]);
     assert_eq!(code, Some(64), "{msg}");

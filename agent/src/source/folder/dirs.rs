@@ -27,11 +27,17 @@ pub(super) struct Dirs {
 impl Dirs {
     pub(super) fn open(path: &Path) -> Result<Dirs, String> {
         let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        // A missing folder is made (it may be on a share mounted later:
-        // then this fails and is retried).
-        std::fs::create_dir_all(path).map_err(|e| format!("cannot create the folder {}: {e}", path.display()))?;
-        let folder = rustix::fs::open(path, dir_flags, Mode::empty())
-            .map_err(|e| format!("cannot open the folder {}: {e}", path.display()))?;
+        // A missing folder is not made: a typo in `path` would become a
+        // folder nobody drops into, and a share not mounted yet would get a
+        // local folder in its place. The source says so and tries again.
+        let folder = rustix::fs::open(path, dir_flags, Mode::empty()).map_err(|e| match e {
+            rustix::io::Errno::NOENT => format!(
+                "the drop folder {} does not exist: check `path` in the config, or create it \
+                 (`qianzhi check --create-folders` does)",
+                path.display()
+            ),
+            e => format!("cannot open the folder {}: {e}", path.display()),
+        })?;
         let dev = rustix::fs::fstat(&folder)
             .map_err(|e| format!("cannot stat the folder {}: {e}", path.display()))?
             .st_dev;

@@ -84,7 +84,6 @@ impl FileJob {
             f => f,
         };
         let charset = match self.config.encoding {
-            Encoding::Utf8 => Charset::Utf8,
             Encoding::Gb18030 if format != FileFormat::Xlsx && scan.evidence.is_clearly_utf8() => {
                 return Err(FileError::Unreadable(format!(
                     "the source is configured encoding = \"gb18030\", but this file looks like UTF-8 ({} multi-byte \
@@ -94,6 +93,16 @@ impl FileJob {
                 )));
             }
             Encoding::Gb18030 => Charset::Gb18030,
+            Encoding::Utf8 if format != FileFormat::Xlsx && scan.evidence.charset() == Charset::Gb18030 => {
+                // The mirror image: every row would fail to decode.
+                return Err(FileError::Unreadable(format!(
+                    "the source is configured encoding = \"utf-8\", but this file looks like GB18030/GBK ({} \
+                     invalid UTF-8 sequences, {} valid multi-byte characters): set encoding = \"auto\" or \
+                     \"gb18030\", or export the file in UTF-8",
+                    scan.evidence.invalid, scan.evidence.multibyte
+                )));
+            }
+            Encoding::Utf8 => Charset::Utf8,
             Encoding::Auto => scan.evidence.charset(),
         };
         debug!(file = %self.shown, ?format, ?charset, "reading file");
