@@ -59,7 +59,7 @@ mod systemd;
 pub enum StartError {
     #[error(transparent)]
     Outbox(#[from] outbox::Error),
-    #[error("cannot bind the health port {addr}: {source}")]
+    #[error("cannot bind the health port {addr} (`listen` in the config's [health]): {source}")]
     Health { addr: SocketAddr, source: std::io::Error },
 }
 

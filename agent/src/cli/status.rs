@@ -110,8 +110,9 @@ fn find(config_path: &Path) -> Result<PortFile, String> {
         std::io::ErrorKind::NotFound => format!(
             "no running agent found: {} does not exist (a running agent writes it when its health port \
              opens and removes it when it stops); is the agent running with this data directory? \
-             --addr asks a health port directly",
-            file.display()
+             The config read was {} (another one: --config FILE); --addr asks a health port directly",
+            file.display(),
+            config_path.display()
         ),
         _ => format!("cannot read {}: {e}", file.display()),
     })

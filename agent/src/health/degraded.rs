@@ -208,8 +208,11 @@ impl Health {
         }
         {
             let trend = self.degraded.trend.lock_unpoisoned();
+            // Once a person has emptied the quarantine there is nothing
+            // left to act on, however recent the growth.
             if let Some(at) = trend.grew_at
                 && at.elapsed().unwrap_or_default() < QUARANTINE_WINDOW
+                && q.quarantined > 0
             {
                 out.push(format!(
                     "QUARANTINE_GROWING: {} records quarantined in the last {} minutes ({} held); see qianzhi quarantine list",

@@ -66,6 +66,24 @@ async fn degraded_conditions_are_reported_with_reasons() {
         degraded.iter().any(|d| d.contains("QUARANTINE_GROWING: 1 records")),
         "{degraded:#?}"
     );
+    // Emptied by a person (through the running agent): nothing left to act on.
+    let out = std::process::Command::new(bin("qianzhi"))
+        .arg("--config")
+        .arg(&config)
+        .args(["quarantine", "discard", "1", "--reason", "已核实"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually(
+        "the growth warning gone with the entries",
+        Duration::from_secs(30),
+        || {
+            agent.running.health.sample();
+            let d = agent.status().degraded;
+            (!has(&d, "QUARANTINE_GROWING")).then_some(()).ok_or(format!("{d:#?}"))
+        },
+    )
+    .await;
 
     // The hub comes back: the link and the queue conditions clear.
     let hub = Hub::start(&w, hub_port).await;
