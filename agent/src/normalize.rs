@@ -68,7 +68,8 @@ impl Quarantined {
     }
 }
 
-fn rule_code(reason: &str) -> Option<&str> {
+/// The rule code a reason starts with (`CHECK_DIGIT` of `CHECK_DIGIT: …`).
+pub(crate) fn rule_code(reason: &str) -> Option<&str> {
     let (code, _) = reason.split_once(':')?;
     let is_code = !code.is_empty()
         && code

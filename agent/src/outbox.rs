@@ -329,13 +329,7 @@ impl Outbox {
     /// for space freed by others; the writer also checks before every
     /// write.
     pub async fn check_disk(&self) -> Result<(), Error> {
-        let (tx, rx) = oneshot::channel();
-        self.inner
-            .commands
-            .send(Command::CheckDisk(tx))
-            .await
-            .map_err(|_| Error::Closed)?;
-        Receipt(rx).committed().await
+        self.send(Command::CheckDisk).await?.committed().await
     }
 
     /// The data directory.
@@ -358,13 +352,7 @@ impl Outbox {
     /// when it has committed. Lets a source parse ahead while its previous
     /// chunk commits.
     pub async fn submit(&self, write: Write) -> Result<Receipt, Error> {
-        let (tx, rx) = oneshot::channel();
-        self.inner
-            .commands
-            .send(Command::Write(write, tx))
-            .await
-            .map_err(|_| Error::Closed)?;
-        Ok(Receipt(rx))
+        self.send(|tx| Command::Write(write, tx)).await
     }
 
     /// Queues a write and waits until it is on disk.
@@ -375,13 +363,7 @@ impl Outbox {
     /// Deletes every record up to and including `seq`: the hub has them.
     /// Commits at once.
     pub async fn ack(&self, seq: u64) -> Result<(), Error> {
-        let (tx, rx) = oneshot::channel();
-        self.inner
-            .commands
-            .send(Command::Ack(seq, tx))
-            .await
-            .map_err(|_| Error::Closed)?;
-        Receipt(rx).committed().await
+        self.send(|tx| Command::Ack(seq, tx)).await?.committed().await
     }
 
     /// Queues an ack behind every command queued before it; the receipt
@@ -389,49 +371,36 @@ impl Outbox {
     /// up to a second (a trickle's acks then cost no transaction of their
     /// own). Lets the link go on reading the hub's answers meanwhile.
     pub async fn submit_ack(&self, seq: u64) -> Result<Receipt, Error> {
-        let (tx, rx) = oneshot::channel();
-        self.inner
-            .commands
-            .send(Command::AckLater(seq, tx))
-            .await
-            .map_err(|_| Error::Closed)?;
-        Ok(Receipt(rx))
+        self.send(|tx| Command::AckLater(seq, tx)).await
     }
 
     /// Moves the record `seq` to the quarantine (the hub rejected it).
     pub async fn reject(&self, seq: u64, entry: Quarantined) -> Result<(), Error> {
-        let (tx, rx) = oneshot::channel();
-        self.inner
-            .commands
-            .send(Command::Reject(seq, entry, tx))
-            .await
-            .map_err(|_| Error::Closed)?;
-        Receipt(rx).committed().await
+        self.send(|tx| Command::Reject(seq, entry, tx)).await?.committed().await
     }
 
     /// Makes the next sequence follow `seq`: the hub already holds every
     /// sequence up to it (the outbox lost its tail, or was restored from an
     /// older backup). Queued records at or below it were delivered before.
     pub async fn advance_to(&self, seq: u64) -> Result<(), Error> {
-        let (tx, rx) = oneshot::channel();
-        self.inner
-            .commands
-            .send(Command::Advance(seq, tx))
-            .await
-            .map_err(|_| Error::Closed)?;
-        Receipt(rx).committed().await
+        self.send(|tx| Command::Advance(seq, tx)).await?.committed().await
     }
 
     /// Resolves once the writer thread has taken a command off its queue:
     /// the watchdog's proof that the outbox is not stuck.
     pub async fn ping(&self) -> Result<(), Error> {
+        self.send(Command::Ping).await?.committed().await
+    }
+
+    /// Queues a command for the writer thread; the receipt resolves at its
+    /// commit.
+    async fn send(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<(), Error>>) -> Command,
+    ) -> Result<Receipt, Error> {
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .commands
-            .send(Command::Ping(tx))
-            .await
-            .map_err(|_| Error::Closed)?;
-        Receipt(rx).committed().await
+        self.inner.commands.send(command(tx)).await.map_err(|_| Error::Closed)?;
+        Ok(Receipt(rx))
     }
 
     /// Sends a command from blocking code (not an async task) and waits

@@ -64,17 +64,8 @@ impl Held {
     /// `CHECK_DIGIT: …`); a reason without a code (a row that could not be
     /// split into fields) has none.
     pub fn rules(&self) -> impl Iterator<Item = &str> {
-        self.entry.reasons.iter().filter_map(|r| rule_code(r))
+        self.entry.reasons.iter().filter_map(|r| crate::normalize::rule_code(r))
     }
-}
-
-fn rule_code(reason: &str) -> Option<&str> {
-    let (code, _) = reason.split_once(':')?;
-    let is_code = !code.is_empty()
-        && code
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-    is_code.then_some(code)
 }
 
 pub(super) fn held_entries(conn: &Connection, filter: &QuarantineFilter) -> rusqlite::Result<Vec<Held>> {

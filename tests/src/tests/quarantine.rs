@@ -16,16 +16,25 @@ fn qianzhi(config: &std::path::Path, args: &[&str]) -> (bool, String) {
 /// systemd unit or cron, so that the discard record has to find the caller
 /// by itself.
 fn quarantine_cmd(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(bin("qianzhi"))
+    run_quarantine(config, args, None)
+}
+
+/// `qianzhi quarantine ARGS` as above, with `$SUDO_USER` set to `sudo_user`
+/// if given.
+fn run_quarantine(config: &std::path::Path, args: &[&str], sudo_user: Option<&str>) -> (Option<i32>, String) {
+    let mut command = Command::new(bin("qianzhi"));
+    command
         .arg("--config")
         .arg(config)
         .arg("quarantine")
         .args(args)
         .env_remove("USER")
         .env_remove("LOGNAME")
-        .env_remove("SUDO_USER")
-        .output()
-        .unwrap();
+        .env_remove("SUDO_USER");
+    if let Some(by) = sudo_user {
+        command.env("SUDO_USER", by);
+    }
+    let out = command.output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -280,20 +289,7 @@ async fn list_export_retry_and_discard() {
 
 /// `quarantine CMD` run as through `sudo` by `alice`: `$SUDO_USER` set.
 fn quarantine_as_alice(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(bin("qianzhi"))
-        .arg("--config")
-        .arg(config)
-        .arg("quarantine")
-        .args(args)
-        .env("SUDO_USER", "alice")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
+    run_quarantine(config, args, Some("alice"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
