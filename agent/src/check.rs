@@ -109,6 +109,10 @@ fn drop_folder(dir: &Path, create: bool) -> Result<bool, String> {
         Ok(_) => false,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create: {e}"))?;
+            // What the operations guide asks of a drop folder: the agent's
+            // account and the exporting system's group, nobody else.
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o2770))
+                .map_err(|e| format!("cannot set its mode to 2770: {e}"))?;
             true
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

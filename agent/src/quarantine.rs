@@ -196,14 +196,19 @@ pub fn render_list(entries: &[Held]) -> String {
         let e = &h.entry;
         let _ = writeln!(
             o,
-            "#{:<6} {}  {:<10} {}:{}  {}  {}",
+            "#{:<6} {}  {:<10} {}:{}  {}  {}{}",
             h.id,
             time(h.at_us),
             e.source,
             e.object,
             e.line,
             e.resource,
-            e.reasons.first().map(String::as_str).unwrap_or_default()
+            e.reasons.first().map(String::as_str).unwrap_or_default(),
+            // One line per entry: the others are in `quarantine show N`.
+            match e.reasons.len() {
+                0 | 1 => String::new(),
+                n => format!(" (+{} more: quarantine show {})", n - 1, h.id),
+            }
         );
     }
     let _ = writeln!(o, "{}", count(entries.len(), "entry", "entries"));

@@ -115,6 +115,9 @@ async fn check_refuses_a_missing_drop_folder_names_loose_keys_and_speaks_plainly
         "{text}"
     );
     assert!(folder.is_dir());
+    // With the mode the operations guide asks for: setgid, no access for others.
+    let mode = std::fs::metadata(&folder).unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o2770, "{mode:o}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
