@@ -217,14 +217,14 @@ impl Server {
                 sudo_user,
             } => {
                 let who = who(uid, sudo_user.as_deref(), None);
-                let n = tokio::task::spawn_blocking(move || {
+                let summary = tokio::task::spawn_blocking(move || {
                     quarantine::discard(&mut outbox, &filter, &reason, &who)
                         .map(|n| quarantine::discard_summary(n, &reason))
                         .map_err(usage)
                 })
                 .await
                 .map_err(|e| (format!("the discard failed: {e}"), false))??;
-                Ok(n)
+                Ok(summary)
             }
         }
     }

@@ -144,7 +144,7 @@ pub(super) fn writer_loop(
         }
         if group.iter().all(|c| matches!(c, Command::AckLater(..))) && timer.is_ok() && !stats.borrow().disk_low {
             let acked = stats.borrow().acked_seq;
-            if later.hold(group, acked).is_none() {
+            if !later.hold(group, acked) {
                 continue;
             }
             group = later.take();
@@ -178,9 +178,9 @@ const ACK_LATER_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(1
 const ACK_LATER_MAX_RECORDS: u64 = 4096;
 
 impl Later {
-    /// Holds `acks` (all `AckLater`); gives them back when they should
-    /// commit now. `committed` is the highest ack committed so far.
-    fn hold(&mut self, acks: Vec<Command>, committed: u64) -> Option<()> {
+    /// Holds `acks` (all `AckLater`); true when what is held should commit
+    /// now. `committed` is the highest ack committed so far.
+    fn hold(&mut self, acks: Vec<Command>, committed: u64) -> bool {
         self.acks.extend(acks);
         let highest = self
             .acks
@@ -193,7 +193,7 @@ impl Later {
             .unwrap_or(committed);
         self.due
             .get_or_insert_with(|| std::time::Instant::now() + ACK_LATER_MAX_WAIT);
-        (highest.saturating_sub(committed) >= ACK_LATER_MAX_RECORDS).then_some(())
+        highest.saturating_sub(committed) >= ACK_LATER_MAX_RECORDS
     }
 
     fn take(&mut self) -> Vec<Command> {
@@ -204,89 +204,87 @@ impl Later {
 
 /// Applies `group` in one transaction and answers each command.
 fn commit_group(conn: &mut Connection, path: &Path, group: Vec<Command>, stats: &watch::Sender<Stats>, space: &Space) {
+    let mut next = stats.borrow().clone();
+    let adds: u64 = group.iter().map(Command::adds).sum();
+    let check = group.iter().any(|c| matches!(c, Command::CheckDisk(_)));
+    let mut admitted = Ok(());
+    if adds > 0 || check || next.disk_low {
+        let was_low = next.disk_low;
+        admitted = space.admit(conn, adds, &mut next.disk_low);
+        if next.disk_low != was_low {
+            // Pausing must not wait for a commit on a disk that may be full.
+            let low = next.disk_low;
+            stats.send_modify(|s| s.disk_low = low);
+        }
+    }
+    let refusal = |(free, reserve): (u64, u64)| Error::DiskLow {
+        path: path.to_owned(),
+        free,
+        reserve,
+    };
+    let mut outcome = apply(conn, &group, &mut next, admitted.err().map(refusal), path);
+    if let Err(e) = &outcome
+        && sqlite_disk_full(e)
     {
-        let mut next = stats.borrow().clone();
-        let adds: u64 = group.iter().map(Command::adds).sum();
-        let check = group.iter().any(|c| matches!(c, Command::CheckDisk(_)));
-        let mut admitted = Ok(());
-        if adds > 0 || check || next.disk_low {
-            let was_low = next.disk_low;
-            admitted = space.admit(conn, adds, &mut next.disk_low);
-            if next.disk_low != was_low {
-                // Pausing must not wait for a commit on a disk that may be full.
-                let low = next.disk_low;
-                stats.send_modify(|s| s.disk_low = low);
+        // The disk filled under us (something else writes there too).
+        // Deletes must still run: apply everything but the writes, after
+        // giving back the WAL, and if that is not enough, the ballast.
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        stats.send_modify(|s| s.disk_low = true);
+        for release in [false, true] {
+            if release && !space.release_ballast() {
+                break;
+            }
+            next = stats.borrow().clone();
+            let free = space.free(conn);
+            outcome = apply(conn, &group, &mut next, Some(refusal((free, space.reserve))), path);
+            if !outcome.as_ref().is_err_and(sqlite_disk_full) {
+                break;
             }
         }
-        let refusal = |(free, reserve): (u64, u64)| Error::DiskLow {
-            path: path.to_owned(),
-            free,
-            reserve,
-        };
-        let mut outcome = apply(conn, &group, &mut next, admitted.err().map(refusal), path);
-        if let Err(e) = &outcome
-            && sqlite_disk_full(e)
-        {
-            // The disk filled under us (something else writes there too).
-            // Deletes must still run: apply everything but the writes, after
-            // giving back the WAL, and if that is not enough, the ballast.
-            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-            stats.send_modify(|s| s.disk_low = true);
-            for release in [false, true] {
-                if release && !space.release_ballast() {
-                    break;
-                }
-                next = stats.borrow().clone();
-                let free = space.free(conn);
-                outcome = apply(conn, &group, &mut next, Some(refusal((free, space.reserve))), path);
-                if !outcome.as_ref().is_err_and(sqlite_disk_full) {
-                    break;
-                }
-            }
+    }
+    if outcome.is_ok()
+        && next.disk_low
+        && let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+    {
+        tracing::warn!(error = %e, "cannot checkpoint the outbox WAL");
+    }
+    let outcomes = match outcome {
+        Ok(outcomes) => {
+            next.error = None;
+            stats.send_replace(next);
+            outcomes
         }
-        if outcome.is_ok()
-            && next.disk_low
-            && let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        {
-            tracing::warn!(error = %e, "cannot checkpoint the outbox WAL");
-        }
-        let outcomes = match outcome {
-            Ok(outcomes) => {
-                next.error = None;
-                stats.send_replace(next);
-                outcomes
-            }
-            Err(e) => {
-                tracing::error!(error = %e, path = %path.display(), "outbox commit failed");
-                stats.send_modify(|s| s.error = Some(e.to_string()));
-                let disk_full = sqlite_disk_full(&e);
-                group
-                    .iter()
-                    .map(|_| {
-                        Some(Error::Commit {
-                            path: path.to_owned(),
-                            reason: e.to_string(),
-                            disk_full,
-                        })
+        Err(e) => {
+            tracing::error!(error = %e, path = %path.display(), "outbox commit failed");
+            stats.send_modify(|s| s.error = Some(e.to_string()));
+            let disk_full = sqlite_disk_full(&e);
+            group
+                .iter()
+                .map(|_| {
+                    Some(Error::Commit {
+                        path: path.to_owned(),
+                        reason: e.to_string(),
+                        disk_full,
                     })
-                    .collect()
-            }
-        };
-        for (command, outcome) in group.into_iter().zip(outcomes) {
-            let reply = match command {
-                Command::Write(_, r)
-                | Command::Ack(_, r)
-                | Command::AckLater(_, r)
-                | Command::Reject(_, _, r)
-                | Command::Ping(r)
-                | Command::Advance(_, r)
-                | Command::CheckDisk(r)
-                | Command::Retry(_, r)
-                | Command::Discard(_, r) => r,
-            };
-            // A caller that gave up waiting is not an error here.
-            let _ = reply.send(outcome.map_or(Ok(()), Err));
+                })
+                .collect()
         }
+    };
+    for (command, outcome) in group.into_iter().zip(outcomes) {
+        let reply = match command {
+            Command::Write(_, r)
+            | Command::Ack(_, r)
+            | Command::AckLater(_, r)
+            | Command::Reject(_, _, r)
+            | Command::Ping(r)
+            | Command::Advance(_, r)
+            | Command::CheckDisk(r)
+            | Command::Retry(_, r)
+            | Command::Discard(_, r) => r,
+        };
+        // A caller that gave up waiting is not an error here.
+        let _ = reply.send(outcome.map_or(Ok(()), Err));
     }
 }
 
