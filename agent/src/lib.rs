@@ -18,7 +18,7 @@
 //! - [`cli`]: the `qianzhi` subcommands (`main.rs` only dispatches).
 //! - `control`: the control socket through which the CLI changes the
 //!   quarantine of the running agent.
-//! - `check`, `quarantine`, `freshness`, `systemd`, `disk`, `fsx`, `sync`,
+//! - `check`, `quarantine`, `freshness`, `systemd`, `disk`, `fsx`, `sqlite`, `sync`,
 //!   [`clock`], [`signal`]: what those use.
 //!
 //! The record rules and the TLS are the `rules` and `pki` crates, shared
@@ -51,6 +51,7 @@ mod receive;
 pub mod signal;
 pub mod sink;
 pub mod source;
+mod sqlite;
 mod sync;
 mod systemd;
 

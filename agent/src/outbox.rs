@@ -460,6 +460,7 @@ impl Receipt {
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    crate::sqlite::plan_once(&conn)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     // Checkpoint every 16 MiB of WAL, not 4 MiB: fewer copies of the pages

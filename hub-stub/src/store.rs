@@ -161,6 +161,7 @@ impl Store {
         private_files(path)?;
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+        plan_once(&conn).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
         // Group commits write tens of thousands of rows: keep their pages in
@@ -364,6 +365,15 @@ impl Store {
         }
         Ok(n)
     }
+}
+
+/// Plans each statement once, from its text: the bundled SQLite has STAT4,
+/// under which binding a parameter the plan could depend on (`LIMIT ?` is
+/// enough) expires a cached statement, which is then parsed and planned
+/// again at its next step.
+pub(crate) fn plan_once(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map(|_| ())
 }
 
 /// Whether `seq` may follow the high-water mark `hwm`.

@@ -314,3 +314,32 @@ async fn a_held_ack_commits_with_the_next_write_alone_and_at_close() {
     assert_eq!(ob.read(|r| r.first_seq()).await.unwrap(), Some(10));
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// The link's read is one cached statement: with STAT4 in the bundled
+/// SQLite, binding its `LIMIT ?` again used to expire it, so that every
+/// read parsed and planned it anew.
+#[tokio::test]
+async fn the_links_read_is_planned_once() {
+    const READ: &str = "SELECT seq, data FROM records WHERE seq >= ?1 ORDER BY seq LIMIT ?2";
+    let d = dir("plan-once");
+    let ob = Outbox::open(&d, 1 << 30).unwrap();
+    queue(&ob, 10, "a").await;
+    let reprepares = |conn: &Connection| {
+        for (from, max) in [(1, 3), (4, 5), (9, 100)] {
+            Reader::new(conn).records_from(from, max, 1 << 20).unwrap();
+        }
+        let stmt = conn.prepare_cached(READ).unwrap();
+        stmt.get_status(rusqlite::StatementStatus::RePrepare)
+    };
+    // What the bundled SQLite does unless told otherwise: the test's
+    // evidence that it measures something.
+    let plain = Connection::open(d.join("outbox.db")).unwrap();
+    assert!(
+        reprepares(&plain) >= 2,
+        "a plain connection re-prepares on every new LIMIT"
+    );
+    let ours = open_connection(&d.join("outbox.db")).unwrap();
+    assert_eq!(reprepares(&ours), 0);
+    drop(ob);
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -102,6 +102,7 @@ impl Sqlite {
         let conn = Connection::open_with_flags(path, flags).map_err(err(layout, place, "cannot open the database"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(err(layout, place, "busy_timeout"))?;
+        crate::sqlite::plan_once(&conn).map_err(err(layout, place, "query planner settings"))?;
         if change {
             conn.pragma_update(None, "journal_mode", "wal")
                 .map_err(err(layout, place, "journal_mode=WAL"))?;

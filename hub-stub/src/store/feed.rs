@@ -123,6 +123,7 @@ impl Store {
         };
         let conn = Connection::open(&self.path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        super::plan_once(&conn).map_err(err)?;
         Ok(Reader { conn })
     }
 

@@ -690,6 +690,58 @@ async fn sqlite_single_commits_wake_an_idle_source_in_rollback_journal_mode() {
     sqlite_single_commits_wake_an_idle_source("delete").await;
 }
 
+/// An idle PostgreSQL source with `poll = "1h"` is woken by the trigger's
+/// `NOTIFY`, also after a busy spell: the session listens only while the
+/// source is idle, and stops listening while reads follow one another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_single_commits_wake_an_idle_source_before_and_after_a_busy_spell() {
+    let Some(db) = Db::postgres().await else { return };
+    db.create_people().await;
+    let w = World::new();
+    let hub = Hub::start(&w, 0).await;
+    let mut spec = w.agent_spec(hub.addr.port());
+    spec.sources = db.source("business", "poll = \"1h\"\n");
+    let agent = Agent::start(&w.agent_toml(&spec)).await;
+    db.wait_for_triggers().await;
+    let mut c = db.connect().await;
+    let at_hub = |n: usize, what: String| {
+        let w = &w;
+        async move {
+            eventually(&what, Duration::from_secs(20), || {
+                let got = export(&w.store_path(), false).len();
+                (got == n).then_some(()).ok_or(format!("{got} at the hub"))
+            })
+            .await
+        }
+    };
+    let mut next = 0u64;
+    for round in ["before", "after"] {
+        // Idle: the source has read everything and waits for a wake-up.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            c.exec(&insert_people([next])).await.unwrap();
+            next += 1;
+            at_hub(
+                next as usize,
+                format!("person {} ({round} the busy spell) long before the poll", next - 1),
+            )
+            .await;
+        }
+        if round == "before" {
+            // Busy: 300 single-row commits 5 ms apart.
+            for _ in 0..300 {
+                c.exec(&insert_people([next])).await.unwrap();
+                next += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            at_hub(next as usize, format!("the {next} people of the busy spell")).await;
+        }
+    }
+    assert_hub_matches(&w.store_path(), &(0..next).collect::<Vec<_>>(), next as usize);
+    agent.stop().await;
+    hub.stop().await;
+}
+
 /// A steady writer keeps the source busy across its batched change-log
 /// deletes (about once a second): a read that comes back while a delete is
 /// due is read again after it, never skipped.

@@ -86,7 +86,8 @@ struct Deleting {
 /// The deleter thread: one transaction per batch of ranges, in order.
 fn delete_in_background(path: PathBuf, jobs: std::sync::mpsc::Receiver<Vec<(i64, i64)>>, state: Arc<Mutex<Deleting>>) {
     let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .and_then(|c| c.busy_timeout(BUSY_TIMEOUT).map(|()| c));
+        .and_then(|c| c.busy_timeout(BUSY_TIMEOUT).map(|()| c))
+        .and_then(|c| crate::sqlite::plan_once(&c).map(|()| c));
     let mut conn = match conn {
         Ok(c) => c,
         Err(e) => {
@@ -278,6 +279,7 @@ impl Backend for Sqlite {
                 .map_err(err("cannot open the database"))?;
             // The business system may hold the write lock for a while.
             conn.busy_timeout(BUSY_TIMEOUT).map_err(err("busy_timeout"))?;
+            crate::sqlite::plan_once(&conn).map_err(err("query planner settings"))?;
             let table = quote(DbKind::Sqlite, &t.table);
             let mut stmt = conn
                 .prepare(&format!("SELECT name FROM pragma_table_info({})", literal(&t.table)))
