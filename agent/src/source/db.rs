@@ -25,12 +25,14 @@
 //! A trickle is read in chunks: a change that finds the source caught up
 //! waits `LINGER` (30 ms) for the changes that follow it, so that a steady
 //! 1,000 changes/s costs one read, one outbox commit and one batch per
-//! ~20 changes; a backlog is read chunk after chunk without waiting.
+//! ~30 changes; a backlog is read chunk after chunk without waiting.
 //!
 //! Wake-ups: SQLite's `PRAGMA data_version` (checked when a watch on the
 //! database's folder sees its files change, after waiting for a writer that
 //! is still committing, and every `poll`), PostgreSQL's `LISTEN` (the
-//! trigger sends `NOTIFY`), MySQL a cheap indexed query every `poll`.
+//! trigger sends `NOTIFY`; the session listens only while the source is
+//! idle, since a busy source reads anyway and a notification per commit
+//! only woke the runtime), MySQL a cheap indexed query every `poll`.
 //!
 //! Incremental capture reads rows whose watermark is above the last one
 //! taken and at most the highest watermark seen `lag` ago. It cannot see

@@ -405,11 +405,11 @@ impl Backend for Postgres {
     /// read and the `LISTEN` sent its notification to nobody.
     async fn wait(&mut self, timeout: Duration) {
         if self.target.watermark.is_none() && !self.listening {
-            // A failure here shows in the next read.
             if self.client.batch_execute(&format!("LISTEN {CHANNEL}")).await.is_ok() {
                 self.listening = true;
+                return;
             }
-            return;
+            // Waits for the poll: a lost connection shows in the next read.
         }
         tokio::select! {
             () = self.wake.notified() => {}
