@@ -283,6 +283,7 @@ impl Store {
                 ..Applied::default()
             };
             let mut last_hseq = None;
+            let mut stmts = Statements::new(&tx)?;
             for e in entries {
                 if e.seq <= applied.hwm {
                     applied.replayed += 1;
@@ -295,7 +296,7 @@ impl Store {
                 match &e.row {
                     None => applied.lost += 1,
                     Some(Ok(row)) => {
-                        last_hseq = Some(store_row(&tx, id, e.seq, row, now)?);
+                        last_hseq = Some(stmts.store_row(&tx, id, e.seq, row, now)?);
                         applied.stored += 1;
                     }
                     Some(Err((code, reason))) => {
@@ -312,6 +313,7 @@ impl Store {
                 }
                 applied.hwm = e.seq;
             }
+            drop(stmts);
             tx.execute(
                 "UPDATE outboxes SET hwm = ?2, last_seen_us = ?3 WHERE id = ?1",
                 params![id, applied.hwm as i64, now],
@@ -505,32 +507,55 @@ fn oversized(record: &Record, max: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Stores one accepted change; returns its hub sequence.
-fn store_row(tx: &rusqlite::Transaction<'_>, id: i64, seq: u64, row: &Row, now: i64) -> rusqlite::Result<i64> {
-    tx.prepare_cached("INSERT INTO feed (resource, box, seq) VALUES (?1, ?2, ?3)")?
-        .execute(params![row.resource, id, seq as i64])?;
-    let hseq = tx.last_insert_rowid();
-    tx.prepare_cached(
-        "INSERT INTO history (box, seq, resource, key, op, record, received_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        id,
-        seq as i64,
-        row.resource,
-        row.key,
-        i32::from(row.delete),
-        row.record,
-        now
-    ])?;
-    if row.delete {
-        tx.prepare_cached("DELETE FROM current WHERE resource = ?1 AND key = ?2")?
-            .execute(params![row.resource, row.key])?;
-    } else {
-        tx.prepare_cached(
-            "INSERT INTO current (resource, key, box, seq, hseq) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (resource, key) DO UPDATE SET box = excluded.box, seq = excluded.seq, hseq = excluded.hseq",
-        )?
-        .execute(params![row.resource, row.key, id, seq as i64, hseq])?;
+/// The statements that store an accepted change, taken from the cache once
+/// per batch rather than once per record (a lookup by the statement's text).
+struct Statements<'tx> {
+    feed: rusqlite::CachedStatement<'tx>,
+    history: rusqlite::CachedStatement<'tx>,
+    remove: rusqlite::CachedStatement<'tx>,
+    upsert: rusqlite::CachedStatement<'tx>,
+}
+
+impl<'tx> Statements<'tx> {
+    fn new(tx: &'tx rusqlite::Transaction<'_>) -> rusqlite::Result<Statements<'tx>> {
+        Ok(Statements {
+            feed: tx.prepare_cached("INSERT INTO feed (resource, box, seq) VALUES (?1, ?2, ?3)")?,
+            history: tx.prepare_cached(
+                "INSERT INTO history (box, seq, resource, key, op, record, received_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?,
+            remove: tx.prepare_cached("DELETE FROM current WHERE resource = ?1 AND key = ?2")?,
+            upsert: tx.prepare_cached(
+                "INSERT INTO current (resource, key, box, seq, hseq) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (resource, key) DO UPDATE SET box = excluded.box, seq = excluded.seq, hseq = excluded.hseq",
+            )?,
+        })
     }
-    Ok(hseq)
+
+    /// Stores one accepted change; returns its hub sequence.
+    fn store_row(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        id: i64,
+        seq: u64,
+        row: &Row,
+        now: i64,
+    ) -> rusqlite::Result<i64> {
+        self.feed.execute(params![row.resource, id, seq as i64])?;
+        let hseq = tx.last_insert_rowid();
+        self.history.execute(params![
+            id,
+            seq as i64,
+            row.resource,
+            row.key,
+            i32::from(row.delete),
+            row.record,
+            now
+        ])?;
+        if row.delete {
+            self.remove.execute(params![row.resource, row.key])?;
+        } else {
+            self.upsert.execute(params![row.resource, row.key, id, seq as i64, hseq])?;
+        }
+        Ok(hseq)
+    }
 }
