@@ -554,7 +554,8 @@ impl<'tx> Statements<'tx> {
         if row.delete {
             self.remove.execute(params![row.resource, row.key])?;
         } else {
-            self.upsert.execute(params![row.resource, row.key, id, seq as i64, hseq])?;
+            self.upsert
+                .execute(params![row.resource, row.key, id, seq as i64, hseq])?;
         }
         Ok(hseq)
     }

@@ -404,12 +404,14 @@ impl Backend for Postgres {
     /// that the change log is read once more: a commit between the last
     /// read and the `LISTEN` sent its notification to nobody.
     async fn wait(&mut self, timeout: Duration) {
-        if self.target.watermark.is_none() && !self.listening {
-            if self.client.batch_execute(&format!("LISTEN {CHANNEL}")).await.is_ok() {
-                self.listening = true;
-                return;
-            }
-            // Waits for the poll: a lost connection shows in the next read.
+        // If the LISTEN fails, this waits for the poll: a lost connection
+        // shows in the next read.
+        if self.target.watermark.is_none()
+            && !self.listening
+            && self.client.batch_execute(&format!("LISTEN {CHANNEL}")).await.is_ok()
+        {
+            self.listening = true;
+            return;
         }
         tokio::select! {
             () = self.wake.notified() => {}

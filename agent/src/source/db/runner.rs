@@ -31,8 +31,9 @@ use crate::source::commit::{Chunk, Committer, Position};
 /// take to reach the hub). Each chunk costs a fixed millisecond or so of
 /// CPU (a read, a commit with its fsync, a batch), so this sets what a
 /// steady trickle costs: 20 ms measured 6.6 % of a core at 1,000 changes/s,
-/// 30 ms 5.6 % (p99 37 ms). A backlog never waits: a full read is followed by the next
-/// read at once.
+/// 30 ms 5.6 % (p99 37 ms), on the same build; a cycle has since become
+/// cheaper (4.1 % at 30 ms, BENCHMARKS.md). A backlog never waits: a full
+/// read is followed by the next read at once.
 const LINGER: Duration = Duration::from_millis(30);
 
 async fn linger() {
