@@ -23,9 +23,9 @@
 //! are consumed with the snapshot's end.
 //!
 //! A trickle is read in chunks: a change that finds the source caught up
-//! waits `LINGER` (30 ms) for the changes that follow it, so that a steady
+//! waits `LINGER` (35 ms) for the changes that follow it, so that a steady
 //! 1,000 changes/s costs one read, one outbox commit and one batch per
-//! ~30 changes; a backlog is read chunk after chunk without waiting.
+//! ~35 changes; a backlog is read chunk after chunk without waiting.
 //!
 //! Wake-ups: SQLite's `PRAGMA data_version` (checked when a watch on the
 //! database's folder sees its files change, after waiting for a writer that

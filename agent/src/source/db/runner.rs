@@ -26,15 +26,16 @@ use crate::source::commit::{Chunk, Committer, Position};
 
 /// How long a change that finds the source caught up waits for the changes
 /// that follow it, so that a trickle is read, committed and sent in chunks
-/// rather than one change at a time: at 1,000 changes/s about 30 changes a
+/// rather than one change at a time: at 1,000 changes/s about 35 changes a
 /// chunk, for at most this much more latency (under the 50 ms a change may
-/// take to reach the hub). Each chunk costs a fixed millisecond or so of
-/// CPU (a read, a commit with its fsync, a batch), so this sets what a
-/// steady trickle costs: 20 ms measured 6.6 % of a core at 1,000 changes/s,
-/// 30 ms 5.6 % (p99 37 ms), on the same build; a cycle has since become
-/// cheaper (4.1 % at 30 ms, BENCHMARKS.md). A backlog never waits: a full
-/// read is followed by the next read at once.
-const LINGER: Duration = Duration::from_millis(30);
+/// take to reach the hub). Each chunk costs about a millisecond of CPU
+/// whatever it carries (a read, a commit with its fsync, a batch, thread
+/// hand-offs), so this sets what a steady trickle costs. Measured at 1,000
+/// changes/s (BENCHMARKS.md, "The trickle, third step"): 30 ms gave 4.1–5.3 %
+/// of a core for SQLite at p99 37 ms, 35 ms 4.3–4.4 % at p99 42 ms; 40 ms
+/// would leave too little of the 50 ms for a figure this noisy. A backlog
+/// never waits: a full read is followed by the next read at once.
+const LINGER: Duration = Duration::from_millis(35);
 
 async fn linger() {
     tokio::time::sleep(LINGER).await;
