@@ -369,10 +369,10 @@ impl Store {
     }
 }
 
-/// Plans each statement once, from its text: the bundled SQLite has STAT4,
-/// under which binding a parameter the plan could depend on (`LIMIT ?` is
-/// enough) expires a cached statement, which is then parsed and planned
-/// again at its next step.
+/// Plans each statement once, from its text: SQLite reads a bound value its
+/// plan may depend on (a `LIMIT ?`) as part of the plan, and binding that
+/// parameter again expires a cached statement, which is then parsed and
+/// planned again at its next step.
 pub(crate) fn plan_once(conn: &Connection) -> rusqlite::Result<()> {
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
         .map(|_| ())

@@ -315,8 +315,8 @@ async fn a_held_ack_commits_with_the_next_write_alone_and_at_close() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
-/// The link's read is one cached statement: with STAT4 in the bundled
-/// SQLite, binding its `LIMIT ?` again used to expire it, so that every
+/// The link's read is one cached statement: binding its `LIMIT ?` again
+/// used to expire it (SQLite plans with the bound limit), so that every
 /// read parsed and planned it anew.
 #[tokio::test]
 async fn the_links_read_is_planned_once() {

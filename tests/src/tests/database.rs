@@ -716,9 +716,10 @@ async fn postgres_single_commits_wake_an_idle_source_before_and_after_a_busy_spe
     };
     let mut next = 0u64;
     for round in ["before", "after"] {
-        // Idle: the source has read everything and waits for a wake-up.
+        // Idle: the source has read everything, and deleted what it read
+        // (at most a second later), and waits for a wake-up.
         for _ in 0..3 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
             c.exec(&insert_people([next])).await.unwrap();
             next += 1;
             at_hub(

@@ -9,6 +9,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tracing::warn;
 
 use super::sql::{literal, quote};
 use super::{Backend, CHANNEL, CHUNK, Change, DbError, LOG_TABLE, Target, missing_columns};
@@ -24,6 +25,8 @@ pub struct Postgres {
     place: String,
     /// Whether the session `LISTEN`s: only while the source is idle.
     listening: bool,
+    /// A `LISTEN` failed in this session (said once).
+    listen_failed: bool,
 }
 
 impl Drop for Postgres {
@@ -121,10 +124,13 @@ impl Backend for Postgres {
         let (client, mut connection) = config.connect(NoTls).await.map_err(err(&place, "connect"))?;
         let wake = Arc::new(Notify::new());
         let w = wake.clone();
+        // The trigger's payload is the table's name in the change log: a
+        // commit to another table of the same database wakes nobody here.
+        let ours = target.log_name().to_owned();
         let driver = tokio::spawn(async move {
             loop {
                 match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notification(_))) => w.notify_one(),
+                    Some(Ok(AsyncMessage::Notification(n))) if n.payload() == ours => w.notify_one(),
                     Some(Ok(_)) => {}
                     Some(Err(_)) | None => break,
                 }
@@ -140,6 +146,7 @@ impl Backend for Postgres {
             driver,
             place,
             listening: false,
+            listen_failed: false,
         };
         let table = pg.table();
         let have: Vec<String> = pg
@@ -277,13 +284,12 @@ impl Backend for Postgres {
             )
             .await
             .map_err(err(&self.place, "read the change log"))?;
-        if self.listening && !rows.is_empty() {
-            // Busy again: the reads follow one another without waiting, and
-            // a notification per commit would only wake the driver.
-            self.client
-                .batch_execute(&format!("UNLISTEN {CHANNEL}"))
-                .await
-                .map_err(err(&self.place, "UNLISTEN"))?;
+        // Busy again: the reads follow one another without waiting, and a
+        // notification per commit would only wake the driver. A failure
+        // costs only those wake-ups; a lost connection shows in the next
+        // read.
+        if self.listening && !rows.is_empty() && self.client.batch_execute(&format!("UNLISTEN {CHANNEL}")).await.is_ok()
+        {
             self.listening = false;
         }
         Ok(rows
@@ -404,14 +410,24 @@ impl Backend for Postgres {
     /// that the change log is read once more: a commit between the last
     /// read and the `LISTEN` sent its notification to nobody.
     async fn wait(&mut self, timeout: Duration) {
-        // If the LISTEN fails, this waits for the poll: a lost connection
-        // shows in the next read.
-        if self.target.watermark.is_none()
-            && !self.listening
-            && self.client.batch_execute(&format!("LISTEN {CHANNEL}")).await.is_ok()
-        {
-            self.listening = true;
-            return;
+        let mut timeout = timeout;
+        if self.target.watermark.is_none() && !self.listening {
+            match self.client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+                Ok(()) => {
+                    self.listening = true;
+                    return;
+                }
+                // A lost connection shows in the next read. Otherwise the
+                // source looks every second until a LISTEN goes through.
+                Err(e) => {
+                    if !self.listen_failed {
+                        warn!(source = %self.target.source, error = %err(&self.place, "LISTEN")(e),
+                            "changes are looked for every second instead of notified");
+                        self.listen_failed = true;
+                    }
+                    timeout = timeout.min(Duration::from_secs(1));
+                }
+            }
         }
         tokio::select! {
             () = self.wake.notified() => {}

@@ -48,9 +48,11 @@ pub async fn run(kind: &str) {
         // times a second here: for that step the writer stops waiting for
         // it (the commit is visible at once, the capture sees the same).
         let fast = per_second >= 10_000;
-        if fast {
-            relax_durability(&mut c, kind, true).await;
-        }
+        let durability = if fast {
+            relax_durability(&mut c, kind).await
+        } else {
+            None
+        };
         let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let (a0, h0, t) = (cpu_seconds(agent.id()), cpu_seconds(hub.id()), Instant::now());
@@ -60,8 +62,8 @@ pub async fn run(kind: &str) {
         }
         next += n;
         let rate = n as f64 / t.elapsed().as_secs_f64();
-        if fast {
-            relax_durability(&mut c, kind, false).await;
+        if let Some(restore) = durability {
+            c.exec(&restore).await.expect("the load generator's durability setting");
         }
         wait("the changes at the hub", &addr, |s| s.link.acked >= next).await;
         let elapsed = t.elapsed().as_secs_f64();
@@ -160,16 +162,21 @@ pub async fn run(kind: &str) {
 }
 
 /// Lets the load generator's connection commit without waiting for its own
-/// fsync (`on`), or makes it wait again: SQLite `synchronous = NORMAL` in WAL
-/// mode, PostgreSQL `synchronous_commit = off`. MariaDB's setting is
-/// server-wide, so it is left alone.
-async fn relax_durability(c: &mut tests::db::Conn, kind: &str, on: bool) {
-    let sql = match (kind, on) {
-        ("sqlite", true) => "PRAGMA synchronous = NORMAL",
-        ("sqlite", false) => "PRAGMA synchronous = FULL",
-        ("postgres", true) => "SET synchronous_commit = off",
-        ("postgres", false) => "SET synchronous_commit = on",
-        _ => return,
+/// fsync (SQLite `synchronous = NORMAL` in WAL mode, PostgreSQL
+/// `synchronous_commit = off`) and returns the statement that puts back what
+/// it had. MariaDB's setting is server-wide, so it is left alone.
+async fn relax_durability(c: &mut tests::db::Conn, kind: &str) -> Option<String> {
+    let (relax, restore) = match kind {
+        "sqlite" => {
+            let was = c
+                .strings("SELECT CAST(synchronous AS TEXT) FROM pragma_synchronous")
+                .await;
+            let was = was.first().expect("PRAGMA synchronous").clone();
+            ("PRAGMA synchronous = NORMAL", format!("PRAGMA synchronous = {was}"))
+        }
+        "postgres" => ("SET synchronous_commit = off", "RESET synchronous_commit".to_owned()),
+        _ => return None,
     };
-    c.exec(sql).await.expect("the load generator's durability setting");
+    c.exec(relax).await.expect("the load generator's durability setting");
+    Some(restore)
 }
