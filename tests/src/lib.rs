@@ -255,6 +255,30 @@ pub fn people_csv(rows: impl IntoIterator<Item = u64>) -> String {
     s
 }
 
+/// A citizen ID whose GB 11643 check digit is wrong.
+pub const BAD_ID: &str = "320282199001019990";
+
+/// `people_csv(good)` followed by person `bad` with [`BAD_ID`]: a file with
+/// one row for the quarantine.
+pub fn people_csv_with_a_bad_id(good: std::ops::Range<u64>, bad: u64) -> String {
+    let mut row = person(bad);
+    row[0] = BAD_ID.into();
+    let mut csv = people_csv(good);
+    csv.push_str(&row.join(","));
+    csv.push('\n');
+    csv
+}
+
+/// Gives the agent config at `config` an outbox of at most `max_bytes`.
+pub fn limit_outbox(config: &Path, max_bytes: &str) {
+    let text = std::fs::read_to_string(config).expect("agent config").replacen(
+        "[hub]",
+        &format!("[outbox]\nmax_bytes = \"{max_bytes}\"\n[hub]"),
+        1,
+    );
+    std::fs::write(config, text).expect("agent config");
+}
+
 /// Person `i` as one JSON Lines object (column → value).
 pub fn person_json(i: u64) -> String {
     let m: serde_json::Map<String, serde_json::Value> = PEOPLE_COLUMNS

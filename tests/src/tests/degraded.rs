@@ -34,12 +34,7 @@ async fn degraded_conditions_are_reported_with_reasons() {
     );
     std::fs::write(&config, text).unwrap();
     let agent = Agent::start(&config).await;
-    let mut bad = person(1);
-    bad[0] = "320282199001019990".into();
-    let mut csv = people_csv(0..1);
-    csv.push_str(&bad.join(","));
-    csv.push('\n');
-    w.drop_file("drop/people", "a.csv", csv.as_bytes());
+    w.drop_file("drop/people", "a.csv", people_csv_with_a_bad_id(0..1, 1).as_bytes());
 
     let degraded = eventually(
         "link down, old queue, low disk, expiring cert, growing quarantine",

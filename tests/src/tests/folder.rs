@@ -87,10 +87,7 @@ async fn a_full_outbox_pauses_the_sources_and_loses_nothing() {
     let w = World::new();
     let hub_port = free_port();
     let config = w.agent_toml(&w.agent_spec(hub_port));
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replacen("[hub]", "[outbox]\nmax_bytes = \"1MiB\"\n[hub]", 1);
-    std::fs::write(&config, text).unwrap();
+    limit_outbox(&config, "1MiB");
     let agent = Agent::start(&config).await;
     // About 2.5 MB of records: more than twice what the outbox may hold.
     w.drop_file("drop/people", "big.csv", people_csv(0..10_000).as_bytes());

@@ -171,10 +171,7 @@ async fn a_file_that_changes_while_read_is_rejected_not_moved_to_done() {
     let mut spec = w.agent_spec(hub_port);
     spec.sources = people_source("people", "drop/people", "");
     let config = w.agent_toml(&spec);
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replacen("[hub]", "[outbox]\nmax_bytes = \"1MiB\"\n[hub]", 1);
-    std::fs::write(&config, text).unwrap();
+    limit_outbox(&config, "1MiB");
     let agent = Agent::start(&config).await;
     w.drop_file("drop/people", "grows.csv", people_csv(0..ROWS).as_bytes());
     // The hub is down: the outbox fills and the file waits, part read. The

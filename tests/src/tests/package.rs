@@ -37,12 +37,7 @@ async fn grafana_dashboard_uses_only_exported_metrics() {
         .push_str("[[subscription]]\nresource = \"2010100/0001\"\ntype = \"folder\"\npath = \"inbox\"\n");
     std::fs::create_dir_all(w.path("inbox")).unwrap();
     let agent = Agent::start(&w.agent_toml(&spec)).await;
-    let mut csv = people_csv(0..3);
-    let mut bad = person(9);
-    bad[0] = "320282199001019990".into();
-    csv.push_str(&bad.join(","));
-    csv.push('\n');
-    w.drop_file("drop/people", "a.csv", csv.as_bytes());
+    w.drop_file("drop/people", "a.csv", people_csv_with_a_bad_id(0..3, 9).as_bytes());
     w.drop_file("drop/people", "b.bin", b"not a table");
     eventually("delivery", Duration::from_secs(30), || {
         let s = agent.status();

@@ -38,12 +38,7 @@ async fn the_status_page_shows_the_agent_in_chinese_with_every_untrusted_name_es
     let config = w.agent_toml(&spec);
     // One row breaks the citizen ID's check digit; a file named like markup
     // cannot be read (it is empty) and waits in rejected/.
-    let mut bad = person(1);
-    bad[0] = "320282199001019990".into();
-    let mut csv = people_csv(0..1);
-    csv.push_str(&bad.join(","));
-    csv.push('\n');
-    w.drop_file("drop/people", "a.csv", csv.as_bytes());
+    w.drop_file("drop/people", "a.csv", people_csv_with_a_bad_id(0..1, 1).as_bytes());
     w.drop_file("drop/people", "<script>x.csv", b"");
     let agent = Killed(spawn(
         "qianzhi",
@@ -114,10 +109,7 @@ async fn a_file_being_read_shows_its_progress_until_it_is_done() {
     let w = World::new();
     let hub_port = free_port();
     let config = w.agent_toml(&w.agent_spec(hub_port));
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replacen("[hub]", "[outbox]\nmax_bytes = \"1MiB\"\n[hub]", 1);
-    std::fs::write(&config, text).unwrap();
+    limit_outbox(&config, "1MiB");
     let agent = Agent::start(&config).await;
     let addr = agent.running.health_addr.to_string();
     let csv = people_csv(0..ROWS);
