@@ -12,7 +12,7 @@
 //! - The outbox stores opaque bytes and never learns the schema (the link
 //!   decodes a record only to quarantine one the hub rejected).
 //!
-//! # Schema (SQLite, WAL, synchronous=FULL)
+//! # Schema (SQLite, WAL, synchronous=FULL, 16 KiB pages in a new file)
 //! - `meta(key, value)`: `outbox_id`, a random id made when the file is
 //!   created (sequences are scoped to it), and `created_us`, when it was
 //!   created (a resource's freshness counts from it until its first change).
@@ -455,19 +455,29 @@ impl Receipt {
     }
 }
 
+/// The page size of a new outbox file.
+pub(crate) const PAGE_SIZE: i64 = 16 << 10;
+
 /// A connection with the outbox's settings: the writer's, the handle's
 /// read connection, recovery's and the offline tools'.
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     crate::sqlite::plan_once(&conn)?;
+    // 16 KiB pages for a new file (an existing one keeps its own): a page
+    // holds four times the records, so a flood's inserts, deletes and
+    // checkpoints touch a quarter of the pages (12 % less CPU per record in
+    // the outbox and in the hub, see BENCHMARKS.md).
+    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     // Checkpoint every 16 MiB of WAL, not 4 MiB: fewer copies of the pages
     // a queue rewrites over and over. It stays far below the disk reserve
     // (outbox.reserve_free), so a checkpoint can always complete, and the
-    // WAL file is cut back to that size afterwards.
-    conn.pragma_update(None, "wal_autocheckpoint", 4096)?;
+    // WAL file is cut back to that size afterwards. The pragma counts
+    // pages, of the file's own size.
+    let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    conn.pragma_update(None, "wal_autocheckpoint", (16 << 20) / page.max(512))?;
     conn.pragma_update(None, "journal_size_limit", 16 << 20)?;
     conn.pragma_update(None, "cache_size", -8192)?;
     Ok(conn)

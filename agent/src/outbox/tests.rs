@@ -241,7 +241,7 @@ async fn recovery_reads_past_damaged_pages() {
     {
         let ob = Outbox::open(&d, 1 << 30).unwrap();
         for chunk in 0..(N / 1000) {
-            // About 200 bytes a record, as a real one: ~20 to a page.
+            // About 200 bytes a record, as a real one: ~80 to a 16 KiB page.
             queue(&ob, 1000, &format!("{chunk:0>190}")).await;
         }
         ob.write(Write {
@@ -270,7 +270,7 @@ async fn recovery_reads_past_damaged_pages() {
     let recovered = rows.iter().filter(|(_, d)| !d.is_empty()).count() as u64;
     let report = ob.unacknowledged_recovery().expect("a recovery report");
     assert!(report.contains("sequences missing"), "{report}");
-    // 64 KiB of 4 KiB pages holding ~20 records each: a few hundred lost.
+    // 64 KiB: four 16 KiB pages holding ~80 records each, a few hundred lost.
     assert!(
         recovered as usize > N - 1000 && (recovered as usize) < N,
         "{recovered}: {report}"
