@@ -2,7 +2,7 @@
 //! brought to `YYYYMMDD` and `YYYYMMDDhhmmss[.ffffff]`, instants converted to
 //! Beijing time (UTC+08:00).
 
-use super::{Issue, Normalized, fold_width, issue};
+use super::{Issue, Normalized, fold_width, issue, push_padded};
 
 pub(super) fn digits(s: &[u8]) -> Option<u32> {
     if s.is_empty() {
@@ -246,11 +246,18 @@ pub(super) fn datetime(name: &str, raw: &str) -> Result<Normalized, Issue> {
     }
     let (secs, us) = (rest / 1_000_000, rest % 1_000_000);
     let (h, mi, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let mut value = format!("{y:04}{mo:02}{da:02}{h:02}{mi:02}{s:02}");
+    let mut value = String::with_capacity(21);
+    push_padded(&mut value, y as u64, 4);
+    for part in [mo, da] {
+        push_padded(&mut value, part.into(), 2);
+    }
+    for part in [h, mi, s] {
+        push_padded(&mut value, part as u64, 2);
+    }
     if us != 0 {
-        let f = format!("{us:06}");
         value.push('.');
-        value.push_str(f.trim_end_matches('0'));
+        push_padded(&mut value, us as u64, 6);
+        value.truncate(value.trim_end_matches('0').len());
     }
     Normalized::ok(value)
 }

@@ -491,3 +491,30 @@ fn no_input_panics_and_canonical_values_are_fixed_points() {
         }
     }
 }
+
+#[test]
+fn push_padded_writes_what_the_formatter_writes() {
+    for n in [
+        0u64,
+        1,
+        9,
+        10,
+        42,
+        99,
+        100,
+        999,
+        1000,
+        2024,
+        9999,
+        10_000,
+        123_456,
+        999_999,
+        u64::MAX,
+    ] {
+        for width in [0usize, 1, 2, 4, 6, 20, 25] {
+            let mut out = String::from("x");
+            super::push_padded(&mut out, n, width);
+            assert_eq!(out, format!("x{n:0width$}"), "{n} width {width}");
+        }
+    }
+}

@@ -3,7 +3,7 @@
 
 use super::calendar::digits;
 use super::id::valid_province;
-use super::{Issue, Normalized, compact_code, fold_width, issue};
+use super::{Issue, Normalized, compact_code, fold_width, issue, push_padded};
 
 pub(super) fn gender(name: &str, raw: &str) -> Result<Normalized, Issue> {
     let v = fold_width(raw);
@@ -88,7 +88,9 @@ pub(super) fn ethnicity(name: &str, raw: &str) -> Result<Normalized, Issue> {
     if v.len() <= 2 && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
         let n: u32 = v.parse().unwrap_or(0);
         if (1..=56).contains(&n) || n == 97 || n == 98 {
-            return Normalized::ok(format!("{n:02}"));
+            let mut code = String::with_capacity(2);
+            push_padded(&mut code, n.into(), 2);
+            return Normalized::ok(code);
         }
     }
     let bare = v.strip_suffix('族').unwrap_or(v);
@@ -98,7 +100,9 @@ pub(super) fn ethnicity(name: &str, raw: &str) -> Result<Normalized, Issue> {
         b => b,
     };
     if let Some(i) = ETHNIC_GROUPS.iter().position(|g| *g == bare) {
-        return Normalized::ok(format!("{:02}", i + 1));
+        let mut code = String::with_capacity(2);
+        push_padded(&mut code, i as u64 + 1, 2);
+        return Normalized::ok(code);
     }
     match v {
         "其他" => Normalized::ok("97".into()),

@@ -193,21 +193,21 @@ impl Flood {
 
 /// A hub and an agent with the people folder source: (the agent's health
 /// address, the agent, the hub's config path, the hub).
-async fn start(w: &World) -> (String, std::process::Child, String, std::process::Child) {
+async fn start(w: &World, compression: &str) -> (String, std::process::Child, String, std::process::Child) {
     drop_folder(w);
     let (hub_port, hub_toml, hub) = start_hub(w).await;
     let mut spec = w.agent_spec(hub_port);
     spec.health_port = free_port();
-    spec.hub_extra = "backoff_max = \"200ms\"\n".into();
+    spec.hub_extra = format!("backoff_max = \"200ms\"\ncompression = \"{compression}\"\n");
     let (addr, agent) = start_agent(w, &spec).await;
     (addr, agent, hub_toml, hub)
 }
 
 /// `qianzhi-bench flood`: the flood alone, one table row.
-pub async fn alone(input: Input) {
+pub async fn alone(input: Input, compression: &str) {
     let w = World::new();
     let staged = stage(&w, &input, "bench-1");
-    let (addr, mut agent, _, mut hub) = start(&w).await;
+    let (addr, mut agent, _, mut hub) = start(&w, compression).await;
     let flood = Flood::measure(&w, &addr, agent.id(), hub.id(), &staged).await;
     Flood::header();
     flood.row();
@@ -216,11 +216,11 @@ pub async fn alone(input: Input) {
 }
 
 /// `qianzhi-bench [ROWS]`: the flood, then the outage and the drain.
-pub async fn full(input: Input) {
+pub async fn full(input: Input, compression: &str) {
     let w = World::new();
     println!("scratch folder {}", w.dir.path().display());
     let staged = stage(&w, &input, "bench-1");
-    let (addr, mut agent, hub_toml, mut hub) = start(&w).await;
+    let (addr, mut agent, hub_toml, mut hub) = start(&w, compression).await;
 
     // Phase 1: the flood, drop to the hub's durable ack.
     let flood = Flood::measure(&w, &addr, agent.id(), hub.id(), &staged).await;

@@ -16,6 +16,8 @@
 //!
 //! `qianzhi-bench flood [ROWS] [--file PATH]`: the flood alone, as one table
 //! row (the side-by-side script's Qianzhi round: bench/side-by-side.sh).
+//! `--compression none` (or `gzip`) sets the agent's `hub.compression` for
+//! either flood (default zstd, the agent's default).
 //!
 //! `qianzhi-bench gen ROWS PATH`: only writes the generated people CSV, so
 //! that the same file can be given to a peer.
@@ -64,8 +66,8 @@ mod normalize;
 mod process;
 mod receive;
 
-const USAGE: &str = "usage: qianzhi-bench [ROWS] [--file PATH]
-       qianzhi-bench flood [ROWS] [--file PATH]
+const USAGE: &str = "usage: qianzhi-bench [ROWS] [--file PATH] [--compression zstd|gzip|none]
+       qianzhi-bench flood [ROWS] [--file PATH] [--compression zstd|gzip|none]
        qianzhi-bench gen ROWS PATH
        qianzhi-bench drain [ROWS]
        qianzhi-bench agencies [N] [RECORDS_PER_AGENCY]
@@ -79,25 +81,39 @@ fn usage(problem: &str) -> ! {
     std::process::exit(64)
 }
 
-/// The command line after the mode: positional arguments and `--file`.
+/// The command line after the mode: positional arguments, `--file` and
+/// `--compression` (the agent's `hub.compression`, for the flood).
 struct Args {
     positional: Vec<String>,
     file: Option<PathBuf>,
+    compression: Option<String>,
 }
 
 impl Args {
     fn parse(args: impl Iterator<Item = String>) -> Args {
-        let (mut positional, mut file) = (Vec::new(), None);
+        let (mut positional, mut file, mut compression) = (Vec::new(), None, None);
         let mut args = args;
         while let Some(a) = args.next() {
             if a == "--file" {
                 let path = args.next().unwrap_or_else(|| usage("--file needs a path"));
                 file = Some(PathBuf::from(path));
+            } else if a == "--compression" {
+                let c = args
+                    .next()
+                    .unwrap_or_else(|| usage("--compression needs zstd, gzip or none"));
+                if !["zstd", "gzip", "none"].contains(&c.as_str()) {
+                    usage(&format!("--compression must be zstd, gzip or none, not {c:?}"));
+                }
+                compression = Some(c);
             } else {
                 positional.push(a);
             }
         }
-        Args { positional, file }
+        Args {
+            positional,
+            file,
+            compression,
+        }
     }
 
     /// The `n`th positional argument as a number, or `default` when absent.
@@ -117,10 +133,18 @@ impl Args {
         }
     }
 
-    /// Refuses `--file` in a mode that makes its own data.
+    /// The agent's `hub.compression` for the flood: zstd unless told.
+    fn compression(&self) -> &str {
+        self.compression.as_deref().unwrap_or("zstd")
+    }
+
+    /// Refuses `--file` and `--compression` in a mode that makes its own data.
     fn no_file(&self, mode: &str) {
         if self.file.is_some() {
             usage(&format!("{mode} does not take --file"));
+        }
+        if self.compression.is_some() {
+            usage(&format!("{mode} does not take --compression"));
         }
     }
 }
@@ -136,11 +160,11 @@ async fn main() {
     match mode.as_deref() {
         None => {
             args.at_most(1);
-            flood::full(flood_input(&args, 0)).await;
+            flood::full(flood_input(&args, 0), args.compression()).await;
         }
         Some("flood") => {
             args.at_most(1);
-            flood::alone(flood_input(&args, 0)).await;
+            flood::alone(flood_input(&args, 0), args.compression()).await;
         }
         Some("gen") => {
             args.no_file("gen");
