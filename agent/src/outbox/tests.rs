@@ -343,3 +343,46 @@ async fn the_links_read_is_planned_once() {
     drop(ob);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// An outbox made before 16 KiB pages keeps its 4 KiB pages and its queue,
+/// and still checkpoints every 16 MiB of WAL; a new one gets 16 KiB pages.
+#[tokio::test]
+async fn an_outbox_with_4_kib_pages_keeps_them_and_its_queue() {
+    let page_and_checkpoint = |path: &Path| {
+        let conn = open_connection(path).unwrap();
+        let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+        let every: i64 = conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).unwrap();
+        (page, every)
+    };
+    let d = dir("old-pages");
+    std::fs::create_dir_all(&d).unwrap();
+    {
+        // What SQLite made by default: the page size is fixed by the first
+        // write (here the switch to WAL).
+        let conn = Connection::open(d.join("outbox.db")).unwrap();
+        conn.pragma_update(None, "page_size", 4096).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    }
+    {
+        let ob = Outbox::open(&d, 1 << 30).unwrap();
+        queue(&ob, 500, "old").await;
+        ob.ack(100).await.unwrap();
+    }
+    let ob = Outbox::open(&d, 1 << 30).unwrap();
+    assert_eq!((ob.stats().records, ob.stats().last_seq), (400, 500));
+    let rows = ob.read(|r| r.records_from(0, 1000, 1 << 20)).await.unwrap();
+    assert_eq!(rows.first().map(|r| r.0), Some(101));
+    drop(ob);
+    drop(DirLock::acquire_within(&d, std::time::Duration::from_secs(10)).unwrap());
+    assert_eq!(page_and_checkpoint(&d.join("outbox.db")), (4096, 4096));
+    std::fs::remove_dir_all(&d).unwrap();
+
+    let d = dir("new-pages");
+    drop(Outbox::open(&d, 1 << 30).unwrap());
+    drop(DirLock::acquire_within(&d, std::time::Duration::from_secs(10)).unwrap());
+    assert_eq!(
+        page_and_checkpoint(&d.join("outbox.db")),
+        (PAGE_SIZE, (16 << 20) / PAGE_SIZE)
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}

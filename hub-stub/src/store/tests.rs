@@ -262,3 +262,36 @@ fn the_store_is_private_whatever_was_there_before() {
     }
     drop((again, store));
 }
+
+/// A store made before 16 KiB pages keeps its 4 KiB pages and its records,
+/// and still checkpoints every 32 MiB of WAL; a new one gets 16 KiB pages.
+#[test]
+fn a_store_with_4_kib_pages_keeps_them_and_its_records() {
+    let page_and_checkpoint = |store: &Store| {
+        let conn = store.lock();
+        let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+        let every: i64 = conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).unwrap();
+        (page, every)
+    };
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("store.db");
+    {
+        // What SQLite made by default: the page size is fixed by the first
+        // write (here the switch to WAL).
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "page_size", 4096).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    }
+    {
+        let store = Store::open(&path).unwrap();
+        assert_eq!(apply(&store, "box-1", &[1, 2, 3]).stored, 3);
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(page_and_checkpoint(&store), (4096, 8192));
+    assert_eq!(stored_seqs(&store), vec![1, 2, 3]);
+    assert_eq!(apply(&store, "box-1", &[3, 4]).stored, 1);
+    assert_eq!(stored_seqs(&store), vec![1, 2, 3, 4]);
+
+    let (_d, fresh) = scratch();
+    assert_eq!(page_and_checkpoint(&fresh), (16 << 10, (32 << 20) / (16 << 10)));
+}
