@@ -386,3 +386,37 @@ async fn an_outbox_with_4_kib_pages_keeps_them_and_its_queue() {
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// Records go in by statements of 64, 8 and 1 rows: every record keeps its
+/// place and the next sequence, whatever the sizes of the writes.
+#[tokio::test]
+async fn writes_of_any_size_keep_order_and_sequences() {
+    let d = dir("insert-sizes");
+    let ob = Outbox::open(&d, 1 << 30).unwrap();
+    let sizes = [1usize, 7, 8, 9, 63, 64, 65, 200, 0, 3];
+    let mut want = Vec::new();
+    for (w, &n) in sizes.iter().enumerate() {
+        let tag = format!("w{w}");
+        want.extend(records(n, &tag));
+        queue(&ob, n, &tag).await;
+        assert_eq!(ob.stats().last_seq, want.len() as u64, "after the write of {n}");
+    }
+    let rows = ob.read(|r| r.records_from(0, 10_000, 1 << 30)).await.unwrap();
+    let seqs: Vec<u64> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(seqs, (1..=want.len() as u64).collect::<Vec<_>>());
+    let data: Vec<Vec<u8>> = rows.into_iter().map(|r| r.1).collect();
+    assert_eq!(data, want);
+    let s = ob.stats();
+    assert_eq!(s.records, want.len() as u64);
+    assert_eq!(s.bytes, want.iter().map(|d| d.len() as u64).sum::<u64>());
+    drop(ob);
+    // The same figures when recomputed at open.
+    let ob = Outbox::open(&d, 1 << 30).unwrap();
+    let again = ob.stats();
+    assert_eq!(
+        (again.records, again.bytes, again.last_seq),
+        (s.records, s.bytes, s.last_seq)
+    );
+    drop(ob);
+    std::fs::remove_dir_all(&d).unwrap();
+}

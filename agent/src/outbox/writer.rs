@@ -376,6 +376,48 @@ fn apply_group(
     Ok(outcomes)
 }
 
+/// Rows per INSERT statement, largest first. `records` is AUTOINCREMENT, so
+/// every INSERT statement reads and writes back the table's row of
+/// `sqlite_sequence`, besides its fixed cost per run: a statement of 64 rows
+/// pays both once for 64 records (about a quarter of the outbox writer's CPU
+/// per record in a flood, see BENCHMARKS.md).
+const INSERT_ROWS: [usize; 3] = [64, 8, 1];
+
+/// `INSERT INTO records … VALUES (?1, ?2), (?1, ?3), …` for `rows` rows: the
+/// enqueue time once, then each record's bytes.
+fn insert_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows).map(|i| format!("(?1, ?{})", i + 2)).collect();
+    format!("INSERT INTO records (enqueued_us, data) VALUES {}", values.join(", "))
+}
+
+/// Queues `records` in order, each under the next sequence.
+fn insert_records(tx: &Connection, records: &[Vec<u8>], now: i64, stats: &mut Stats) -> rusqlite::Result<()> {
+    static SQL: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
+    let statements = SQL.get_or_init(|| INSERT_ROWS.iter().map(|&n| (n, insert_sql(n))).collect());
+    let mut rest = records;
+    for (rows, sql) in statements {
+        if rest.len() < *rows {
+            continue;
+        }
+        let mut insert = tx.prepare_cached(sql)?;
+        while rest.len() >= *rows {
+            let (these, after) = rest.split_at(*rows);
+            insert.raw_bind_parameter(1, now)?;
+            for (i, data) in these.iter().enumerate() {
+                insert.raw_bind_parameter(i + 2, data)?;
+            }
+            insert.raw_execute()?;
+            rest = after;
+        }
+    }
+    if !records.is_empty() {
+        stats.last_seq = tx.last_insert_rowid() as u64;
+        stats.records += records.len() as u64;
+        stats.bytes += records.iter().map(|d| d.len() as u64).sum::<u64>();
+    }
+    Ok(())
+}
+
 /// Applies one command; `Ok(Some(_))` is a refusal that changed nothing.
 fn apply_one(tx: &Connection, command: &Command, stats: &mut Stats, now: i64) -> rusqlite::Result<Option<Error>> {
     match command {
@@ -392,15 +434,7 @@ fn apply_one(tx: &Connection, command: &Command, stats: &mut Stats, now: i64) ->
                     }));
                 }
             }
-            {
-                let mut insert = tx.prepare_cached("INSERT INTO records (enqueued_us, data) VALUES (?1, ?2)")?;
-                for data in &w.records {
-                    insert.execute(params![now, data])?;
-                    stats.last_seq = tx.last_insert_rowid() as u64;
-                    stats.records += 1;
-                    stats.bytes += data.len() as u64;
-                }
-            }
+            insert_records(tx, &w.records, now, stats)?;
             if !w.records.is_empty() && stats.oldest_us.is_none() {
                 stats.oldest_us = Some(now);
             }
