@@ -289,8 +289,7 @@ impl Store {
                 hwm,
                 ..Applied::default()
             };
-            let mut last_hseq = None;
-            let mut stmts = Statements::new(&tx)?;
+            let mut accepted = Vec::with_capacity(entries.len());
             for e in entries {
                 if e.seq <= applied.hwm {
                     applied.replayed += 1;
@@ -303,7 +302,7 @@ impl Store {
                 match &e.row {
                     None => applied.lost += 1,
                     Some(Ok(row)) => {
-                        last_hseq = Some(stmts.store_row(&tx, id, e.seq, row, now)?);
+                        accepted.push((e.seq, row));
                         applied.stored += 1;
                     }
                     Some(Err((code, reason))) => {
@@ -320,7 +319,7 @@ impl Store {
                 }
                 applied.hwm = e.seq;
             }
-            drop(stmts);
+            let last_hseq = store_rows(&tx, id, &accepted, now)?;
             tx.execute(
                 "UPDATE outboxes SET hwm = ?2, last_seen_us = ?3 WHERE id = ?1",
                 params![id, applied.hwm as i64, now],
@@ -514,56 +513,159 @@ fn oversized(record: &Record, max: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// The statements that store an accepted change, taken from the cache once
-/// per batch rather than once per record (a lookup by the statement's text).
-struct Statements<'tx> {
-    feed: rusqlite::CachedStatement<'tx>,
-    history: rusqlite::CachedStatement<'tx>,
-    remove: rusqlite::CachedStatement<'tx>,
-    upsert: rusqlite::CachedStatement<'tx>,
+/// Rows per INSERT statement into `feed` and `history`, largest first.
+/// `feed` is AUTOINCREMENT, so every INSERT statement into it reads and
+/// writes back its row of `sqlite_sequence`; and each statement run has a
+/// fixed cost. A statement of 64 rows pays both once for 64 records.
+const INSERT_ROWS: [usize; 3] = [64, 8, 1];
+
+/// The statements of one size.
+struct InsertSql {
+    rows: usize,
+    feed: String,
+    history: String,
+    upsert: String,
 }
 
-impl<'tx> Statements<'tx> {
-    fn new(tx: &'tx rusqlite::Transaction<'_>) -> rusqlite::Result<Statements<'tx>> {
-        Ok(Statements {
-            feed: tx.prepare_cached("INSERT INTO feed (resource, box, seq) VALUES (?1, ?2, ?3)")?,
-            history: tx.prepare_cached(
-                "INSERT INTO history (box, seq, resource, key, op, record, received_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?,
-            remove: tx.prepare_cached("DELETE FROM current WHERE resource = ?1 AND key = ?2")?,
-            upsert: tx.prepare_cached(
-                "INSERT INTO current (resource, key, box, seq, hseq) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (resource, key) DO UPDATE SET box = excluded.box, seq = excluded.seq, hseq = excluded.hseq",
-            )?,
-        })
-    }
+/// `INSERT INTO feed`, `rows` rows: ?1 the outbox, then (hseq, resource,
+/// seq) for each row.
+fn feed_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|i| format!("(?{}, ?{}, ?1, ?{})", 2 + 3 * i, 3 + 3 * i, 4 + 3 * i))
+        .collect();
+    format!(
+        "INSERT INTO feed (hseq, resource, box, seq) VALUES {}",
+        values.join(", ")
+    )
+}
 
-    /// Stores one accepted change; returns its hub sequence.
-    fn store_row(
-        &mut self,
-        tx: &rusqlite::Transaction<'_>,
-        id: i64,
-        seq: u64,
-        row: &Row,
-        now: i64,
-    ) -> rusqlite::Result<i64> {
-        self.feed.execute(params![row.resource, id, seq as i64])?;
-        let hseq = tx.last_insert_rowid();
-        self.history.execute(params![
-            id,
-            seq as i64,
-            row.resource,
-            row.key,
-            i32::from(row.delete),
-            row.record,
-            now
-        ])?;
-        if row.delete {
-            self.remove.execute(params![row.resource, row.key])?;
-        } else {
-            self.upsert
-                .execute(params![row.resource, row.key, id, seq as i64, hseq])?;
-        }
-        Ok(hseq)
+/// `INSERT INTO history`, `rows` rows: ?1 the outbox, ?2 the time, then
+/// (seq, resource, key, op, record) for each row.
+fn history_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|i| {
+            let p = 3 + 5 * i;
+            format!("(?1, ?{}, ?{}, ?{}, ?{}, ?{}, ?2)", p, p + 1, p + 2, p + 3, p + 4)
+        })
+        .collect();
+    format!(
+        "INSERT INTO history (box, seq, resource, key, op, record, received_us) VALUES {}",
+        values.join(", ")
+    )
+}
+
+/// `INSERT INTO current … ON CONFLICT DO UPDATE`, `rows` rows: ?1 the
+/// outbox, then (resource, key, seq, hseq) for each row.
+fn upsert_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|i| {
+            let p = 2 + 4 * i;
+            format!("(?{}, ?{}, ?1, ?{}, ?{})", p, p + 1, p + 2, p + 3)
+        })
+        .collect();
+    format!(
+        "INSERT INTO current (resource, key, box, seq, hseq) VALUES {}
+         ON CONFLICT (resource, key) DO UPDATE SET box = excluded.box, seq = excluded.seq, hseq = excluded.hseq",
+        values.join(", ")
+    )
+}
+
+/// Stores the accepted changes of one batch, in sequence order, under hub
+/// sequences that follow the highest ever used; returns the last one.
+fn store_rows(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    rows: &[(u64, &Row)],
+    now: i64,
+) -> rusqlite::Result<Option<i64>> {
+    static SQL: std::sync::OnceLock<Vec<InsertSql>> = std::sync::OnceLock::new();
+    if rows.is_empty() {
+        return Ok(None);
     }
+    // AUTOINCREMENT's own counter, or the highest row if a store predates
+    // it: a hub sequence is never used twice, even after the feed's
+    // superseded rows are pruned.
+    let first: i64 = tx
+        .prepare_cached(
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'feed'), 0),
+                        coalesce((SELECT max(hseq) FROM feed), 0)) + 1",
+        )?
+        .query_row([], |r| r.get(0))?;
+    let statements = SQL.get_or_init(|| {
+        INSERT_ROWS
+            .iter()
+            .map(|&rows| InsertSql {
+                rows,
+                feed: feed_sql(rows),
+                history: history_sql(rows),
+                upsert: upsert_sql(rows),
+            })
+            .collect()
+    });
+    let (mut done, mut hseq) = (0, first);
+    for sql in statements {
+        let n = sql.rows;
+        if rows.len() - done < n {
+            continue;
+        }
+        let mut feed = tx.prepare_cached(&sql.feed)?;
+        let mut history = tx.prepare_cached(&sql.history)?;
+        while rows.len() - done >= n {
+            let these = &rows[done..done + n];
+            feed.raw_bind_parameter(1, id)?;
+            history.raw_bind_parameter(1, id)?;
+            history.raw_bind_parameter(2, now)?;
+            for (i, (seq, row)) in these.iter().enumerate() {
+                let seq = *seq as i64;
+                feed.raw_bind_parameter(2 + 3 * i, hseq + i as i64)?;
+                feed.raw_bind_parameter(3 + 3 * i, &row.resource)?;
+                feed.raw_bind_parameter(4 + 3 * i, seq)?;
+                let p = 3 + 5 * i;
+                history.raw_bind_parameter(p, seq)?;
+                history.raw_bind_parameter(p + 1, &row.resource)?;
+                history.raw_bind_parameter(p + 2, &row.key)?;
+                history.raw_bind_parameter(p + 3, i32::from(row.delete))?;
+                history.raw_bind_parameter(p + 4, &row.record)?;
+            }
+            feed.raw_execute()?;
+            history.raw_execute()?;
+            done += n;
+            hseq += n as i64;
+        }
+    }
+    // `current` in order: each run of upserts by statements of 64, 8 and 1
+    // rows (a later row of the same key updates the earlier one), each
+    // delete on its own.
+    let mut remove = tx.prepare_cached("DELETE FROM current WHERE resource = ?1 AND key = ?2")?;
+    let mut done = 0;
+    while done < rows.len() {
+        let (_, row) = rows[done];
+        if row.delete {
+            remove.execute(params![row.resource, row.key])?;
+            done += 1;
+            continue;
+        }
+        let run = rows[done..].iter().take_while(|(_, r)| !r.delete).count();
+        let end = done + run;
+        for sql in statements {
+            let n = sql.rows;
+            if end - done < n {
+                continue;
+            }
+            let mut upsert = tx.prepare_cached(&sql.upsert)?;
+            while end - done >= n {
+                upsert.raw_bind_parameter(1, id)?;
+                for (i, (seq, row)) in rows[done..done + n].iter().enumerate() {
+                    let p = 2 + 4 * i;
+                    upsert.raw_bind_parameter(p, &row.resource)?;
+                    upsert.raw_bind_parameter(p + 1, &row.key)?;
+                    upsert.raw_bind_parameter(p + 2, *seq as i64)?;
+                    upsert.raw_bind_parameter(p + 3, first + (done + i) as i64)?;
+                }
+                upsert.raw_execute()?;
+                done += n;
+            }
+        }
+    }
+    Ok(Some(hseq - 1))
 }

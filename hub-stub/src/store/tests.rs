@@ -295,3 +295,118 @@ fn a_store_with_4_kib_pages_keeps_them_and_its_records() {
     let (_d, fresh) = scratch();
     assert_eq!(page_and_checkpoint(&fresh), (16 << 10, (32 << 20) / (16 << 10)));
 }
+
+/// A batch's accepted changes go in by statements of 64, 8 and 1 rows: each
+/// gets the next hub sequence in sequence order, `current` points at its
+/// own feed row, and a hub sequence is not used again after the feed's
+/// highest row is compacted away.
+#[test]
+fn every_accepted_change_gets_the_next_hub_sequence_whatever_the_batch() {
+    let (_d, store) = scratch();
+    // 1..=150: two statements of 64, two of 8, six of one; 30 is rejected
+    // (a resource the catalog lacks) and 31 was lost by the agent.
+    let mut batch = people(&(1..=150).collect::<Vec<_>>());
+    batch[29] = entry(30, "0000000/0000", &citizen(30), Operation::Upsert);
+    batch[30].record.clear();
+    let applied = store
+        .apply(GAJ, "box-1", &prepare(GAJ, batch, &catalog(), MAX_VALUE))
+        .unwrap();
+    assert_eq!(
+        (applied.stored, applied.rejected.len(), applied.lost, applied.hwm),
+        (148, 1, 1, 150)
+    );
+    assert_eq!(apply(&store, "box-1", &[151, 152, 153]).stored, 3);
+    let stored: Vec<i64> = (1..=153).filter(|s| ![30, 31].contains(s)).collect();
+    {
+        let conn = store.lock();
+        let feed: Vec<(i64, i64)> = conn
+            .prepare("SELECT hseq, seq FROM feed ORDER BY hseq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let want: Vec<(i64, i64)> = stored.iter().enumerate().map(|(i, &s)| (i as i64 + 1, s)).collect();
+        assert_eq!(feed, want);
+        let astray: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM current c LEFT JOIN feed f ON f.hseq = c.hseq
+                 WHERE f.box IS NOT c.box OR f.seq IS NOT c.seq",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(astray, 0, "current points at its own feed rows");
+    }
+    assert_eq!(stored_seqs(&store), stored);
+    assert_eq!(*store.watch().borrow(), stored.len() as u64);
+
+    // The last change deletes a key: compaction removes its feed row, the
+    // highest; the next change still gets a new hub sequence.
+    let last = stored.len() as i64;
+    let delete = vec![entry(154, PEOPLE, &citizen(153), Operation::Delete)];
+    assert_eq!(
+        store
+            .apply(GAJ, "box-1", &prepare(GAJ, delete, &catalog(), MAX_VALUE))
+            .unwrap()
+            .stored,
+        1
+    );
+    assert!(store.compact(std::time::Duration::ZERO).unwrap() > 0);
+    let highest: i64 = store
+        .lock()
+        .query_row("SELECT coalesce(max(hseq), 0) FROM feed", [], |r| r.get(0))
+        .unwrap();
+    assert!(highest < last + 1, "the delete's row {} is compacted away", last + 1);
+    assert_eq!(apply(&store, "box-1", &[155]).stored, 1);
+    let newest: i64 = store
+        .lock()
+        .query_row("SELECT max(hseq) FROM feed", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(newest, last + 2);
+}
+
+/// In one batch, the same key several times (inside one statement of many
+/// rows and across statements) and deletes between upserts: `current` ends
+/// as if each change were applied alone, in sequence order.
+#[test]
+fn current_follows_sequence_order_within_a_batch() {
+    let (_d, store) = scratch();
+    let key = |k: u64| citizen(k);
+    let mut batch = Vec::new();
+    let mut last_seq_of = std::collections::BTreeMap::new();
+    let mut seq = 0;
+    // 100 upserts over ten keys, a delete of key 3 and of key 4, key 3
+    // upserted again, then 20 more upserts that skip keys 3 and 4.
+    for i in 0..100 {
+        seq += 1;
+        batch.push(entry(seq, PEOPLE, &key(i % 10), Operation::Upsert));
+        last_seq_of.insert(i % 10, seq);
+    }
+    for k in [3, 4] {
+        seq += 1;
+        batch.push(entry(seq, PEOPLE, &key(k), Operation::Delete));
+        last_seq_of.remove(&k);
+    }
+    seq += 1;
+    batch.push(entry(seq, PEOPLE, &key(3), Operation::Upsert));
+    last_seq_of.insert(3, seq);
+    for i in 0..20u64 {
+        let k = [0, 1, 2, 5, 6, 7, 8, 9][(i % 8) as usize];
+        seq += 1;
+        batch.push(entry(seq, PEOPLE, &key(k), Operation::Upsert));
+        last_seq_of.insert(k, seq);
+    }
+    let applied = store
+        .apply(GAJ, "box-1", &prepare(GAJ, batch, &catalog(), MAX_VALUE))
+        .unwrap();
+    assert_eq!(applied.stored, seq);
+    let current: std::collections::BTreeMap<String, i64> = export(&store, false)
+        .iter()
+        .map(|l| (l["key"][0].as_str().unwrap().to_owned(), l["seq"].as_i64().unwrap()))
+        .collect();
+    let want: std::collections::BTreeMap<String, i64> =
+        last_seq_of.iter().map(|(&k, &s)| (key(k), s as i64)).collect();
+    assert_eq!(current, want);
+    assert!(!current.contains_key(&key(4)), "deleted and not upserted again");
+}
