@@ -4,6 +4,9 @@
 //! or rejected. A batch is applied in one transaction that writes its
 //! records, its rejections and the new high-water mark together, so a
 //! resent batch stores nothing twice and an ack is only sent after commit.
+//! Its accepted changes go into `feed`, `history` and `current` by
+//! statements of up to 64 rows, in sequence order (SQLite's cost per
+//! statement, and AUTOINCREMENT's bookkeeping, paid once per 64 records).
 //!
 //! Schema (integer outbox ids keep the hot b-tree keys short):
 //! - `outboxes(id, agency, outbox_id, hwm)`: one row per (agency, outbox).
@@ -17,7 +20,8 @@
 //!   crash is repeated in the next Welcome.
 //! - `feed(hseq, resource, box, seq)`: the hub's own sequence over every
 //!   accepted change, in commit order (AUTOINCREMENT: never reused, even
-//!   after compaction), which receivers follow ([`feed`]); `current.hseq`
+//!   after compaction: the store assigns it from AUTOINCREMENT's counter),
+//!   which receivers follow ([`feed`]); `current.hseq`
 //!   is the hub sequence of the change it points to.
 //! - `agreements`, `subscribers`, `deliveries`, `horizons`: the receiving
 //!   direction's bookkeeping ([`feed`]).
