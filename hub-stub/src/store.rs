@@ -531,47 +531,28 @@ struct InsertSql {
     upsert: String,
 }
 
-/// `INSERT INTO feed`, `rows` rows: ?1 the outbox, then (hseq, resource,
-/// seq) for each row.
-fn feed_sql(rows: usize) -> String {
-    let values: Vec<String> = (0..rows)
-        .map(|i| format!("(?{}, ?{}, ?1, ?{})", 2 + 3 * i, 3 + 3 * i, 4 + 3 * i))
-        .collect();
-    format!(
-        "INSERT INTO feed (hseq, resource, box, seq) VALUES {}",
-        values.join(", ")
-    )
-}
-
-/// `INSERT INTO history`, `rows` rows: ?1 the outbox, ?2 the time, then
-/// (seq, resource, key, op, record) for each row.
-fn history_sql(rows: usize) -> String {
-    let values: Vec<String> = (0..rows)
+/// The VALUES of a statement of `rows` rows: `row` is one row, where each
+/// `#` is one of the row's own parameters, numbered from `first` on, row
+/// after row (`?1`, `?2` are the ones all rows share).
+fn values(rows: usize, first: usize, row: &str) -> String {
+    let own = row.matches('#').count();
+    let rows: Vec<String> = (0..rows)
         .map(|i| {
-            let p = 3 + 5 * i;
-            format!("(?1, ?{}, ?{}, ?{}, ?{}, ?{}, ?2)", p, p + 1, p + 2, p + 3, p + 4)
+            let mut n = first + own * i;
+            row.split('#')
+                .enumerate()
+                .map(|(k, part)| {
+                    if k == 0 {
+                        part.to_owned()
+                    } else {
+                        n += 1;
+                        format!("?{}{part}", n - 1)
+                    }
+                })
+                .collect()
         })
         .collect();
-    format!(
-        "INSERT INTO history (box, seq, resource, key, op, record, received_us) VALUES {}",
-        values.join(", ")
-    )
-}
-
-/// `INSERT INTO current … ON CONFLICT DO UPDATE`, `rows` rows: ?1 the
-/// outbox, then (resource, key, seq, hseq) for each row.
-fn upsert_sql(rows: usize) -> String {
-    let values: Vec<String> = (0..rows)
-        .map(|i| {
-            let p = 2 + 4 * i;
-            format!("(?{}, ?{}, ?1, ?{}, ?{})", p, p + 1, p + 2, p + 3)
-        })
-        .collect();
-    format!(
-        "INSERT INTO current (resource, key, box, seq, hseq) VALUES {}
-         ON CONFLICT (resource, key) DO UPDATE SET box = excluded.box, seq = excluded.seq, hseq = excluded.hseq",
-        values.join(", ")
-    )
+    rows.join(", ")
 }
 
 /// Stores the accepted changes of one batch, in sequence order, under hub
@@ -600,9 +581,24 @@ fn store_rows(
             .iter()
             .map(|&rows| InsertSql {
                 rows,
-                feed: feed_sql(rows),
-                history: history_sql(rows),
-                upsert: upsert_sql(rows),
+                // ?1 the outbox; each row (hseq, resource, seq).
+                feed: format!(
+                    "INSERT INTO feed (hseq, resource, box, seq) VALUES {}",
+                    values(rows, 2, "(#, #, ?1, #)")
+                ),
+                // ?1 the outbox, ?2 the time; each row (seq, resource, key,
+                // op, record).
+                history: format!(
+                    "INSERT INTO history (box, seq, resource, key, op, record, received_us) VALUES {}",
+                    values(rows, 3, "(?1, #, #, #, #, #, ?2)")
+                ),
+                // ?1 the outbox; each row (resource, key, seq, hseq).
+                upsert: format!(
+                    "INSERT INTO current (resource, key, box, seq, hseq) VALUES {}
+                     ON CONFLICT (resource, key) DO UPDATE
+                     SET box = excluded.box, seq = excluded.seq, hseq = excluded.hseq",
+                    values(rows, 2, "(#, #, ?1, #, #)")
+                ),
             })
             .collect()
     });

@@ -405,8 +405,13 @@ fn current_follows_sequence_order_within_a_batch() {
         .iter()
         .map(|l| (l["key"][0].as_str().unwrap().to_owned(), l["seq"].as_i64().unwrap()))
         .collect();
-    let want: std::collections::BTreeMap<String, i64> =
-        last_seq_of.iter().map(|(&k, &s)| (key(k), s as i64)).collect();
+    let want: std::collections::BTreeMap<String, i64> = last_seq_of.iter().map(|(&k, &s)| (key(k), s as i64)).collect();
     assert_eq!(current, want);
     assert!(!current.contains_key(&key(4)), "deleted and not upserted again");
+}
+
+#[test]
+fn values_numbers_each_rows_own_parameters_in_turn() {
+    assert_eq!(values(1, 2, "(#, ?1, #)"), "(?2, ?1, ?3)");
+    assert_eq!(values(3, 3, "(?1, #, ?2)"), "(?1, ?3, ?2), (?1, ?4, ?2), (?1, ?5, ?2)");
 }
