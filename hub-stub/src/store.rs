@@ -517,10 +517,14 @@ fn oversized(record: &Record, max: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Rows per INSERT statement into `feed` and `history`, largest first.
-/// `feed` is AUTOINCREMENT, so every INSERT statement into it reads and
-/// writes back its row of `sqlite_sequence`; and each statement run has a
-/// fixed cost. A statement of 64 rows pays both once for 64 records.
+/// Rows per INSERT statement into `feed`, `history` and `current`, largest
+/// first. `feed` is AUTOINCREMENT, so every INSERT statement into it reads
+/// and writes back its row of `sqlite_sequence`; and each statement run has
+/// a fixed cost. A statement of 64 rows pays both once for 64 records.
+///
+/// The statements are OR FAIL: one of many rows that may abort needs
+/// SQLite's statement journal (a copy of every page it changes, to undo only
+/// itself), and an error here always rolls back the whole transaction.
 const INSERT_ROWS: [usize; 3] = [64, 8, 1];
 
 /// The statements of one size.
@@ -583,18 +587,18 @@ fn store_rows(
                 rows,
                 // ?1 the outbox; each row (hseq, resource, seq).
                 feed: format!(
-                    "INSERT INTO feed (hseq, resource, box, seq) VALUES {}",
+                    "INSERT OR FAIL INTO feed (hseq, resource, box, seq) VALUES {}",
                     values(rows, 2, "(#, #, ?1, #)")
                 ),
                 // ?1 the outbox, ?2 the time; each row (seq, resource, key,
                 // op, record).
                 history: format!(
-                    "INSERT INTO history (box, seq, resource, key, op, record, received_us) VALUES {}",
+                    "INSERT OR FAIL INTO history (box, seq, resource, key, op, record, received_us) VALUES {}",
                     values(rows, 3, "(?1, #, #, #, #, #, ?2)")
                 ),
                 // ?1 the outbox; each row (resource, key, seq, hseq).
                 upsert: format!(
-                    "INSERT INTO current (resource, key, box, seq, hseq) VALUES {}
+                    "INSERT OR FAIL INTO current (resource, key, box, seq, hseq) VALUES {}
                      ON CONFLICT (resource, key) DO UPDATE
                      SET box = excluded.box, seq = excluded.seq, hseq = excluded.hseq",
                     values(rows, 2, "(#, #, ?1, #, #)")
