@@ -379,8 +379,8 @@ fn apply_group(
 /// Rows per INSERT statement, largest first. `records` is AUTOINCREMENT, so
 /// every INSERT statement reads and writes back the table's row of
 /// `sqlite_sequence`, besides its fixed cost per run: a statement of 64 rows
-/// pays both once for 64 records (about a quarter of the outbox writer's CPU
-/// per record in a flood, see BENCHMARKS.md).
+/// pays both once for 64 records (a tenth of the outbox writer's CPU per
+/// record in a flood, see BENCHMARKS.md).
 const INSERT_ROWS: [usize; 3] = [64, 8, 1];
 
 /// `INSERT OR FAIL INTO records … VALUES (?1, ?2), (?1, ?3), …` for `rows`
