@@ -606,40 +606,30 @@ fn store_rows(
             })
             .collect()
     });
-    let (mut done, mut hseq) = (0, first);
-    for sql in statements {
-        let n = sql.rows;
-        if rows.len() - done < n {
-            continue;
-        }
+    for (sql, run) in runs(statements, 0, rows.len()) {
         let mut feed = tx.prepare_cached(&sql.feed)?;
         let mut history = tx.prepare_cached(&sql.history)?;
-        while rows.len() - done >= n {
-            let these = &rows[done..done + n];
-            feed.raw_bind_parameter(1, id)?;
-            history.raw_bind_parameter(1, id)?;
-            history.raw_bind_parameter(2, now)?;
-            for (i, (seq, row)) in these.iter().enumerate() {
-                let seq = *seq as i64;
-                feed.raw_bind_parameter(2 + 3 * i, hseq + i as i64)?;
-                feed.raw_bind_parameter(3 + 3 * i, &row.resource)?;
-                feed.raw_bind_parameter(4 + 3 * i, seq)?;
-                let p = 3 + 5 * i;
-                history.raw_bind_parameter(p, seq)?;
-                history.raw_bind_parameter(p + 1, &row.resource)?;
-                history.raw_bind_parameter(p + 2, &row.key)?;
-                history.raw_bind_parameter(p + 3, i32::from(row.delete))?;
-                history.raw_bind_parameter(p + 4, &row.record)?;
-            }
-            feed.raw_execute()?;
-            history.raw_execute()?;
-            done += n;
-            hseq += n as i64;
+        feed.raw_bind_parameter(1, id)?;
+        history.raw_bind_parameter(1, id)?;
+        history.raw_bind_parameter(2, now)?;
+        for (i, (seq, row)) in rows[run.clone()].iter().enumerate() {
+            let seq = *seq as i64;
+            feed.raw_bind_parameter(2 + 3 * i, first + (run.start + i) as i64)?;
+            feed.raw_bind_parameter(3 + 3 * i, &row.resource)?;
+            feed.raw_bind_parameter(4 + 3 * i, seq)?;
+            let p = 3 + 5 * i;
+            history.raw_bind_parameter(p, seq)?;
+            history.raw_bind_parameter(p + 1, &row.resource)?;
+            history.raw_bind_parameter(p + 2, &row.key)?;
+            history.raw_bind_parameter(p + 3, i32::from(row.delete))?;
+            history.raw_bind_parameter(p + 4, &row.record)?;
         }
+        feed.raw_execute()?;
+        history.raw_execute()?;
     }
-    // `current` in order: each run of upserts by statements of 64, 8 and 1
-    // rows (a later row of the same key updates the earlier one), each
-    // delete on its own.
+    // `current` in order: each run of upserts by statements of many rows (a
+    // later row of the same key updates the earlier one), each delete on
+    // its own.
     let mut remove = tx.prepare_cached("DELETE FROM current WHERE resource = ?1 AND key = ?2")?;
     let mut done = 0;
     while done < rows.len() {
@@ -649,27 +639,33 @@ fn store_rows(
             done += 1;
             continue;
         }
-        let run = rows[done..].iter().take_while(|(_, r)| !r.delete).count();
-        let end = done + run;
-        for sql in statements {
-            let n = sql.rows;
-            if end - done < n {
-                continue;
-            }
+        let end = done + rows[done..].iter().take_while(|(_, r)| !r.delete).count();
+        for (sql, run) in runs(statements, done, end) {
             let mut upsert = tx.prepare_cached(&sql.upsert)?;
-            while end - done >= n {
-                upsert.raw_bind_parameter(1, id)?;
-                for (i, (seq, row)) in rows[done..done + n].iter().enumerate() {
-                    let p = 2 + 4 * i;
-                    upsert.raw_bind_parameter(p, &row.resource)?;
-                    upsert.raw_bind_parameter(p + 1, &row.key)?;
-                    upsert.raw_bind_parameter(p + 2, *seq as i64)?;
-                    upsert.raw_bind_parameter(p + 3, first + (done + i) as i64)?;
-                }
-                upsert.raw_execute()?;
-                done += n;
+            upsert.raw_bind_parameter(1, id)?;
+            for (i, (seq, row)) in rows[run.clone()].iter().enumerate() {
+                let p = 2 + 4 * i;
+                upsert.raw_bind_parameter(p, &row.resource)?;
+                upsert.raw_bind_parameter(p + 1, &row.key)?;
+                upsert.raw_bind_parameter(p + 2, *seq as i64)?;
+                upsert.raw_bind_parameter(p + 3, first + (run.start + i) as i64)?;
             }
+            upsert.raw_execute()?;
+        }
+        done = end;
+    }
+    Ok(Some(first + rows.len() as i64 - 1))
+}
+
+/// Splits `start..end` into runs of the statements' sizes, largest first,
+/// each with its statements.
+fn runs(statements: &[InsertSql], mut start: usize, end: usize) -> Vec<(&InsertSql, std::ops::Range<usize>)> {
+    let mut out = Vec::new();
+    for sql in statements {
+        while end - start >= sql.rows {
+            out.push((sql, start..start + sql.rows));
+            start += sql.rows;
         }
     }
-    Ok(Some(hseq - 1))
+    out
 }
