@@ -286,7 +286,10 @@ impl Mapping {
             };
             // The rules above are those of `Resource::check`, which the hub
             // applies to every record; debug builds prove they agree.
-            debug_assert_eq!(self.resource.check(&self.agency, &record), Ok(()));
+            debug_assert_eq!(
+                self.resource.check(&self.agency, &proto::view::RecordView::of(&record)),
+                Ok(())
+            );
             let warnings = record.warnings.len();
             return Outcome::Record {
                 bytes: record.encode_to_vec(),

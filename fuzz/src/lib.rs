@@ -17,7 +17,6 @@ use rules::catalog::Catalog;
 use agent::config::MappingConfig;
 use agent::normalize::{Mapping, Outcome};
 use agent::source::format::{Charset, CsvRows, JsonRows, Limits, Pos, Rows, Unreadable, Utf8Evidence, XlsxRows};
-use prost::Message;
 
 /// The agency that provides the people resource.
 pub const AGENCY: &str = "320282-gaj";
@@ -248,7 +247,7 @@ fn verbose() -> bool {
 /// What the agent sends is what the hub accepts: a record made by
 /// `normalize` passes the hub's `Resource::check`.
 pub fn check_record(bytes: &[u8]) {
-    let record = proto::v1::Record::decode(bytes).expect("the agent's record decodes");
+    let record = proto::view::RecordView::decode(bytes).expect("the agent's record reads as the hub reads it");
     let resource = catalog()
         .resource(&record.resource)
         .expect("the agent's record names a catalog resource");

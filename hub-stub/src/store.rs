@@ -52,6 +52,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use proto::v1::{Entry, Operation, Record, RejectCode, Rejected};
+use proto::view::RecordView;
 use rules::catalog::{Catalog, Sharing};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::watch;
@@ -122,10 +123,17 @@ pub fn prepare(agency: &str, entries: Vec<Entry>, catalog: &Catalog, max_value_b
         .map(|e| Prepared {
             seq: e.seq,
             row: (!e.record.is_empty()).then(|| {
-                check(agency, &e.record, catalog, max_value_bytes).map(|r| Row {
-                    key: serde_json::to_string(&r.key).unwrap_or_default(),
-                    delete: r.op == Operation::Delete as i32,
-                    resource: r.resource,
+                let checked = check(agency, &e.record, catalog, max_value_bytes).map(|r| {
+                    (
+                        r.resource.to_owned(),
+                        serde_json::to_string(&r.key).unwrap_or_default(),
+                        r.op == Operation::Delete as i32,
+                    )
+                });
+                checked.map(|(resource, key, delete)| Row {
+                    resource,
+                    key,
+                    delete,
                     record: e.record,
                 })
             }),
@@ -467,16 +475,16 @@ fn find_outbox(tx: &rusqlite::Transaction<'_>, agency: &str, outbox: &str) -> ru
         .query_row(params![agency, outbox], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
         .optional()
 }
-/// Decodes and checks a record against the catalog. Every reason is
-/// bounded: it may quote what the agent sent.
-fn check(
+/// Reads a record in place and checks it against the catalog. Every reason
+/// is bounded: it may quote what the agent sent.
+fn check<'a>(
     agency: &str,
-    bytes: &[u8],
+    bytes: &'a [u8],
     catalog: &Catalog,
     max_value_bytes: usize,
-) -> Result<Record, (RejectCode, String)> {
+) -> Result<RecordView<'a>, (RejectCode, String)> {
     let record =
-        Record::decode(bytes).map_err(|e| (RejectCode::Malformed, text::reason(&format!("not a Record: {e}"))))?;
+        RecordView::decode(bytes).map_err(|e| (RejectCode::Malformed, text::reason(&format!("not a Record: {e}"))))?;
     oversized(&record, max_value_bytes).map_err(|reason| (RejectCode::InvalidRecord, reason))?;
     let Some(resource) = catalog.resource(&record.resource) else {
         return Err((
@@ -498,7 +506,7 @@ fn check(
 
 /// Refuses a record with a resource code, key value, item id or item value
 /// over `max` bytes, naming it by position and length only.
-fn oversized(record: &Record, max: usize) -> Result<(), String> {
+fn oversized(record: &RecordView<'_>, max: usize) -> Result<(), String> {
     let over = |what: String, len: usize| Err(format!("{what} is {len} bytes, over the hub's limit of {max}"));
     if record.resource.len() > max {
         return over("the resource code".into(), record.resource.len());
@@ -506,7 +514,7 @@ fn oversized(record: &Record, max: usize) -> Result<(), String> {
     if let Some((i, v)) = record.key.iter().enumerate().find(|(_, v)| v.len() > max) {
         return over(format!("key value {}", i + 1), v.len());
     }
-    for (id, value) in &record.items {
+    for (id, value) in record.items() {
         if id.len() > max {
             return over("an item id".into(), id.len());
         }

@@ -12,3 +12,5 @@ pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("qianzhi.exchange.v1");
 }
+
+pub mod view;

@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use proto::v1::{Operation, Record, RejectCode};
+use proto::v1::{Operation, RejectCode};
+use proto::view::RecordView;
 
 use crate::element::{self, Element, Issue, Normalized};
 use serde::Deserialize;
@@ -438,7 +439,7 @@ impl Resource {
     /// Checks a record against this resource, for a record published by
     /// `agency`. The hub calls this for every record it receives; the agent
     /// builds its records so that they pass.
-    pub fn check(&self, agency: &str, record: &Record) -> Result<(), Violation> {
+    pub fn check(&self, agency: &str, record: &RecordView<'_>) -> Result<(), Violation> {
         let invalid = |reason: String| Violation {
             code: RejectCode::InvalidRecord,
             reason,
@@ -469,8 +470,8 @@ impl Resource {
             if value.is_empty() {
                 return Err(invalid(format!("key item {} ({}) is empty", item.id, item.name)));
             }
-            if let Some(v) = record.items.get(&item.id)
-                && v != value
+            if let Some(v) = record.item(&item.id)
+                && v != *value
             {
                 return Err(invalid(format!(
                     "key item {} is {v:?} in items but {value:?} in the key",
@@ -478,7 +479,7 @@ impl Resource {
                 )));
             }
         }
-        for (id, value) in &record.items {
+        for &(id, value) in record.items() {
             let Some(item) = self.item(id) else {
                 return Err(invalid(format!("item {id} is not in resource {}", self.code)));
             };
@@ -488,7 +489,7 @@ impl Resource {
         }
         if op == Operation::Upsert {
             for item in self.items.iter().filter(|i| i.required) {
-                if !record.items.contains_key(&item.id) {
+                if record.item(&item.id).is_none() {
                     return Err(invalid(format!("required item {} ({}) is missing", item.id, item.name)));
                 }
             }

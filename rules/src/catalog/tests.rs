@@ -1,4 +1,6 @@
 use super::*;
+use proto::v1::Record;
+use proto::view::RecordView;
 
 const CATALOG: &str = r#"
 [[resource]]
@@ -39,20 +41,43 @@ fn parses_and_checks_records() {
     assert_eq!(r.provider, "AG1");
     assert_eq!(catalog.digest().len(), 64);
     let ok = record(&[("DE00001", "1"), ("DE00002", "张三"), ("DE00003", "19900101")], "1");
-    assert_eq!(r.check("AG1", &ok), Ok(()));
-    assert_eq!(r.check("AG2", &ok).unwrap_err().code, RejectCode::NotProvider);
+    assert_eq!(r.check("AG1", &RecordView::of(&ok)), Ok(()));
+    assert_eq!(
+        r.check("AG2", &RecordView::of(&ok)).unwrap_err().code,
+        RejectCode::NotProvider
+    );
     let missing = record(&[("DE00001", "1")], "1");
-    assert!(r.check("AG1", &missing).unwrap_err().reason.contains("DE00002"));
+    assert!(
+        r.check("AG1", &RecordView::of(&missing))
+            .unwrap_err()
+            .reason
+            .contains("DE00002")
+    );
     let bad_date = record(&[("DE00001", "1"), ("DE00002", "x"), ("DE00003", "1990-01-01")], "1");
-    assert!(r.check("AG1", &bad_date).unwrap_err().reason.contains("NOT_CANONICAL"));
-    assert!(r.check("AG1", &bad_date).unwrap_err().reason.contains("DE00003"));
+    assert!(
+        r.check("AG1", &RecordView::of(&bad_date))
+            .unwrap_err()
+            .reason
+            .contains("NOT_CANONICAL")
+    );
+    assert!(
+        r.check("AG1", &RecordView::of(&bad_date))
+            .unwrap_err()
+            .reason
+            .contains("DE00003")
+    );
     let unknown = record(&[("DE00001", "1"), ("DE00002", "x"), ("DE09999", "1")], "1");
-    assert!(r.check("AG1", &unknown).unwrap_err().reason.contains("DE09999"));
+    assert!(
+        r.check("AG1", &RecordView::of(&unknown))
+            .unwrap_err()
+            .reason
+            .contains("DE09999")
+    );
     let key_mismatch = record(&[("DE00001", "1"), ("DE00002", "x")], "2");
-    assert!(r.check("AG1", &key_mismatch).is_err());
+    assert!(r.check("AG1", &RecordView::of(&key_mismatch)).is_err());
     let mut delete = record(&[], "1");
     delete.op = Operation::Delete as i32;
-    assert_eq!(r.check("AG1", &delete), Ok(()));
+    assert_eq!(r.check("AG1", &RecordView::of(&delete)), Ok(()));
 }
 
 #[test]
