@@ -9,6 +9,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Ordered maps: no hashing on the hot path, and the same record
         // always encodes to the same bytes.
         .btree_map(".")
+        // An entry's record is a slice of the received message, not a copy:
+        // the hub checks it in place and stores it as it came.
+        .bytes(".qianzhi.exchange.v1.Entry.record")
         .build_client(true)
         .build_server(true)
         // No `connect` helper: callers bring their own channel, so the

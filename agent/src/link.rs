@@ -537,7 +537,13 @@ impl Link {
             cursor = last + 1;
             self.sent.fetch_max(last, std::sync::atomic::Ordering::AcqRel);
             in_flight.lock_unpoisoned().push_back((last, n, oldest_us, permit));
-            let entries = batch.into_iter().map(|(seq, record)| Entry { seq, record }).collect();
+            let entries = batch
+                .into_iter()
+                .map(|(seq, record)| Entry {
+                    seq,
+                    record: record.into(),
+                })
+                .collect();
             tx.send(AgentMessage {
                 body: Some(agent_message::Body::Batch(Batch { entries })),
             })

@@ -110,7 +110,8 @@ struct Row {
     resource: String,
     key: String,
     delete: bool,
-    record: Vec<u8>,
+    /// A slice of the message it came in.
+    record: prost::bytes::Bytes,
 }
 
 /// Decodes and checks a batch's entries for `agency`. A record with a key
@@ -630,7 +631,7 @@ fn store_rows(
             history.raw_bind_parameter(p + 1, &row.resource)?;
             history.raw_bind_parameter(p + 2, &row.key)?;
             history.raw_bind_parameter(p + 3, i32::from(row.delete))?;
-            history.raw_bind_parameter(p + 4, &row.record)?;
+            history.raw_bind_parameter(p + 4, row.record.as_ref())?;
         }
         feed.raw_execute()?;
         history.raw_execute()?;

@@ -9,7 +9,7 @@ fn batch(n: u64) -> Vec<u8> {
             entries: (1..=n)
                 .map(|seq| Entry {
                     seq,
-                    record: vec![7; (seq % 5) as usize],
+                    record: vec![7; (seq % 5) as usize].into(),
                 })
                 .collect(),
         })),

@@ -29,7 +29,8 @@ fn entry(seq: u64, resource: &str, key: &str, op: Operation) -> Entry {
             items,
             ..Default::default()
         }
-        .encode_to_vec(),
+        .encode_to_vec()
+        .into(),
     }
 }
 
@@ -212,14 +213,14 @@ fn rejection_reasons_are_bounded_where_they_are_made() {
     let c = catalog();
     let hostile = format!("\n\u{1b}[31m{}", "9".repeat(20_000));
     let mut invalid = entry(1, PEOPLE, A, Operation::Upsert);
-    let mut record = Record::decode(invalid.record.as_slice()).unwrap();
+    let mut record = Record::decode(invalid.record.as_ref()).unwrap();
     // The key item differs from the key: the rule quotes the value twice.
     record.items.insert("DE00001".into(), hostile.clone());
-    invalid.record = record.encode_to_vec();
+    invalid.record = record.encode_to_vec().into();
     let mut huge = entry(2, PEOPLE, B, Operation::Upsert);
-    let mut record = Record::decode(huge.record.as_slice()).unwrap();
+    let mut record = Record::decode(huge.record.as_ref()).unwrap();
     record.items.insert("DE00002".into(), "x".repeat(MAX_VALUE + 1));
-    huge.record = record.encode_to_vec();
+    huge.record = record.encode_to_vec().into();
     let unknown = entry(3, &format!("\n{}", "r".repeat(10_000)), A, Operation::Upsert);
     let a = store
         .apply(GAJ, "ob", &prepare(GAJ, vec![invalid, huge, unknown], &c, MAX_VALUE))

@@ -251,7 +251,13 @@ fn hello(agency: &str, outbox: &str) -> Vec<u8> {
 
 fn batch(entries: impl IntoIterator<Item = (u64, Vec<u8>)>) -> Vec<u8> {
     encode(agent_message::Body::Batch(Batch {
-        entries: entries.into_iter().map(|(seq, record)| Entry { seq, record }).collect(),
+        entries: entries
+            .into_iter()
+            .map(|(seq, record)| Entry {
+                seq,
+                record: record.into(),
+            })
+            .collect(),
     }))
 }
 

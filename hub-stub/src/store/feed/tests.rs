@@ -31,7 +31,8 @@ fn entry(seq: u64, key: &str, name: &str, op: Operation) -> Entry {
             items,
             ..Default::default()
         }
-        .encode_to_vec(),
+        .encode_to_vec()
+        .into(),
     }
 }
 

@@ -290,7 +290,7 @@ async fn send(
             .clone()
             .map(|i| Entry {
                 seq: i as u64 + 1,
-                record: [head.as_slice(), &records.tails[i]].concat(),
+                record: [head.as_slice(), &records.tails[i]].concat().into(),
             })
             .collect();
         let last = batch.end as u64;
