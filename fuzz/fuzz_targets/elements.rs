@@ -1,11 +1,14 @@
 //! The data-element rules on arbitrary text: every built-in element, every
 //! item of the example catalog (and of a catalog using the custom and
 //! type-only rules), a whole people row through `Mapping::normalize`, and
-//! `Resource::check` on a `Record` decoded from the input bytes.
+//! `Resource::check` on a `Record` read from the input bytes as the hub
+//! reads it (`RecordView`).
 //!
 //! Invariants: a canonical value normalizes to itself (what the hub's
 //! `Item::check` relies on), is trimmed and not empty; a record the agent
-//! makes passes the hub's check; nothing panics.
+//! makes passes the hub's check; the hub's `RecordView` reads what prost
+//! decodes, alike, and refuses only what prost refuses or a group; nothing
+//! panics.
 
 #![no_main]
 
@@ -18,6 +21,7 @@ use agent::normalize::{Field, Mapping, Origin, Outcome, trim};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use proto::v1::Operation;
+use proto::view::RecordView;
 use qianzhi_fuzz::{AGENCY, PEOPLE, catalog, check_record, people_source, rules_catalog};
 
 fn mappings() -> &'static [Mapping] {
@@ -129,8 +133,16 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    // The hub's check of a record as it arrives.
-    if let Ok(record) = proto::v1::Record::decode(data) {
+    // The hub's check of a record as it arrives, read in place; the same
+    // bytes mean the same record to the subscribers, who decode with prost.
+    let view = RecordView::decode(data);
+    match (&view, proto::v1::Record::decode(data)) {
+        (Ok(view), Ok(record)) => assert_eq!(*view, RecordView::of(&record), "the view and prost differ"),
+        (Ok(view), Err(e)) => panic!("the view read {view:?} where prost refused: {e}"),
+        (Err(e), Ok(_)) => assert!(e.to_string().contains("group"), "the view refused ({e}) what prost decodes"),
+        (Err(_), Err(_)) => {}
+    }
+    if let Ok(record) = view {
         for catalog in [catalog(), rules_catalog()] {
             for resource in catalog.resources() {
                 let _ = resource.check(&resource.provider, &record);
