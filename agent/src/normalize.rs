@@ -13,6 +13,7 @@ use crate::config::MappingConfig;
 use rules::catalog::Resource;
 use rules::element::Issue;
 
+mod encode;
 #[cfg(test)]
 mod tests;
 mod transform;
@@ -194,7 +195,8 @@ impl Mapping {
     ) -> Outcome {
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
-        let mut items = std::collections::BTreeMap::new();
+        // (item id, value): ordered by id once all are in.
+        let mut items: Vec<(&str, String)> = Vec::with_capacity(self.columns.len());
         // Items whose value was present but bad: not reported again as missing.
         let mut bad: Vec<&str> = Vec::new();
         for ((column, idx, transforms), field) in self.columns.iter().zip(fields) {
@@ -223,7 +225,7 @@ impl Mapping {
                     match item.normalize(v) {
                         Ok(n) => {
                             warnings.extend(n.warnings.iter().map(|w| format!("{w} (列 {column} → {})", item.id)));
-                            items.insert(item.id.clone(), n.value);
+                            items.push((&item.id, n.value));
                         }
                         Err(e) => {
                             bad.push(&item.id);
@@ -233,6 +235,19 @@ impl Mapping {
                 }
             }
         }
+        // By id, as the record's map; of two columns of one item the later
+        // wins.
+        items.sort_by(|a, b| a.0.cmp(b.0));
+        items.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                std::mem::swap(&mut kept.1, &mut later.1);
+            }
+            same
+        });
+        let value = |items: &[(&str, String)], id: &str| -> Option<usize> {
+            items.binary_search_by(|(k, _)| (*k).cmp(id)).ok()
+        };
         // A source that knows the operation (a database change) overrides the column.
         let from_column = if given.is_some() { None } else { self.op_column.as_ref() };
         let op = match from_column.map(|_| fields.get(self.columns.len())) {
@@ -251,49 +266,66 @@ impl Mapping {
                 Operation::Upsert
             }
         };
-        let mut key = Vec::new();
         for item in self.resource.key_items() {
-            match items.get(&item.id) {
-                Some(v) => key.push(v.clone()),
-                None if bad.contains(&item.id.as_str()) => {}
-                None => problems.push(format!("MISSING_KEY: 主键项 {} ({}) 为空", item.name, item.id)),
+            if value(&items, &item.id).is_none() && !bad.contains(&item.id.as_str()) {
+                problems.push(format!("MISSING_KEY: 主键项 {} ({}) 为空", item.name, item.id));
             }
         }
         if op == Operation::Upsert {
             for item in self.resource.items.iter().filter(|i| i.required && !i.key) {
-                if !items.contains_key(&item.id) && !bad.contains(&item.id.as_str()) {
+                if value(&items, &item.id).is_none() && !bad.contains(&item.id.as_str()) {
                     problems.push(format!("MISSING_REQUIRED: 必填项 {} ({}) 为空", item.name, item.id));
                 }
             }
         } else {
             // A delete carries only its key.
-            items.retain(|id, _| self.resource.key_items().any(|k| k.id == *id));
+            items.retain(|(id, _)| self.resource.key_items().any(|k| k.id == *id));
         }
         if problems.is_empty() {
-            let record = Record {
-                resource: self.resource.code.clone(),
-                key,
+            let key: Vec<&str> = self
+                .resource
+                .key_items()
+                .filter_map(|k| value(&items, &k.id).map(|i| items[i].1.as_str()))
+                .collect();
+            let fields = encode::Fields {
+                resource: &self.resource.code,
+                key: &key,
                 op: op as i32,
-                items,
-                source: Some(SourcePosition {
-                    source: self.source.clone(),
-                    object: origin.object.to_owned(),
-                    line: origin.line,
-                    change_id: String::new(),
-                }),
+                items: &items,
+                source: &self.source,
+                object: origin.object,
+                line: origin.line,
                 captured_at_us,
-                warnings,
+                warnings: &warnings,
             };
-            // The rules above are those of `Resource::check`, which the hub
-            // applies to every record; debug builds prove they agree.
-            debug_assert_eq!(
-                self.resource.check(&self.agency, &proto::view::RecordView::of(&record)),
-                Ok(())
-            );
-            let warnings = record.warnings.len();
+            let bytes = encode::record(&fields);
+            if cfg!(debug_assertions) {
+                let record = Record {
+                    resource: self.resource.code.clone(),
+                    key: key.iter().map(|k| (*k).to_owned()).collect(),
+                    op: op as i32,
+                    items: items.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+                    source: Some(SourcePosition {
+                        source: self.source.clone(),
+                        object: origin.object.to_owned(),
+                        line: origin.line,
+                        change_id: String::new(),
+                    }),
+                    captured_at_us,
+                    warnings: warnings.clone(),
+                };
+                // The bytes are prost's for the same record, and the rules
+                // above are those of `Resource::check`, which the hub
+                // applies to every record: debug builds prove both.
+                assert_eq!(bytes, record.encode_to_vec(), "the record's bytes differ from prost's");
+                assert_eq!(
+                    self.resource.check(&self.agency, &proto::view::RecordView::of(&record)),
+                    Ok(())
+                );
+            }
             return Outcome::Record {
-                bytes: record.encode_to_vec(),
-                warnings,
+                bytes,
+                warnings: warnings.len(),
             };
         }
         Outcome::Quarantine(self.quarantine(fields, origin, problems))
