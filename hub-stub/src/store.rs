@@ -487,10 +487,10 @@ fn check<'a>(
     let record =
         RecordView::decode(bytes).map_err(|e| (RejectCode::Malformed, text::reason(&format!("not a Record: {e}"))))?;
     oversized(&record, max_value_bytes).map_err(|reason| (RejectCode::InvalidRecord, reason))?;
-    let Some(resource) = catalog.resource(&record.resource) else {
+    let Some(resource) = catalog.resource(record.resource) else {
         return Err((
             RejectCode::UnknownResource,
-            format!("resource {} is not in the hub's catalog", text::shown(&record.resource)),
+            format!("resource {} is not in the hub's catalog", text::shown(record.resource)),
         ));
     };
     resource
