@@ -35,8 +35,8 @@ fn main() -> ExitCode {
 /// memory freed into one arena serves only the threads that use it. The
 /// agent's buffers are made on one thread and freed on another (the reader,
 /// tokio's workers, the outbox writer, the link), so every arena grows to
-/// its own peak: the flood's peak RSS varied between 57 and 64 MiB, over the
-/// 64 MB the agent is held to. Two arenas: 50–53 MiB, with the same CPU
+/// its own peak: the flood's peak RSS varied between 56 and 69 MiB, over the
+/// 64 MB the agent is held to. Two arenas: 49–58 MiB, with the same CPU
 /// (BENCHMARKS.md). `MALLOC_ARENA_MAX` in the environment still decides.
 fn cap_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

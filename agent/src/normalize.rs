@@ -8,6 +8,7 @@
 
 use prost::Message;
 use proto::v1::{Operation, Record, SourcePosition};
+use proto::view::{find_item, order_items};
 
 use crate::config::MappingConfig;
 use rules::catalog::Resource;
@@ -237,17 +238,7 @@ impl Mapping {
         }
         // By id, as the record's map; of two columns of one item the later
         // wins.
-        items.sort_by(|a, b| a.0.cmp(b.0));
-        items.dedup_by(|later, kept| {
-            let same = later.0 == kept.0;
-            if same {
-                std::mem::swap(&mut kept.1, &mut later.1);
-            }
-            same
-        });
-        let value = |items: &[(&str, String)], id: &str| -> Option<usize> {
-            items.binary_search_by(|(k, _)| (*k).cmp(id)).ok()
-        };
+        order_items(&mut items);
         // A source that knows the operation (a database change) overrides the column.
         let from_column = if given.is_some() { None } else { self.op_column.as_ref() };
         let op = match from_column.map(|_| fields.get(self.columns.len())) {
@@ -267,13 +258,13 @@ impl Mapping {
             }
         };
         for item in self.resource.key_items() {
-            if value(&items, &item.id).is_none() && !bad.contains(&item.id.as_str()) {
+            if find_item(&items, &item.id).is_none() && !bad.contains(&item.id.as_str()) {
                 problems.push(format!("MISSING_KEY: 主键项 {} ({}) 为空", item.name, item.id));
             }
         }
         if op == Operation::Upsert {
             for item in self.resource.items.iter().filter(|i| i.required && !i.key) {
-                if value(&items, &item.id).is_none() && !bad.contains(&item.id.as_str()) {
+                if find_item(&items, &item.id).is_none() && !bad.contains(&item.id.as_str()) {
                     problems.push(format!("MISSING_REQUIRED: 必填项 {} ({}) 为空", item.name, item.id));
                 }
             }
@@ -285,7 +276,7 @@ impl Mapping {
             let key: Vec<&str> = self
                 .resource
                 .key_items()
-                .filter_map(|k| value(&items, &k.id).map(|i| items[i].1.as_str()))
+                .filter_map(|k| find_item(&items, &k.id).map(|i| items[i].1.as_str()))
                 .collect();
             let fields = encode::Fields {
                 resource: &self.resource.code,

@@ -124,18 +124,12 @@ pub fn prepare(agency: &str, entries: Vec<Entry>, catalog: &Catalog, max_value_b
         .map(|e| Prepared {
             seq: e.seq,
             row: (!e.record.is_empty()).then(|| {
-                let checked = check(agency, &e.record, catalog, max_value_bytes).map(|r| {
-                    (
-                        r.resource.to_owned(),
-                        serde_json::to_string(&r.key).unwrap_or_default(),
-                        r.op == Operation::Delete as i32,
-                    )
-                });
-                checked.map(|(resource, key, delete)| Row {
-                    resource,
-                    key,
-                    delete,
-                    record: e.record,
+                check(agency, &e.record, catalog, max_value_bytes).map(|r| Row {
+                    resource: r.resource.to_owned(),
+                    key: serde_json::to_string(&r.key).unwrap_or_default(),
+                    delete: r.op == Operation::Delete as i32,
+                    // Another handle on the message's bytes, not a copy.
+                    record: e.record.clone(),
                 })
             }),
         })

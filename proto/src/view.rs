@@ -66,16 +66,7 @@ impl<'a> RecordView<'a> {
                 _ => skip(wire_type, tag, &mut buf)?,
             }
         }
-        // Stable: of equal ids the last given stays last, and replaces the
-        // rest.
-        view.items.sort_by(|a, b| a.0.cmp(b.0));
-        view.items.dedup_by(|later, kept| {
-            let same = later.0 == kept.0;
-            if same {
-                kept.1 = later.1;
-            }
-            same
-        });
+        order_items(&mut view.items);
         Ok(view)
     }
 
@@ -97,11 +88,29 @@ impl<'a> RecordView<'a> {
 
     /// The value of item `id`, if the record has it.
     pub fn item(&self, id: &str) -> Option<&'a str> {
-        self.items
-            .binary_search_by(|(k, _)| (*k).cmp(id))
-            .ok()
-            .map(|i| self.items[i].1)
+        find_item(&self.items, id).map(|i| self.items[i].1)
     }
+}
+
+/// Orders (item id, value) pairs by id, as a `Record`'s map iterates, and
+/// keeps of an id given more than once its last value, as decoding into
+/// the map does. Shared with the agent, which builds a record's items the
+/// same way.
+pub fn order_items<V>(items: &mut Vec<(&str, V)>) {
+    // Stable: of equal ids the last given stays last, and replaces the rest.
+    items.sort_by(|a, b| a.0.cmp(b.0));
+    items.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            std::mem::swap(&mut kept.1, &mut later.1);
+        }
+        same
+    });
+}
+
+/// Where item `id` is among items ordered by [`order_items`].
+pub fn find_item<V>(items: &[(&str, V)], id: &str) -> Option<usize> {
+    items.binary_search_by(|(k, _)| (*k).cmp(id)).ok()
 }
 
 /// One entry of the items map: (id, value), either empty if absent, the
