@@ -14,7 +14,9 @@
 //!   accepted change, keyed (so unique) by (box, seq); `record` is the
 //!   protobuf `Record` exactly as the agent sent it.
 //! - `current(resource, key, box, seq)`: the latest change per (resource,
-//!   key), pointing into `history`; a delete removes the row.
+//!   key), pointing into `history`; a delete removes the row. Its columns
+//!   have no NOT NULL besides the key, so that its upserts need no
+//!   statement journal ([`CURRENT_COLUMNS`]).
 //! - `rejections(box, seq, code, reason)`: kept until the agent's Hello shows
 //!   it holds nothing below them, so a rejection whose message was lost in a
 //!   crash is repeated in the next Welcome.
@@ -184,7 +186,7 @@ impl Store {
         let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(err)?;
         conn.pragma_update(None, "wal_autocheckpoint", (32 << 20) / page.max(512))
             .map_err(err)?;
-        conn.execute_batch(
+        conn.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS outboxes (
                  id INTEGER PRIMARY KEY,
                  agency TEXT NOT NULL, outbox_id TEXT NOT NULL, hwm INTEGER NOT NULL,
@@ -195,16 +197,15 @@ impl Store {
                  resource TEXT NOT NULL, key TEXT NOT NULL, op INTEGER NOT NULL,
                  record BLOB NOT NULL, received_us INTEGER NOT NULL,
                  PRIMARY KEY (box, seq)) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS current (
-                 resource TEXT NOT NULL, key TEXT NOT NULL, box INTEGER NOT NULL, seq INTEGER NOT NULL,
-                 PRIMARY KEY (resource, key)) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS current ({CURRENT_COLUMNS}) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS rejections (
                  box INTEGER NOT NULL, seq INTEGER NOT NULL,
                  code INTEGER NOT NULL, reason TEXT NOT NULL, at_us INTEGER NOT NULL,
                  PRIMARY KEY (box, seq));",
-        )
+        ))
         .map_err(err)?;
         feed::migrate(&conn).map_err(err)?;
+        relax_current(&conn).map_err(err)?;
         let latest: i64 = conn
             .query_row("SELECT coalesce(max(hseq), 0) FROM feed", [], |r| r.get(0))
             .map_err(err)?;
@@ -389,6 +390,36 @@ impl Store {
 pub(crate) fn plan_once(conn: &Connection) -> rusqlite::Result<()> {
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
         .map(|_| ())
+}
+
+/// The columns of `current`. `box` and `seq` may not be NULL, but are not
+/// declared NOT NULL: the UPDATE of an upsert checks such a constraint with
+/// ABORT, so every upsert of many rows kept a statement journal, a copy of
+/// each page it changed. With keys in random order that is a 16 KiB page
+/// per record: 70 % of the store's CPU with a million keys (`qianzhi-bench
+/// store`). The store binds both from integers, never NULL.
+const CURRENT_COLUMNS: &str =
+    "resource TEXT NOT NULL, key TEXT NOT NULL, box INTEGER, seq INTEGER, hseq INTEGER, PRIMARY KEY (resource, key)";
+
+/// Rebuilds a `current` made with NOT NULL `box` and `seq` (every store
+/// before [`CURRENT_COLUMNS`]) in one transaction, with its rows and index.
+fn relax_current(conn: &Connection) -> rusqlite::Result<()> {
+    let strict = conn
+        .prepare("SELECT 1 FROM pragma_table_info('current') WHERE name IN ('box', 'seq') AND \"notnull\"")?
+        .exists([])?;
+    if !strict {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(&format!(
+        "CREATE TABLE current_relaxed ({CURRENT_COLUMNS}) WITHOUT ROWID;
+         INSERT INTO current_relaxed (resource, key, box, seq, hseq) SELECT resource, key, box, seq, hseq FROM current;
+         DROP TABLE current;
+         ALTER TABLE current_relaxed RENAME TO current;
+         {}",
+        feed::CURRENT_BY_HSEQ
+    ))?;
+    tx.commit()
 }
 
 /// Whether `seq` may follow the high-water mark `hwm`.

@@ -106,8 +106,11 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         )?;
         tx.commit()?;
     }
-    conn.execute_batch("CREATE INDEX IF NOT EXISTS current_by_hseq ON current (resource, hseq);")
+    conn.execute_batch(CURRENT_BY_HSEQ)
 }
+
+/// The index snapshots read `current` by.
+pub(super) const CURRENT_BY_HSEQ: &str = "CREATE INDEX IF NOT EXISTS current_by_hseq ON current (resource, hseq);";
 
 /// A receiver stream's own read connection.
 pub struct Reader {

@@ -416,3 +416,65 @@ fn values_numbers_each_rows_own_parameters_in_turn() {
     assert_eq!(values(1, 2, "(#, ?1, #)"), "(?2, ?1, ?3)");
     assert_eq!(values(3, 3, "(?1, #, ?2)"), "(?1, ?3, ?2), (?1, ?4, ?2), (?1, ?5, ?2)");
 }
+
+/// A store whose `current` declares `box` and `seq` NOT NULL (every store
+/// made before the upsert lost its statement journal) gets the relaxed
+/// table at open, with every row and the snapshot index, and goes on
+/// updating and deleting state.
+#[test]
+fn a_current_with_not_null_columns_is_rebuilt_with_its_rows() {
+    let not_null = |store: &Store| -> Vec<String> {
+        let conn = store.lock();
+        conn.prepare("SELECT name FROM pragma_table_info('current') WHERE \"notnull\" ORDER BY cid")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("store.db");
+    let before = {
+        let store = Store::open(&path).unwrap();
+        assert_eq!(not_null(&store), ["resource", "key"]);
+        assert_eq!(apply(&store, "box-1", &[1, 2, 3, 4]).stored, 4);
+        // Make `current` the previous version's table, rows and index.
+        store
+            .lock()
+            .execute_batch(
+                "CREATE TABLE old_current (
+                     resource TEXT NOT NULL, key TEXT NOT NULL, box INTEGER NOT NULL, seq INTEGER NOT NULL,
+                     hseq INTEGER, PRIMARY KEY (resource, key)) WITHOUT ROWID;
+                 INSERT INTO old_current SELECT resource, key, box, seq, hseq FROM current;
+                 DROP TABLE current;
+                 ALTER TABLE old_current RENAME TO current;
+                 CREATE INDEX current_by_hseq ON current (resource, hseq);",
+            )
+            .unwrap();
+        assert_eq!(not_null(&store), ["resource", "key", "box", "seq"]);
+        export(&store, false)
+    };
+    let store = Store::open(&path).unwrap();
+    assert_eq!(not_null(&store), ["resource", "key"]);
+    assert_eq!(export(&store, false), before);
+    let index: i64 = store
+        .lock()
+        .query_row(
+            "SELECT count(*) FROM pragma_index_list('current') WHERE name = 'current_by_hseq'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(index, 1);
+    // Seq 5 adds a key, 6 deletes seq 1's and 7 updates seq 2's.
+    let mut batch = people(&[5]);
+    batch.push(entry(6, PEOPLE, &citizen(1), Operation::Delete));
+    batch.push(entry(7, PEOPLE, &citizen(2), Operation::Upsert));
+    let applied = store
+        .apply(GAJ, "box-1", &prepare(GAJ, batch, &catalog(), MAX_VALUE))
+        .unwrap();
+    assert_eq!((applied.stored, applied.hwm), (3, 7));
+    let mut seqs: Vec<i64> = export(&store, false).iter().map(|l| l["seq"].as_i64().unwrap()).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, [3, 4, 5, 7]);
+}

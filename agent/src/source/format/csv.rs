@@ -17,6 +17,17 @@ struct RawRecord {
     oversized: Option<String>,
 }
 
+/// A record past a limit: the rest of it is read into scratch buffers made
+/// only then (zeroing them for every row cost the flood 2 % of the agent),
+/// hashed and counted.
+struct Over {
+    hash: Sha256,
+    total: u64,
+    prefix: Vec<u8>,
+    scratch: Vec<u8>,
+    scratch_ends: Vec<usize>,
+}
+
 /// Reads rows from a CSV file with a header row. Parsing is csv-core's;
 /// this reader keeps the byte offset and the physical line where each
 /// record starts (LF, CRLF and quoted multi-line fields alike) and bounds
@@ -124,9 +135,7 @@ impl CsvRows {
         let (mut nout, mut nend) = (0usize, 0usize);
         let mut start: Option<u64> = None;
         // Past a limit the rest of the record is only hashed and counted.
-        let mut over: Option<(Sha256, u64, Vec<u8>)> = None;
-        let mut scratch_out = [0u8; 8192];
-        let mut scratch_ends = [0usize; 256];
+        let mut over: Option<Over> = None;
         loop {
             let mut input = self.input.fill_buf()?;
             if std::mem::take(&mut self.resumed) && !input.is_empty() {
@@ -136,7 +145,7 @@ impl CsvRows {
                 None => self
                     .core
                     .read_record(input, &mut self.out[nout..], &mut self.ends[nend..]),
-                Some(_) => self.core.read_record(input, &mut scratch_out, &mut scratch_ends),
+                Some(o) => self.core.read_record(input, &mut o.scratch, &mut o.scratch_ends),
             };
             let consumed = &input[..nin];
             // The record starts at its first byte that is not a line end
@@ -161,9 +170,9 @@ impl CsvRows {
                     nout += o;
                     nend += e;
                 }
-                Some((hash, total, _)) => {
-                    hash.update(&scratch_out[..o]);
-                    *total += o as u64;
+                Some(over) => {
+                    over.hash.update(&over.scratch[..o]);
+                    over.total += o as u64;
                 }
             }
             self.input.consume(nin);
@@ -181,8 +190,13 @@ impl CsvRows {
                     if over.is_none() {
                         let mut hash = Sha256::new();
                         hash.update(&self.out[..nout]);
-                        let prefix = self.out[..nout.min(KEPT_PREFIX)].to_vec();
-                        over = Some((hash, nout as u64, prefix));
+                        over = Some(Over {
+                            hash,
+                            total: nout as u64,
+                            prefix: self.out[..nout.min(KEPT_PREFIX)].to_vec(),
+                            scratch: vec![0; 8192],
+                            scratch_ends: vec![0; 256],
+                        });
                     }
                 }
                 R::Record => {
@@ -196,7 +210,7 @@ impl CsvRows {
                             oversized: Some(kept),
                         }));
                     }
-                    let oversized = over.map(|(hash, total, prefix)| oversized(&prefix, total, &hash.finalize()));
+                    let oversized = over.map(|o| oversized(&o.prefix, o.total, &o.hash.finalize()));
                     return Ok(Some(RawRecord { line, oversized }));
                 }
                 R::End => return Ok(None),

@@ -38,6 +38,11 @@
 //! people record through the data-element rules and protobuf encoding, on
 //! one core, with no I/O.
 //!
+//! `qianzhi-bench store [ROWS]` measures the hub's work alone, with no
+//! network, on one thread: reading and checking records, and storing them
+//! in batches of 4,096, with keys in ascending and in shuffled order, as
+//! CPU-seconds per million records.
+//!
 //! `qianzhi-bench db sqlite|postgres|mysql` measures a database source:
 //! the agent's CPU while nothing changes, the latency from a commit in the
 //! business database to the hub's store at a steady 1,000 changes/s, the
@@ -65,6 +70,7 @@ mod flood;
 mod normalize;
 mod process;
 mod receive;
+mod store;
 
 const USAGE: &str = "usage: qianzhi-bench [ROWS] [--file PATH] [--compression zstd|gzip|none]
        qianzhi-bench flood [ROWS] [--file PATH] [--compression zstd|gzip|none]
@@ -72,6 +78,7 @@ const USAGE: &str = "usage: qianzhi-bench [ROWS] [--file PATH] [--compression zs
        qianzhi-bench drain [ROWS]
        qianzhi-bench agencies [N] [RECORDS_PER_AGENCY]
        qianzhi-bench normalize [ROWS]
+       qianzhi-bench store [ROWS]
        qianzhi-bench db sqlite|postgres|mysql
        qianzhi-bench receive [CHANGES]";
 
@@ -195,6 +202,11 @@ async fn main() {
             args.no_file("normalize");
             args.at_most(1);
             normalize::run(args.number(0, "ROWS", 2_000_000));
+        }
+        Some("store") => {
+            args.no_file("store");
+            args.at_most(1);
+            store::run(args.number(0, "ROWS", 1_000_000));
         }
         Some("db") => {
             args.no_file("db");
