@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Qianzhi and Vector side by side on the same file (issue 14).
 #
-#   bench/side-by-side.sh [--vector PATH] [--rows N] [--rounds R] [--bin DIR] [--compression C] [--keep]
+#   bench/side-by-side.sh [--vector PATH] [--rows N] [--rounds R] [--bin DIR] [--compression C] [--shuffled] [--keep]
 #
-# One people CSV is generated with `qianzhi-bench gen`. Each round runs
+# One people CSV is generated with `qianzhi-bench gen`: keys ascending, or
+# with --shuffled in a fixed random order (a real export's; the hub's
+# `current` then takes its upserts all over its b-tree). Each round runs
 #   Vector:  file source → disk buffer → vector sink (mTLS, end-to-end
 #            acknowledgements) → vector source → disk buffer → blackhole,
 #            two `vector` processes (the agent's side and the hub's side);
@@ -79,6 +81,7 @@ rounds=3
 bin="${CARGO_TARGET_DIR:-$repo/target}/release"
 keep=0
 compression=zstd
+shuffled=""
 
 usage() {
     sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//' >&2
@@ -92,6 +95,7 @@ while [[ $# -gt 0 ]]; do
         --rounds) rounds=${2:?--rounds needs a number}; shift 2 ;;
         --bin) bin=${2:?--bin needs a folder}; shift 2 ;;
         --compression) compression=${2:?--compression needs zstd, gzip or none}; shift 2 ;;
+        --shuffled) shuffled=--shuffled; shift ;;
         --keep) keep=1; shift ;;
         -h|--help) usage ;;
         *) echo "side-by-side: unknown argument $1" >&2; usage ;;
@@ -144,7 +148,7 @@ trap cleanup EXIT
 running=""
 
 input="$work/people.csv"
-"$bin/qianzhi-bench" gen "$rows" "$input"
+"$bin/qianzhi-bench" gen "$rows" "$input" $shuffled
 lines=$(wc -l <"$input")
 hz=$(getconf CLK_TCK)
 

@@ -180,11 +180,15 @@ impl Store {
         // Group commits write tens of thousands of rows: keep their pages in
         // memory instead of spilling mid-transaction.
         conn.pragma_update(None, "cache_size", -65536).map_err(err)?;
-        // Checkpoint every 32 MiB of WAL rather than 4 MiB: a page rewritten
-        // many times between checkpoints is copied once. The pragma counts
-        // pages, of the file's own size.
+        // Checkpoint every 128 MiB of WAL rather than 4 MiB: a page rewritten
+        // by many commits between checkpoints is copied once. With keys in
+        // random order every group commit rewrites most of `current`'s
+        // pages: 128 MiB instead of 32 took 18 % off the store's CPU there
+        // (10 % with keys in order; 256 MiB gained nothing more). The WAL
+        // file keeps that size on disk. The pragma counts pages, of the
+        // file's own size.
         let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(err)?;
-        conn.pragma_update(None, "wal_autocheckpoint", (32 << 20) / page.max(512))
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_BYTES / page.max(512))
             .map_err(err)?;
         conn.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS outboxes (
@@ -391,6 +395,9 @@ pub(crate) fn plan_once(conn: &Connection) -> rusqlite::Result<()> {
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
         .map(|_| ())
 }
+
+/// The WAL's size at which a commit checkpoints it into the database file.
+const WAL_CHECKPOINT_BYTES: i64 = 128 << 20;
 
 /// The columns of `current`. `box` and `seq` may not be NULL, but are not
 /// declared NOT NULL: the UPDATE of an upsert checks such a constraint with

@@ -265,7 +265,7 @@ fn the_store_is_private_whatever_was_there_before() {
 }
 
 /// A store made before 16 KiB pages keeps its 4 KiB pages and its records,
-/// and still checkpoints every 32 MiB of WAL; a new one gets 16 KiB pages.
+/// and still checkpoints every 128 MiB of WAL; a new one gets 16 KiB pages.
 #[test]
 fn a_store_with_4_kib_pages_keeps_them_and_its_records() {
     let page_and_checkpoint = |store: &Store| {
@@ -288,13 +288,13 @@ fn a_store_with_4_kib_pages_keeps_them_and_its_records() {
         assert_eq!(apply(&store, "box-1", &[1, 2, 3]).stored, 3);
     }
     let store = Store::open(&path).unwrap();
-    assert_eq!(page_and_checkpoint(&store), (4096, 8192));
+    assert_eq!(page_and_checkpoint(&store), (4096, 32768));
     assert_eq!(stored_seqs(&store), vec![1, 2, 3]);
     assert_eq!(apply(&store, "box-1", &[3, 4]).stored, 1);
     assert_eq!(stored_seqs(&store), vec![1, 2, 3, 4]);
 
     let (_d, fresh) = scratch();
-    assert_eq!(page_and_checkpoint(&fresh), (16 << 10, (32 << 20) / (16 << 10)));
+    assert_eq!(page_and_checkpoint(&fresh), (16 << 10, (128 << 20) / (16 << 10)));
 }
 
 /// A batch's accepted changes go in by statements of 64, 8 and 1 rows: each

@@ -25,7 +25,7 @@ pub enum Input {
 }
 
 /// Writes the people CSV (UTF-8, the header first) of `rows` to `path`.
-fn write_people(path: &Path, rows: Range<u64>) {
+fn write_people(path: &Path, rows: impl IntoIterator<Item = u64>) {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create the people file"));
     f.write_all(people_csv(0..0).as_bytes()).expect("write");
     for i in rows {
@@ -34,13 +34,20 @@ fn write_people(path: &Path, rows: Range<u64>) {
     f.flush().expect("flush");
 }
 
-/// `qianzhi-bench gen ROWS PATH`.
-pub fn generate(rows: u64, path: &Path) {
-    write_people(path, 0..rows);
+/// `qianzhi-bench gen ROWS PATH [--shuffled]`.
+pub fn generate(rows: u64, path: &Path, shuffled: bool) {
+    if shuffled {
+        let mut order: Vec<u64> = (0..rows).collect();
+        crate::store::shuffle(&mut order);
+        write_people(path, order);
+    } else {
+        write_people(path, 0..rows);
+    }
     let bytes = std::fs::metadata(path).map_or(0, |m| m.len());
     println!(
-        "wrote {rows} people rows ({:.0} MiB) to {}",
+        "wrote {rows} people rows ({:.0} MiB{}) to {}",
         bytes as f64 / 1048576.0,
+        if shuffled { ", shuffled" } else { "" },
         path.display()
     );
 }

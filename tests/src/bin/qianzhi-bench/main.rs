@@ -19,8 +19,10 @@
 //! `--compression none` (or `gzip`) sets the agent's `hub.compression` for
 //! either flood (default zstd, the agent's default).
 //!
-//! `qianzhi-bench gen ROWS PATH`: only writes the generated people CSV, so
-//! that the same file can be given to a peer.
+//! `qianzhi-bench gen ROWS PATH [--shuffled]`: only writes the generated
+//! people CSV, so that the same file can be given to a peer; with
+//! `--shuffled` its rows (and so its keys) come in a fixed random order, as
+//! in a real export, instead of ascending.
 //!
 //! `qianzhi-bench drain [ROWS]`: the drain after an outage of ROWS queued
 //! records while a SQLite table source takes a steady 1,000 changes/s: the
@@ -74,7 +76,7 @@ mod store;
 
 const USAGE: &str = "usage: qianzhi-bench [ROWS] [--file PATH] [--compression zstd|gzip|none]
        qianzhi-bench flood [ROWS] [--file PATH] [--compression zstd|gzip|none]
-       qianzhi-bench gen ROWS PATH
+       qianzhi-bench gen ROWS PATH [--shuffled]
        qianzhi-bench drain [ROWS]
        qianzhi-bench agencies [N] [RECORDS_PER_AGENCY]
        qianzhi-bench normalize [ROWS]
@@ -94,11 +96,12 @@ struct Args {
     positional: Vec<String>,
     file: Option<PathBuf>,
     compression: Option<String>,
+    shuffled: bool,
 }
 
 impl Args {
     fn parse(args: impl Iterator<Item = String>) -> Args {
-        let (mut positional, mut file, mut compression) = (Vec::new(), None, None);
+        let (mut positional, mut file, mut compression, mut shuffled) = (Vec::new(), None, None, false);
         let mut args = args;
         while let Some(a) = args.next() {
             if a == "--file" {
@@ -112,6 +115,8 @@ impl Args {
                     usage(&format!("--compression must be zstd, gzip or none, not {c:?}"));
                 }
                 compression = Some(c);
+            } else if a == "--shuffled" {
+                shuffled = true;
             } else {
                 positional.push(a);
             }
@@ -120,6 +125,7 @@ impl Args {
             positional,
             file,
             compression,
+            shuffled,
         }
     }
 
@@ -181,7 +187,7 @@ async fn main() {
                 .positional
                 .get(1)
                 .unwrap_or_else(|| usage("gen needs ROWS and PATH"));
-            flood::generate(rows, PathBuf::from(path).as_path());
+            flood::generate(rows, PathBuf::from(path).as_path(), args.shuffled);
         }
         Some("drain") => {
             args.no_file("drain");

@@ -89,7 +89,7 @@ pub fn run(rows: u64) {
 }
 
 /// A fixed permutation (xorshift, Fisher–Yates), the same every run.
-fn shuffle(v: &mut [usize]) {
+pub fn shuffle<T>(v: &mut [T]) {
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     for i in (1..v.len()).rev() {
         x ^= x << 13;
