@@ -350,11 +350,12 @@ vector_round() {
         until curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$mport/metrics"; do sleep 0.05; done
     fi
 
-    local a0 h0 t0 t1 count at sample before
+    local a0 h0 t0 t1 count at sample before last=-1 moved
     a0=$(cpu "$agent_pid")
     h0=$(cpu "$hub_pid")
     t0=$(now)
     before=$t0
+    moved=$t0
     mv "$run/stage/people.csv" "$run/drop/people.csv"
     while true; do
         sample=$(seen "$run" "$mport")
@@ -363,6 +364,10 @@ vector_round() {
             if [[ $count -ge $lines ]]; then
                 t1=$at
                 break
+            fi
+            if [[ $count -ne $last ]]; then
+                last=$count
+                moved=$(now)
             fi
             # The latest sample short of every line (not one from before
             # the file came).
@@ -374,6 +379,18 @@ vector_round() {
             echo "side-by-side: a Vector process of round $r ended; logs in $run" >&2
             keep=1
             exit 1
+        fi
+        # Seen here twice in one day: Vector's hub side stopped short of the
+        # file (156 lines, then 1) and never moved again. Such a round is
+        # reported and left out of the medians; its logs are kept.
+        if awk -v m="$moved" -v t="$(now)" 'BEGIN { exit !(t - m > 60) }'; then
+            stop_process "$agent_pid"
+            stop_process "$hub_pid"
+            running=""
+            keep=1
+            echo "Vector round $r stalled at ${last} of $lines lines for 60 s and is not counted; logs in $run" |
+                tee -a "$work/stalled.txt" >&2
+            return 0
         fi
         sleep 0.05
     done
@@ -429,6 +446,10 @@ else
 fi
 
 # The table: every round, the medians, the ratios.
+if [[ -s "$work/stalled.txt" ]]; then
+    echo
+    cat "$work/stalled.txt"
+fi
 med() { awk -v s="$1" -v c="$2" '$1 == s { print $c }' "$results" | median; }
 echo
 echo "Input: $rows rows ($(du -m "$input" | cut -f1) MiB), $lines lines with the header."

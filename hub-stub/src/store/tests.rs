@@ -474,7 +474,10 @@ fn a_current_with_not_null_columns_is_rebuilt_with_its_rows() {
         .apply(GAJ, "box-1", &prepare(GAJ, batch, &catalog(), MAX_VALUE))
         .unwrap();
     assert_eq!((applied.stored, applied.hwm), (3, 7));
-    let mut seqs: Vec<i64> = export(&store, false).iter().map(|l| l["seq"].as_i64().unwrap()).collect();
+    let mut seqs: Vec<i64> = export(&store, false)
+        .iter()
+        .map(|l| l["seq"].as_i64().unwrap())
+        .collect();
     seqs.sort_unstable();
     assert_eq!(seqs, [3, 4, 5, 7]);
 }

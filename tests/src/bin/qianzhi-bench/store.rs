@@ -40,7 +40,9 @@ pub fn run(rows: u64) {
         })
         .collect();
     let bytes: usize = records.iter().map(|r| r.len()).sum();
-    println!("| key order | records | prepare (read, check) CPU-s per million | store CPU-s per million | total | wall | store file |");
+    println!(
+        "| key order | records | prepare (read, check) CPU-s per million | store CPU-s per million | total | wall | store file |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for shuffled in [false, true] {
         let mut order: Vec<usize> = (0..records.len()).collect();
