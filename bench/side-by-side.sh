@@ -388,7 +388,7 @@ vector_round() {
             stop_process "$hub_pid"
             running=""
             keep=1
-            echo "Vector round $r stalled at ${last} of $lines lines for 60 s and is not counted; logs in $run" |
+            echo "Vector round $r stalled at $( ((last < 0)) && echo "no count" || echo "$last of $lines lines") for 60 s and is not counted; logs in $run" |
                 tee -a "$work/stalled.txt" >&2
             return 0
         fi
@@ -481,4 +481,8 @@ if grep -q "^Vector " "$results"; then
             printf "| **%s×** | %s | %s | %s | %s | %s |\n", ratio(q4, v4), ratio(q5, v5), ratio(q6, v6),
                 ratio(q5 + q6, v5 + v6), ratio(q7, v7), ratio(q8, v8)
         }'
+fi
+if [[ -n "$vector" ]] && ! grep -q "^Vector " "$results"; then
+    echo "side-by-side: no Vector round finished; nothing to compare" >&2
+    exit 1
 fi

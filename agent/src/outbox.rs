@@ -260,6 +260,10 @@ impl Outbox {
             space.release_ballast();
         }
         let (writer, id, mut stats) = recover::open_or_recover(dir, &path)?;
+        space.bound_wal(&writer).map_err(|source| Error::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
         let reader = open_connection(&path).map_err(|source| Error::Sqlite {
             path: path.clone(),
             source,
@@ -472,10 +476,10 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     // Checkpoint every 16 MiB of WAL, not 4 MiB: fewer copies of the pages
-    // a queue rewrites over and over. It stays far below the disk reserve
-    // (outbox.reserve_free), so a checkpoint can always complete, and the
-    // WAL file is cut back to that size afterwards. The pragma counts
-    // pages, of the file's own size.
+    // a queue rewrites over and over. The WAL file is cut back to that size
+    // afterwards. With a small disk reserve the writer's connection
+    // checkpoints sooner ([`Space::bound_wal`]). The pragma counts pages, of
+    // the file's own size.
     let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     conn.pragma_update(None, "wal_autocheckpoint", (16 << 20) / page.max(512))?;
     conn.pragma_update(None, "journal_size_limit", 16 << 20)?;

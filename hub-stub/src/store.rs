@@ -185,7 +185,8 @@ impl Store {
         // random order every group commit rewrites most of `current`'s
         // pages: 128 MiB instead of 32 took 18 % off the store's CPU there
         // (10 % with keys in order; 256 MiB gained nothing more). The WAL
-        // file keeps that size on disk. The pragma counts pages, of the
+        // file keeps that size on disk, and grows past it while a receiver's
+        // read holds a checkpoint back. The pragma counts pages, of the
         // file's own size.
         let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(err)?;
         conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_BYTES / page.max(512))
@@ -403,8 +404,9 @@ const WAL_CHECKPOINT_BYTES: i64 = 128 << 20;
 /// declared NOT NULL: the UPDATE of an upsert checks such a constraint with
 /// ABORT, so every upsert of many rows kept a statement journal, a copy of
 /// each page it changed. With keys in random order that is a 16 KiB page
-/// per record: 70 % of the store's CPU with a million keys (`qianzhi-bench
-/// store`). The store binds both from integers, never NULL.
+/// per record: a fifth of the samples, and 28 % of the store's CPU, with a
+/// million keys (`qianzhi-bench store`). The store binds both from
+/// integers, never NULL.
 const CURRENT_COLUMNS: &str =
     "resource TEXT NOT NULL, key TEXT NOT NULL, box INTEGER, seq INTEGER, hseq INTEGER, PRIMARY KEY (resource, key)";
 
@@ -600,6 +602,31 @@ fn values(rows: usize, first: usize, row: &str) -> String {
     rows.join(", ")
 }
 
+/// The statements of `rows` rows.
+fn insert_sql(rows: usize) -> InsertSql {
+    InsertSql {
+        rows,
+        // ?1 the outbox; each row (hseq, resource, seq).
+        feed: format!(
+            "INSERT OR FAIL INTO feed (hseq, resource, box, seq) VALUES {}",
+            values(rows, 2, "(#, #, ?1, #)")
+        ),
+        // ?1 the outbox, ?2 the time; each row (seq, resource, key, op,
+        // record).
+        history: format!(
+            "INSERT OR FAIL INTO history (box, seq, resource, key, op, record, received_us) VALUES {}",
+            values(rows, 3, "(?1, #, #, #, #, #, ?2)")
+        ),
+        // ?1 the outbox; each row (resource, key, seq, hseq).
+        upsert: format!(
+            "INSERT OR FAIL INTO current (resource, key, box, seq, hseq) VALUES {}
+             ON CONFLICT (resource, key) DO UPDATE
+             SET box = excluded.box, seq = excluded.seq, hseq = excluded.hseq",
+            values(rows, 2, "(#, #, ?1, #, #)")
+        ),
+    }
+}
+
 /// Stores the accepted changes of one batch, in sequence order, under hub
 /// sequences that follow the highest ever used; returns the last one.
 fn store_rows(
@@ -621,32 +648,7 @@ fn store_rows(
                         coalesce((SELECT max(hseq) FROM feed), 0)) + 1",
         )?
         .query_row([], |r| r.get(0))?;
-    let statements = SQL.get_or_init(|| {
-        INSERT_ROWS
-            .iter()
-            .map(|&rows| InsertSql {
-                rows,
-                // ?1 the outbox; each row (hseq, resource, seq).
-                feed: format!(
-                    "INSERT OR FAIL INTO feed (hseq, resource, box, seq) VALUES {}",
-                    values(rows, 2, "(#, #, ?1, #)")
-                ),
-                // ?1 the outbox, ?2 the time; each row (seq, resource, key,
-                // op, record).
-                history: format!(
-                    "INSERT OR FAIL INTO history (box, seq, resource, key, op, record, received_us) VALUES {}",
-                    values(rows, 3, "(?1, #, #, #, #, #, ?2)")
-                ),
-                // ?1 the outbox; each row (resource, key, seq, hseq).
-                upsert: format!(
-                    "INSERT OR FAIL INTO current (resource, key, box, seq, hseq) VALUES {}
-                     ON CONFLICT (resource, key) DO UPDATE
-                     SET box = excluded.box, seq = excluded.seq, hseq = excluded.hseq",
-                    values(rows, 2, "(#, #, ?1, #, #)")
-                ),
-            })
-            .collect()
-    });
+    let statements = SQL.get_or_init(|| INSERT_ROWS.iter().map(|&rows| insert_sql(rows)).collect());
     for (sql, run) in runs(statements, 0, rows.len()) {
         let mut feed = tx.prepare_cached(&sql.feed)?;
         let mut history = tx.prepare_cached(&sql.history)?;

@@ -49,6 +49,27 @@ impl Space {
             .saturating_sub(wal)
     }
 
+    /// Keeps the writer's WAL within the ballast. A checkpoint copies the
+    /// WAL's pages into `outbox.db` and may grow it by up to the WAL's size;
+    /// when something else has taken the whole disk, the ballast is all the
+    /// room there is for that, and a checkpoint that cannot complete leaves
+    /// every later commit, the deletes after acks too, without room. The
+    /// default reserve (256 MiB, a 64 MiB ballast) keeps the 16 MiB of
+    /// [`super::open_connection`]; a reserve under 32 MiB checkpoints sooner.
+    pub(super) fn bound_wal(&self, conn: &Connection) -> rusqlite::Result<()> {
+        if self.ballast_size == 0 {
+            return Ok(());
+        }
+        let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let pages: i64 = conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))?;
+        let bound = (self.ballast_size as i64 / page.max(512)).max(1);
+        if pages > bound {
+            conn.pragma_update(None, "wal_autocheckpoint", bound)?;
+            conn.pragma_update(None, "journal_size_limit", self.ballast_size as i64)?;
+        }
+        Ok(())
+    }
+
     fn has_ballast(&self) -> bool {
         self.ballast_size == 0 || std::fs::metadata(&self.ballast).is_ok_and(|m| m.len() >= self.ballast_size)
     }

@@ -232,8 +232,15 @@ fn commit_group(conn: &mut Connection, path: &Path, group: Vec<Command>, stats: 
         let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
         stats.send_modify(|s| s.disk_low = true);
         for release in [false, true] {
-            if release && !space.release_ballast() {
-                break;
+            if release {
+                if !space.release_ballast() {
+                    break;
+                }
+                // The ballast's room lets the checkpoint that failed above
+                // move the WAL into outbox.db (growing it by up to the WAL,
+                // which `Space::bound_wal` keeps within the ballast) and cut
+                // the WAL back, which gives its room to the deletes.
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
             }
             next = stats.borrow().clone();
             let free = space.free(conn);

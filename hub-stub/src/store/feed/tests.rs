@@ -188,11 +188,17 @@ fn a_store_from_before_the_feed_gets_one_in_arrival_order() {
             ],
         );
     }
-    // Make it look like a store of the previous version.
+    // Make it look like a store from before the feed: no feed, and
+    // `current` as it was then (no hseq, NOT NULL box and seq).
     let c = Connection::open(&path).unwrap();
     c.execute_batch(
-        "DROP TABLE feed; DROP INDEX current_by_hseq; ALTER TABLE current DROP COLUMN hseq;
-         DELETE FROM sqlite_sequence WHERE name = 'feed';",
+        "DROP TABLE feed; DELETE FROM sqlite_sequence WHERE name = 'feed';
+         CREATE TABLE old_current (
+             resource TEXT NOT NULL, key TEXT NOT NULL, box INTEGER NOT NULL, seq INTEGER NOT NULL,
+             PRIMARY KEY (resource, key)) WITHOUT ROWID;
+         INSERT INTO old_current SELECT resource, key, box, seq FROM current;
+         DROP TABLE current;
+         ALTER TABLE old_current RENAME TO current;",
     )
     .unwrap();
     drop(c);

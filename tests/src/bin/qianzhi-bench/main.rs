@@ -170,6 +170,9 @@ async fn main() {
         _ => None,
     };
     let args = Args::parse(argv);
+    if args.shuffled && mode.as_deref() != Some("gen") {
+        usage("only gen takes --shuffled (give the flood a shuffled file with --file)");
+    }
     match mode.as_deref() {
         None => {
             args.at_most(1);
