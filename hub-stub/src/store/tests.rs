@@ -417,6 +417,11 @@ fn values_numbers_each_rows_own_parameters_in_turn() {
     assert_eq!(values(3, 3, "(?1, #, ?2)"), "(?1, ?3, ?2), (?1, ?4, ?2), (?1, ?5, ?2)");
 }
 
+/// `current`'s columns as every store declared them before
+/// [`CURRENT_COLUMNS`].
+const STRICT_CURRENT_COLUMNS: &str = "resource TEXT NOT NULL, key TEXT NOT NULL, box INTEGER NOT NULL, \
+     seq INTEGER NOT NULL, hseq INTEGER, PRIMARY KEY (resource, key)";
+
 /// A store whose `current` declares `box` and `seq` NOT NULL (every store
 /// made before the upsert lost its statement journal) gets the relaxed
 /// table at open, with every row and the snapshot index, and goes on
@@ -441,15 +446,13 @@ fn a_current_with_not_null_columns_is_rebuilt_with_its_rows() {
         // Make `current` the previous version's table, rows and index.
         store
             .lock()
-            .execute_batch(
-                "CREATE TABLE old_current (
-                     resource TEXT NOT NULL, key TEXT NOT NULL, box INTEGER NOT NULL, seq INTEGER NOT NULL,
-                     hseq INTEGER, PRIMARY KEY (resource, key)) WITHOUT ROWID;
+            .execute_batch(&format!(
+                "CREATE TABLE old_current ({STRICT_CURRENT_COLUMNS}) WITHOUT ROWID;
                  INSERT INTO old_current SELECT resource, key, box, seq, hseq FROM current;
                  DROP TABLE current;
                  ALTER TABLE old_current RENAME TO current;
                  CREATE INDEX current_by_hseq ON current (resource, hseq);",
-            )
+            ))
             .unwrap();
         assert_eq!(not_null(&store), ["resource", "key", "box", "seq"]);
         (export(&store, false), current_rows(&store))
@@ -515,11 +518,9 @@ fn the_upsert_into_current_checks_no_constraint_that_could_abort_it() {
     let (_d, store) = scratch();
     assert_eq!(aborting(&store.lock()), 0);
     let old = Connection::open_in_memory().unwrap();
-    old.execute_batch(
-        "CREATE TABLE current (
-             resource TEXT NOT NULL, key TEXT NOT NULL, box INTEGER NOT NULL, seq INTEGER NOT NULL,
-             hseq INTEGER, PRIMARY KEY (resource, key)) WITHOUT ROWID;",
-    )
+    old.execute_batch(&format!(
+        "CREATE TABLE current ({STRICT_CURRENT_COLUMNS}) WITHOUT ROWID;"
+    ))
     .unwrap();
     assert_eq!(aborting(&old), 2);
 }
