@@ -6,12 +6,14 @@
 //! value rules are those of the item's data element ([`rules::element`],
 //! bound in [`rules::catalog`]); warnings travel with the record.
 
+use std::borrow::Cow;
+
 use prost::Message;
 use proto::v1::{Operation, Record, SourcePosition};
 use proto::view::{find_item, order_items};
 
 use crate::config::MappingConfig;
-use rules::catalog::Resource;
+use rules::catalog::{Item, Resource};
 use rules::element::Issue;
 
 mod encode;
@@ -196,8 +198,9 @@ impl Mapping {
     ) -> Outcome {
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
-        // (item id, value): ordered by id once all are in.
-        let mut items: Vec<(&str, String)> = Vec::with_capacity(self.columns.len());
+        // (item id, value): ordered by id once all are in. A value that is
+        // canonical as it came is borrowed, not copied.
+        let mut items: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(self.columns.len());
         // Items whose value was present but bad: not reported again as missing.
         let mut bad: Vec<&str> = Vec::new();
         for ((column, idx, transforms), field) in self.columns.iter().zip(fields) {
@@ -212,21 +215,20 @@ impl Mapping {
                     problems.push(format!("{e} (列 {column} → {})", item.id));
                 }
                 Some(Ok(raw)) => {
-                    let transformed;
-                    let raw: &str = if transforms.is_empty() {
-                        raw
+                    let normalized = if transforms.is_empty() {
+                        canonical(item, csv_guard(trim(raw)))
                     } else {
-                        transformed = transforms.iter().fold(trim(raw).to_owned(), |v, t| t.apply(&v));
-                        &transformed
+                        let transformed = transforms.iter().fold(trim(raw).to_owned(), |v, t| t.apply(&v));
+                        canonical(item, csv_guard(trim(&transformed)))
+                            .map(|n| n.map(|(value, found)| (Cow::Owned(value.into_owned()), found)))
                     };
-                    let v = csv_guard(trim(raw));
-                    if v.is_empty() {
+                    let Some(normalized) = normalized else {
                         continue;
-                    }
-                    match item.normalize(v) {
-                        Ok(n) => {
-                            warnings.extend(n.warnings.iter().map(|w| format!("{w} (列 {column} → {})", item.id)));
-                            items.push((&item.id, n.value));
+                    };
+                    match normalized {
+                        Ok((value, found)) => {
+                            warnings.extend(found.iter().map(|w| format!("{w} (列 {column} → {})", item.id)));
+                            items.push((&item.id, value));
                         }
                         Err(e) => {
                             bad.push(&item.id);
@@ -276,7 +278,7 @@ impl Mapping {
             let key: Vec<&str> = self
                 .resource
                 .key_items()
-                .filter_map(|k| find_item(&items, &k.id).map(|i| items[i].1.as_str()))
+                .filter_map(|k| find_item(&items, &k.id).map(|i| items[i].1.as_ref()))
                 .collect();
             let fields = encode::Fields {
                 resource: &self.resource.code,
@@ -295,7 +297,7 @@ impl Mapping {
                     resource: self.resource.code.clone(),
                     key: key.iter().map(|k| (*k).to_owned()).collect(),
                     op: op as i32,
-                    items: items.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+                    items: items.iter().map(|(k, v)| ((*k).to_owned(), v.to_string())).collect(),
                     source: Some(SourcePosition {
                         source: self.source.clone(),
                         object: origin.object.to_owned(),
@@ -370,6 +372,22 @@ pub fn needs_csv_guard(v: &str) -> bool {
 /// Removes the `'` that `qianzhi quarantine export` puts before a value a
 /// spreadsheet would run as a formula, so that an exported entry dropped
 /// into the folder again normalizes to the value it had.
+/// A value's canonical form and the warnings found making it, or why it
+/// has none.
+type Canonical<'v> = Result<(Cow<'v, str>, Vec<Issue>), Issue>;
+
+/// A value's canonical form for `item`: the value itself, not copied, when
+/// it is already canonical; `None` for an empty value (absent).
+fn canonical<'v>(item: &Item, v: &'v str) -> Option<Canonical<'v>> {
+    if v.is_empty() {
+        None
+    } else if item.is_canonical(v) {
+        Some(Ok((Cow::Borrowed(v), Vec::new())))
+    } else {
+        Some(item.normalize(v).map(|n| (Cow::Owned(n.value), n.warnings)))
+    }
+}
+
 pub fn csv_guard(v: &str) -> &str {
     match v.strip_prefix('\'') {
         Some(rest) if needs_csv_guard(rest) => rest,

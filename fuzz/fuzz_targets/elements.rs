@@ -5,7 +5,8 @@
 //! reads it (`RecordView`).
 //!
 //! Invariants: a canonical value normalizes to itself (what the hub's
-//! `Item::check` relies on), is trimmed and not empty; a record the agent
+//! `Item::check` relies on), is trimmed and not empty; `is_canonical` says
+//! true exactly when `normalize` keeps a value as it is, with no warning; a record the agent
 //! makes passes the hub's check; the hub's `RecordView` reads what prost
 //! decodes, alike, and refuses only what prost refuses or a group; nothing
 //! panics.
@@ -78,6 +79,8 @@ fuzz_target!(|data: &[u8]| {
     let value = trim(&text);
     if !value.is_empty() {
         for e in DICTIONARY {
+            let keeps = matches!(e.rule.normalize(e.name, value), Ok(n) if n.value == value && n.warnings.is_empty());
+            assert_eq!(e.rule.is_canonical(value), keeps, "{}: is_canonical({value:?})", e.id);
             if let Ok(n) = e.rule.normalize(e.name, value) {
                 let again = e
                     .rule
@@ -90,6 +93,8 @@ fuzz_target!(|data: &[u8]| {
         for catalog in [catalog(), rules_catalog()] {
             for resource in catalog.resources() {
                 for item in &resource.items {
+                    let keeps = matches!(item.normalize(value), Ok(n) if n.value == value && n.warnings.is_empty());
+                    assert_eq!(item.is_canonical(value), keeps, "{}: is_canonical({value:?})", item.id);
                     if let Ok(n) = item.normalize(value) {
                         let again = item
                             .check(&n.value)

@@ -649,26 +649,33 @@ fn store_rows(
         )?
         .query_row([], |r| r.get(0))?;
     let statements = SQL.get_or_init(|| INSERT_ROWS.iter().map(|&rows| insert_sql(rows)).collect());
-    for (sql, run) in runs(statements, 0, rows.len()) {
+    // Each statement is taken from the cache once per size, not once per
+    // run: the cache finds it by hashing and comparing its text, a few
+    // kilobytes for 64 rows, and clears its bindings when it goes back.
+    // A run's parameters replace the previous run's; the shared ones stay.
+    for group in runs(statements, 0, rows.len()).chunk_by(|a, b| a.0.rows == b.0.rows) {
+        let sql = group[0].0;
         let mut feed = tx.prepare_cached(&sql.feed)?;
         let mut history = tx.prepare_cached(&sql.history)?;
         feed.raw_bind_parameter(1, id)?;
         history.raw_bind_parameter(1, id)?;
         history.raw_bind_parameter(2, now)?;
-        for (i, (seq, row)) in rows[run.clone()].iter().enumerate() {
-            let seq = *seq as i64;
-            feed.raw_bind_parameter(2 + 3 * i, first + (run.start + i) as i64)?;
-            feed.raw_bind_parameter(3 + 3 * i, &row.resource)?;
-            feed.raw_bind_parameter(4 + 3 * i, seq)?;
-            let p = 3 + 5 * i;
-            history.raw_bind_parameter(p, seq)?;
-            history.raw_bind_parameter(p + 1, &row.resource)?;
-            history.raw_bind_parameter(p + 2, &row.key)?;
-            history.raw_bind_parameter(p + 3, i32::from(row.delete))?;
-            history.raw_bind_parameter(p + 4, row.record.as_ref())?;
+        for (_, run) in group {
+            for (i, (seq, row)) in rows[run.clone()].iter().enumerate() {
+                let seq = *seq as i64;
+                feed.raw_bind_parameter(2 + 3 * i, first + (run.start + i) as i64)?;
+                feed.raw_bind_parameter(3 + 3 * i, &row.resource)?;
+                feed.raw_bind_parameter(4 + 3 * i, seq)?;
+                let p = 3 + 5 * i;
+                history.raw_bind_parameter(p, seq)?;
+                history.raw_bind_parameter(p + 1, &row.resource)?;
+                history.raw_bind_parameter(p + 2, &row.key)?;
+                history.raw_bind_parameter(p + 3, i32::from(row.delete))?;
+                history.raw_bind_parameter(p + 4, row.record.as_ref())?;
+            }
+            feed.raw_execute()?;
+            history.raw_execute()?;
         }
-        feed.raw_execute()?;
-        history.raw_execute()?;
     }
     // `current` in order: each run of upserts by statements of many rows (a
     // later row of the same key updates the earlier one), each delete on
@@ -683,17 +690,19 @@ fn store_rows(
             continue;
         }
         let end = done + rows[done..].iter().take_while(|(_, r)| !r.delete).count();
-        for (sql, run) in runs(statements, done, end) {
-            let mut upsert = tx.prepare_cached(&sql.upsert)?;
+        for group in runs(statements, done, end).chunk_by(|a, b| a.0.rows == b.0.rows) {
+            let mut upsert = tx.prepare_cached(&group[0].0.upsert)?;
             upsert.raw_bind_parameter(1, id)?;
-            for (i, (seq, row)) in rows[run.clone()].iter().enumerate() {
-                let p = 2 + 4 * i;
-                upsert.raw_bind_parameter(p, &row.resource)?;
-                upsert.raw_bind_parameter(p + 1, &row.key)?;
-                upsert.raw_bind_parameter(p + 2, *seq as i64)?;
-                upsert.raw_bind_parameter(p + 3, first + (run.start + i) as i64)?;
+            for (_, run) in group {
+                for (i, (seq, row)) in rows[run.clone()].iter().enumerate() {
+                    let p = 2 + 4 * i;
+                    upsert.raw_bind_parameter(p, &row.resource)?;
+                    upsert.raw_bind_parameter(p + 1, &row.key)?;
+                    upsert.raw_bind_parameter(p + 2, *seq as i64)?;
+                    upsert.raw_bind_parameter(p + 3, first + (run.start + i) as i64)?;
+                }
+                upsert.raw_execute()?;
             }
-            upsert.raw_execute()?;
         }
         done = end;
     }

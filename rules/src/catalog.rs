@@ -319,10 +319,7 @@ impl Item {
     pub fn normalize(&self, raw: &str) -> Result<Normalized, Issue> {
         let (normalized, max, min) = match &self.rule {
             ValueRule::Plain => (plain(self.kind, &self.name, raw)?, self.max_len, None),
-            ValueRule::Builtin(e) => {
-                let n = e.rule.normalize(&self.name, raw)?;
-                (n, Some(self.max_len.map_or(e.max_len, |m| m.min(e.max_len))), None)
-            }
+            ValueRule::Builtin(e) => (e.rule.normalize(&self.name, raw)?, Some(self.builtin_max(e)), None),
             ValueRule::Custom(c) => {
                 let n = match (c.kind, c.scale) {
                     (ItemType::Decimal, Some(scale)) => element::Rule::Amount(scale).normalize(&self.name, raw)?,
@@ -359,11 +356,22 @@ impl Item {
                 (n, self.max_len.or(c.max_len), c.min_len)
             }
         };
+        self.length(&normalized.value, max, min)?;
+        Ok(normalized)
+    }
+
+    /// A built-in element's length limit, narrowed by the item's own.
+    fn builtin_max(&self, e: &element::Element) -> usize {
+        self.max_len.map_or(e.max_len, |m| m.min(e.max_len))
+    }
+
+    /// Refuses a canonical value outside the item's length limits.
+    fn length(&self, value: &str, max: Option<usize>, min: Option<usize>) -> Result<(), Issue> {
         // Bytes bound characters from above: count only when it matters.
-        let len = if max.is_some_and(|m| normalized.value.len() <= m) && min.is_none() {
+        let len = if max.is_some_and(|m| value.len() <= m) && min.is_none() {
             0
         } else {
-            normalized.value.chars().count()
+            value.chars().count()
         };
         if let Some(max) = max
             && len > max
@@ -381,11 +389,39 @@ impl Item {
                 message: format!("{} 长度 {len} 不足: at least {min} characters", self.name),
             });
         }
-        Ok(normalized)
+        Ok(())
+    }
+
+    /// Whether a trimmed, non-empty value is already the item's canonical
+    /// form and within its limits: what [`normalize`](Item::normalize)
+    /// returns unchanged and without a warning. Decided in place (see
+    /// [`element::Rule::is_canonical`]); `false` only means "ask
+    /// `normalize`".
+    pub fn is_canonical(&self, value: &str) -> bool {
+        let (fits, max, min) = match &self.rule {
+            ValueRule::Plain => (plain_is_canonical(self.kind, value), self.max_len, None),
+            ValueRule::Builtin(e) => (e.rule.is_canonical(value), Some(self.builtin_max(e)), None),
+            ValueRule::Custom(c) => {
+                let base = match (c.kind, c.scale) {
+                    (ItemType::Decimal, Some(scale)) => element::Rule::Amount(scale).is_canonical(value),
+                    (kind, _) => plain_is_canonical(kind, value),
+                };
+                let fits = base
+                    && c.pattern.as_ref().is_none_or(|p| p.is_match(value))
+                    && c.codes
+                        .as_ref()
+                        .is_none_or(|codes| codes.iter().any(|code| code == value));
+                (fits, self.max_len.or(c.max_len), c.min_len)
+            }
+        };
+        fits && self.length(value, max, min).is_ok()
     }
 
     /// Checks a value that should already be canonical (the hub's check).
     pub fn check(&self, value: &str) -> Result<(), Issue> {
+        if !value.is_empty() && self.is_canonical(value) {
+            return Ok(());
+        }
         let n = self.normalize(value)?;
         if n.value != value {
             return Err(Issue {
@@ -495,6 +531,30 @@ impl Resource {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether `v` is the canonical form of `kind` already ([`canonical`]
+/// returns it unchanged).
+fn plain_is_canonical(kind: ItemType, v: &str) -> bool {
+    let integer = |b: &[u8]| {
+        let digits = b.strip_prefix(b"-").unwrap_or(b);
+        !digits.is_empty()
+            && digits.iter().all(u8::is_ascii_digit)
+            && (digits == b"0" && digits.len() == b.len() || digits[0] != b'0')
+    };
+    match kind {
+        ItemType::String => true,
+        ItemType::Integer => integer(v.as_bytes()),
+        ItemType::Decimal => match v.as_bytes().iter().position(|&c| c == b'.') {
+            None => integer(v.as_bytes()),
+            Some(i) => {
+                let (int, frac) = (&v.as_bytes()[..i], &v.as_bytes()[i + 1..]);
+                integer(int) && !frac.is_empty() && frac.iter().all(u8::is_ascii_digit) && !frac.ends_with(b"0")
+            }
+        },
+        ItemType::Date => element::Rule::Date.is_canonical(v),
+        ItemType::Datetime => element::Rule::DateTime.is_canonical(v),
     }
 }
 

@@ -226,6 +226,39 @@ impl Rule {
         }
     }
 
+    /// Whether `v` is already this rule's canonical form: what
+    /// [`normalize`](Rule::normalize) returns for it unchanged and without a
+    /// warning. Decided in place, without building a value, for the hub's
+    /// check of every value it receives and the agent's values that arrive
+    /// canonical; `false` only means "ask `normalize`", which also says why.
+    pub fn is_canonical(self, v: &str) -> bool {
+        let b = v.as_bytes();
+        let all_digits = |b: &[u8]| b.iter().all(u8::is_ascii_digit);
+        match self {
+            Rule::CitizenId => id::is_canonical_citizen_id(b),
+            Rule::Uscc => id::is_canonical_uscc(b) && !is_scientific(v),
+            Rule::OrgCode => {
+                b.len() == 9 && org_check(&b[..8]).is_some_and(|want| b[8] == want as u8) && !is_scientific(v)
+            }
+            Rule::Gender => matches!(v, "0" | "1" | "2" | "9"),
+            Rule::Ethnicity => {
+                b.len() == 2 && calendar::digits(b).is_some_and(|n| (1..=56).contains(&n) || n == 97 || n == 98)
+            }
+            Rule::Date => calendar::is_canonical_date(b),
+            Rule::DateTime => calendar::is_canonical_datetime(b),
+            Rule::Division => {
+                (b.len() == 6 || b.len() == 9)
+                    && all_digits(b)
+                    && id::valid_province(calendar::digits(&b[..2]).unwrap_or(0))
+            }
+            Rule::Mobile => value::is_canonical_mobile(b),
+            Rule::Phone => value::is_canonical_phone(b),
+            Rule::Postcode => b.len() == 6 && all_digits(b),
+            Rule::Text => true,
+            Rule::Amount(scale) => value::is_canonical_amount(b, scale),
+        }
+    }
+
     /// True for code-like values, which are width-folded and compacted.
     pub fn is_code(self) -> bool {
         !matches!(self, Rule::Text)

@@ -8,6 +8,8 @@
 //! bytes, and the hub stores them as they come): the tests compare both on
 //! many records, and debug builds compare every record normalized.
 
+use std::borrow::Cow;
+
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
 /// The fields of a `Record`, borrowed.
@@ -16,7 +18,7 @@ pub struct Fields<'a> {
     pub key: &'a [&'a str],
     pub op: i32,
     /// Ordered by id, each id once (as the `Record`'s map iterates).
-    pub items: &'a [(&'a str, String)],
+    pub items: &'a [(&'a str, Cow<'a, str>)],
     pub source: &'a str,
     pub object: &'a str,
     pub line: u64,
@@ -144,8 +146,8 @@ mod tests {
             let resource = texts[pick(texts.len())];
             let key: Vec<&str> = (0..pick(3)).map(|_| texts[pick(texts.len())]).collect();
             let op = [-1, 0, 1, 2][pick(4)];
-            let mut items: Vec<(&str, String)> = (0..pick(6))
-                .map(|_| (texts[pick(texts.len())], texts[pick(texts.len())].to_owned()))
+            let mut items: Vec<(&str, Cow<'_, str>)> = (0..pick(6))
+                .map(|_| (texts[pick(texts.len())], Cow::Borrowed(texts[pick(texts.len())])))
                 .collect();
             items.sort_by(|a, b| a.0.cmp(b.0));
             items.dedup_by(|a, b| a.0 == b.0);
@@ -168,7 +170,7 @@ mod tests {
                 resource: resource.to_owned(),
                 key: key.iter().map(|k| (*k).to_owned()).collect(),
                 op,
-                items: items.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+                items: items.iter().map(|(k, v)| ((*k).to_owned(), v.to_string())).collect(),
                 source: Some(SourcePosition {
                     source: source.to_owned(),
                     object: object.to_owned(),

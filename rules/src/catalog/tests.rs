@@ -188,3 +188,121 @@ element = "FKJE"
             .contains("NOPE")
     );
 }
+
+#[test]
+fn an_item_calls_canonical_exactly_what_it_keeps() {
+    let text = r#"
+[[element]]
+id = "ZJLX"
+name = "证件类型代码"
+codes = ["111", "414", "0"]
+standard = "GA/T 2000.156"
+
+[[element]]
+id = "FKJE"
+name = "罚款金额"
+type = "decimal"
+scale = 2
+max_len = 6
+
+[[element]]
+id = "XKZH"
+name = "许可证号"
+pattern = "[A-Z]{2}[0-9]{4,8}"
+min_len = 7
+max_len = 9
+
+[[element]]
+id = "RS"
+name = "人数"
+type = "integer"
+codes = ["0", "1", "10", "-1"]
+
+[[resource]]
+code = "R"
+name = "r"
+provider = "AG1"
+sharing = "无条件共享"
+cycle = "每日"
+[[resource.item]]
+id = "K"
+name = "键"
+key = true
+required = true
+max_len = 3
+[[resource.item]]
+id = "I"
+name = "整数"
+type = "integer"
+[[resource.item]]
+id = "D"
+name = "小数"
+type = "decimal"
+max_len = 5
+[[resource.item]]
+id = "T"
+name = "日期"
+type = "date"
+[[resource.item]]
+id = "TS"
+name = "日期时间"
+type = "datetime"
+[[resource.item]]
+id = "M"
+name = "手机"
+element = "SJHM"
+max_len = 10
+[[resource.item]]
+id = "X"
+name = "姓名"
+element = "XM"
+max_len = 4
+[[resource.item]]
+id = "C"
+name = "证件类型"
+element = "ZJLX"
+[[resource.item]]
+id = "F"
+name = "罚款"
+element = "FKJE"
+[[resource.item]]
+id = "P"
+name = "许可证"
+element = "XKZH"
+[[resource.item]]
+id = "N"
+name = "人数"
+element = "RS"
+"#;
+    let catalog = Catalog::from_toml_str(text).unwrap();
+    let r = catalog.resource("R").unwrap();
+    // Split at |: some seeds hold spaces.
+    let seeds = concat!(
+        "0|1|10|-1|-0|007|12|1.5|1.50|-0.5|.5|0.5|123.4|12.34|1234.56|",
+        "20240229|2024-02-29|20241231235959|20241231235959.5|13900000000|1390000000|",
+        "测试|测试名字长|x|abcd|111|414|AB1234|AB12345|AB123456789|ab12345|１| 1"
+    )
+    .split('|');
+    let mut kept = 0;
+    let mut seen = 0;
+    for seed in seeds {
+        let chars: Vec<char> = seed.chars().collect();
+        let mut candidates = vec![seed.to_owned()];
+        for i in 0..chars.len() {
+            for c in ['0', '5', '.', '-', 'A'] {
+                candidates.push(chars[..i].iter().chain([&c]).chain(&chars[i + 1..]).collect());
+            }
+            candidates.push(chars[..i].iter().chain(&chars[i + 1..]).collect());
+        }
+        for v in candidates.iter().filter(|v| !v.is_empty()) {
+            for item in &r.items {
+                let keeps = matches!(item.normalize(v), Ok(n) if n.value == *v && n.warnings.is_empty());
+                assert_eq!(item.is_canonical(v), keeps, "item {} {v:?}", item.id);
+                assert_eq!(item.check(v).is_ok(), item.normalize(v).is_ok_and(|n| n.value == *v));
+                kept += usize::from(keeps);
+                seen += 1;
+            }
+        }
+    }
+    assert!(kept > 100, "only {kept} of {seen} canonical");
+}

@@ -110,6 +110,33 @@ pub(super) fn date(name: &str, raw: &str) -> Result<(u32, u32, u32), Issue> {
     }
 }
 
+/// `YYYYMMDD`, a day that exists: what [`date`] keeps as it is.
+pub(super) fn is_canonical_date(b: &[u8]) -> bool {
+    b.len() == 8
+        && match (digits(&b[0..4]), digits(&b[4..6]), digits(&b[6..8])) {
+            (Some(y), Some(m), Some(d)) => valid_ymd(y, m, d),
+            _ => false,
+        }
+}
+
+/// `YYYYMMDDhhmmss`, and `.` with one to six digits not ending in 0: what
+/// [`datetime`] keeps as it is.
+pub(super) fn is_canonical_datetime(b: &[u8]) -> bool {
+    let (fields, fraction) = b.split_at(b.len().min(14));
+    let two = |i: usize| digits(&fields[i..i + 2]).unwrap_or(99);
+    fields.len() == 14
+        && is_canonical_date(&fields[..8])
+        && fields[8..].iter().all(u8::is_ascii_digit)
+        && two(8) <= 23
+        && two(10) <= 59
+        && two(12) <= 59
+        && match fraction {
+            [] => true,
+            [b'.', f @ ..] => (1..=6).contains(&f.len()) && f.iter().all(u8::is_ascii_digit) && f[f.len() - 1] != b'0',
+            _ => false,
+        }
+}
+
 /// Seconds east of UTC of China Standard Time, the catalog's local time.
 pub(super) const CST_OFFSET: i64 = 8 * 3600;
 pub(super) const MICROS_PER_DAY: i64 = 86_400 * 1_000_000;

@@ -86,7 +86,31 @@ pub(super) fn citizen_id(name: &str, raw: &str) -> Result<Normalized, Issue> {
     Ok(Normalized { value: v, warnings })
 }
 
+/// What [`citizen_id`] keeps as it is, with no warning: 17 digits, the
+/// right check character, a province and a birth date from 1800 on.
+pub(super) fn is_canonical_citizen_id(b: &[u8]) -> bool {
+    b.len() == 18
+        && b[..17].iter().all(u8::is_ascii_digit)
+        && citizen_check(&b[..17]) as u8 == b[17]
+        && valid_province(digits(&b[0..2]).unwrap_or(0))
+        && match (digits(&b[6..10]), digits(&b[10..12]), digits(&b[12..14])) {
+            (Some(y), Some(m), Some(d)) => valid_ymd(y, m, d) && y >= 1800,
+            _ => false,
+        }
+}
+
 // --- GB 32100 统一社会信用代码 and GB 11714 组织机构代码 ---------------------
+
+/// What [`uscc`] keeps as it is, with no warning (the caller also rules
+/// out what reads as scientific notation).
+pub(super) fn is_canonical_uscc(b: &[u8]) -> bool {
+    b.len() == 18
+        && b.iter().all(|c| USCC_CHARS.contains(c))
+        && uscc_categories(b[0]).is_some_and(|c| c.contains(&b[1]))
+        && b[2..8].iter().all(u8::is_ascii_digit)
+        && uscc_check(&b[..17]).is_some_and(|want| b[17] == want as u8)
+        && org_check(&b[8..16]).is_some_and(|want| b[16] == want as u8)
+}
 
 pub(super) const USCC_CHARS: &[u8; 31] = b"0123456789ABCDEFGHJKLMNPQRTUWXY";
 pub(super) const USCC_WEIGHTS: [u32; 17] = [1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28];

@@ -518,3 +518,109 @@ fn push_padded_writes_what_the_formatter_writes() {
         }
     }
 }
+
+/// One-character edits of `v`: each character replaced by, and each gap
+/// given, one of `alphabet` (three picked per position), each character
+/// deleted, and every prefix.
+fn near_misses(v: &str, alphabet: &[char], g: &mut Gen) -> Vec<String> {
+    let chars: Vec<char> = v.chars().collect();
+    let pick = |g: &mut Gen| alphabet[g.next(alphabet.len() as u64) as usize];
+    let mut out = Vec::new();
+    for i in 0..=chars.len() {
+        out.push(chars[..i].iter().collect());
+        for _ in 0..3 {
+            let c = pick(g);
+            out.push(chars[..i].iter().chain([&c]).chain(&chars[i..]).collect());
+            if i < chars.len() {
+                out.push(chars[..i].iter().chain([&c]).chain(&chars[i + 1..]).collect());
+            }
+        }
+        if i < chars.len() {
+            out.push(chars[..i].iter().chain(&chars[i + 1..]).collect());
+        }
+    }
+    out
+}
+
+#[test]
+fn is_canonical_is_exactly_what_normalize_keeps() {
+    let mut g = Gen(0x2545_F491_4F6C_DD1D);
+    let rules = [
+        Rule::CitizenId,
+        Rule::Uscc,
+        Rule::OrgCode,
+        Rule::Gender,
+        Rule::Ethnicity,
+        Rule::Date,
+        Rule::DateTime,
+        Rule::Division,
+        Rule::Mobile,
+        Rule::Phone,
+        Rule::Postcode,
+        Rule::Text,
+        Rule::Amount(0),
+        Rule::Amount(2),
+        Rule::Amount(4),
+    ];
+    // Canonical values of every rule, and values each rule changes.
+    // Split at |: some seeds hold spaces.
+    let mut seeds: Vec<String> = concat!(
+        "0|1|2|9|01|56|97|98|00|57|",
+        "320282|320282001|990282|214200|",
+        "13900000000|17400000000|14400000000|12000000000|0510-12345678|051012345678|008613900000000|0086051012345|",
+        "0.00|-0.00|-12.50|1234.5|007|5|-5|1E+17|3.20282E+17|",
+        "20240229|20230229|20241231235959|20241231240000|20260101000000.5|20260101000000.123456|",
+        "20260101000000.50|20260101000000.1234567|00010101000000|99991231235959.999999|",
+        "91320282MA1X2Y3Z4A| 1|1 |测试|男|汉族"
+    )
+    .split('|')
+    .map(str::to_owned)
+    .collect();
+    for _ in 0..40 {
+        seeds.push(random_citizen_id(&mut g));
+        seeds.push(random_uscc(&mut g));
+        // One whose embedded 组织机构代码 checks too (random_uscc's does one
+        // time in eleven).
+        let mut uscc: String = format!("91{:06}", 320000 + g.next(1000));
+        uscc.extend((0..8).map(|_| USCC_CHARS[g.next(31) as usize] as char));
+        uscc.push(super::org_check(&uscc.as_bytes()[8..]).unwrap());
+        uscc.push(uscc_check(uscc.as_bytes()).unwrap());
+        seeds.push(uscc);
+        let mut org: String = (0..8).map(|_| USCC_CHARS[g.next(31) as usize] as char).collect();
+        org.push(super::org_check(org.as_bytes()).unwrap());
+        seeds.push(org);
+        seeds.push(format!(
+            "{:04}{:02}{:02}{:02}{:02}{:02}",
+            1 + g.next(9999),
+            1 + g.next(12),
+            1 + g.next(31),
+            g.next(25),
+            g.next(61),
+            g.next(61)
+        ));
+        seeds.push(format!("1{}{:09}", 3 + g.next(7), g.next(1_000_000_000)));
+        seeds.push(format!("{}.{:02}", g.next(100_000), g.next(100)));
+    }
+    let alphabet: Vec<char> = "0123456789X-. ET+,:x１".chars().collect();
+    let mut candidates = Vec::new();
+    for s in &seeds {
+        candidates.extend(near_misses(s, &alphabet, &mut g));
+        candidates.push(s.clone());
+    }
+    let mut kept = [0usize; 15];
+    for v in &candidates {
+        for (i, rule) in rules.iter().enumerate() {
+            let keeps = matches!(rule.normalize("x", v), Ok(n) if n.value == *v && n.warnings.is_empty());
+            assert_eq!(rule.is_canonical(v), keeps, "{rule:?} {v:?}");
+            kept[i] += usize::from(keeps);
+        }
+    }
+    // Every rule's fast path was taken, not only refused.
+    for (rule, n) in rules.iter().zip(kept) {
+        assert!(
+            n >= 4,
+            "{rule:?}: only {n} of {} candidates canonical",
+            candidates.len()
+        );
+    }
+}

@@ -179,6 +179,37 @@ pub(super) fn mobile(name: &str, raw: &str) -> Result<Normalized, Issue> {
     Ok(Normalized { value: v, warnings })
 }
 
+/// What [`mobile`] keeps as it is, with no warning.
+pub(super) fn is_canonical_mobile(b: &[u8]) -> bool {
+    b.len() == 11
+        && b.iter().all(u8::is_ascii_digit)
+        && b[0] == b'1'
+        && (b'3'..=b'9').contains(&b[1])
+        && std::str::from_utf8(b).is_ok_and(strict_mobile)
+}
+
+/// What [`phone`] keeps as it is, with no warning: a mobile number as
+/// [`mobile`] keeps it, or a landline of digits and inner hyphens whose
+/// digits do not make a mobile number (`phone` would write that one
+/// without its hyphens or its 0086).
+pub(super) fn is_canonical_phone(b: &[u8]) -> bool {
+    if !b.iter().all(|&c| c.is_ascii_digit() || c == b'-') {
+        return false;
+    }
+    let mut digits = b.iter().filter(|&&c| c != b'-');
+    let count = digits.clone().count();
+    let prefixed = digits.clone().take(4).eq(b"0086");
+    let (count, first) = if prefixed {
+        (count - 4, digits.nth(4))
+    } else {
+        (count, digits.next())
+    };
+    if count == 11 && first == Some(&b'1') {
+        return is_canonical_mobile(b);
+    }
+    (7..=18).contains(&b.len()) && b.first() != Some(&b'-') && b.last() != Some(&b'-')
+}
+
 pub(super) fn phone(name: &str, raw: &str) -> Result<Normalized, Issue> {
     let v = mobile_digits(raw);
     if v.len() == 11 && v.starts_with('1') && v.bytes().all(|b| b.is_ascii_digit()) {
@@ -210,6 +241,33 @@ pub(super) fn postcode(name: &str, raw: &str) -> Result<Normalized, Issue> {
         ));
     }
     Normalized::ok(v)
+}
+
+/// What [`amount`] keeps as it is: an optional `-` (not on zero), the
+/// integer part without leading zeros, and exactly `scale` digits after a
+/// point (none, and no point, for scale 0).
+pub(super) fn is_canonical_amount(b: &[u8], scale: u8) -> bool {
+    let (neg, body) = match b {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, b),
+    };
+    let scale = usize::from(scale);
+    let (int, frac) = if scale == 0 {
+        (body, &[][..])
+    } else {
+        match body.iter().position(|&c| c == b'.') {
+            Some(i) => (&body[..i], &body[i + 1..]),
+            None => return false,
+        }
+    };
+    let zero = int == b"0" && frac.iter().all(|&c| c == b'0');
+    !int.is_empty()
+        && int.iter().all(u8::is_ascii_digit)
+        && (int == b"0" || int[0] != b'0')
+        && int.len() + scale <= 17
+        && frac.len() == scale
+        && frac.iter().all(u8::is_ascii_digit)
+        && !(neg && zero)
 }
 
 pub(super) fn amount(name: &str, raw: &str, scale: u8) -> Result<Normalized, Issue> {
