@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use backon::BackoffBuilder;
 use hyper_util::rt::TokioIo;
 use prost::Message;
+use prost::bytes::Bytes;
 use proto::v1::exchange_client::ExchangeClient;
 use proto::v1::{
     AgentMessage, Batch, Delivery, Entry, Hello, HubMessage, Record, RejectCode, Rejected, Subscribe,
@@ -537,13 +538,7 @@ impl Link {
             cursor = last + 1;
             self.sent.fetch_max(last, std::sync::atomic::Ordering::AcqRel);
             in_flight.lock_unpoisoned().push_back((last, n, oldest_us, permit));
-            let entries = batch
-                .into_iter()
-                .map(|(seq, record)| Entry {
-                    seq,
-                    record: record.into(),
-                })
-                .collect();
+            let entries = batch.into_iter().map(|(seq, record)| Entry { seq, record }).collect();
             tx.send(AgentMessage {
                 body: Some(agent_message::Body::Batch(Batch { entries })),
             })
@@ -554,7 +549,7 @@ impl Link {
     }
 
     /// A batch from `cursor`, and when its first record was committed.
-    async fn read_batch(&self, cursor: u64) -> Result<(Vec<(u64, Vec<u8>)>, i64), Error> {
+    async fn read_batch(&self, cursor: u64) -> Result<(Vec<(u64, Bytes)>, i64), Error> {
         let (max, bytes) = (self.hub.batch_records, self.hub.batch_bytes);
         Ok(self
             .outbox

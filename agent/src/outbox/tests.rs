@@ -35,7 +35,7 @@ async fn records_survive_reopen_and_leave_only_on_ack() {
     assert_eq!((s.records, s.last_seq), (6, 10));
     let rows = ob.read(|r| r.records_from(0, 100, 1 << 20)).await.unwrap();
     assert_eq!(rows.first().map(|r| r.0), Some(5));
-    assert_eq!(rows.last().map(|r| r.1.clone()), Some(b"a-9".to_vec()));
+    assert_eq!(rows.last().map(|r| r.1.to_vec()), Some(b"a-9".to_vec()));
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -404,7 +404,7 @@ async fn writes_of_any_size_keep_order_and_sequences() {
     let rows = ob.read(|r| r.records_from(0, 10_000, 1 << 30)).await.unwrap();
     let seqs: Vec<u64> = rows.iter().map(|r| r.0).collect();
     assert_eq!(seqs, (1..=want.len() as u64).collect::<Vec<_>>());
-    let data: Vec<Vec<u8>> = rows.into_iter().map(|r| r.1).collect();
+    let data: Vec<Vec<u8>> = rows.into_iter().map(|r| r.1.to_vec()).collect();
     assert_eq!(data, want);
     let s = ob.stats();
     assert_eq!(s.records, want.len() as u64);
