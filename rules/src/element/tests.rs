@@ -382,6 +382,25 @@ fn width_folding_leaves_prose_and_roman_numerals_alone() {
     assert_eq!(Rule::Text.normalize("x", "第Ⅰ期，①号").unwrap().value, "第Ⅰ期，①号");
 }
 
+/// Every rule, amounts at three scales.
+const EVERY_RULE: [Rule; 15] = [
+    Rule::CitizenId,
+    Rule::Uscc,
+    Rule::OrgCode,
+    Rule::Gender,
+    Rule::Ethnicity,
+    Rule::Date,
+    Rule::DateTime,
+    Rule::Division,
+    Rule::Mobile,
+    Rule::Phone,
+    Rule::Postcode,
+    Rule::Text,
+    Rule::Amount(0),
+    Rule::Amount(2),
+    Rule::Amount(4),
+];
+
 /// A small deterministic generator, so failures reproduce.
 struct Gen(u64);
 
@@ -463,27 +482,12 @@ fn no_input_panics_and_canonical_values_are_fixed_points() {
     let alphabet: Vec<char> = "0123456789Xx-/. 年月日时分秒:T+E,Zz一二〇十ＡＢ１２　\u{200B}汉族男"
         .chars()
         .collect();
-    let rules = [
-        Rule::CitizenId,
-        Rule::Uscc,
-        Rule::OrgCode,
-        Rule::Gender,
-        Rule::Ethnicity,
-        Rule::Date,
-        Rule::DateTime,
-        Rule::Division,
-        Rule::Mobile,
-        Rule::Phone,
-        Rule::Postcode,
-        Rule::Text,
-        Rule::Amount(2),
-    ];
     for _ in 0..20_000 {
         let len = g.next(24) as usize;
         let s: String = (0..len)
             .map(|_| alphabet[g.next(alphabet.len() as u64) as usize])
             .collect();
-        for rule in rules {
+        for rule in EVERY_RULE {
             if let Ok(n) = rule.normalize("x", &s) {
                 let again = rule.normalize("x", &n.value).map(|m| m.value);
                 assert_eq!(again, Ok(n.value.clone()), "{rule:?} {s:?}");
@@ -545,23 +549,6 @@ fn near_misses(v: &str, alphabet: &[char], g: &mut Gen) -> Vec<String> {
 #[test]
 fn is_canonical_is_exactly_what_normalize_keeps() {
     let mut g = Gen(0x2545_F491_4F6C_DD1D);
-    let rules = [
-        Rule::CitizenId,
-        Rule::Uscc,
-        Rule::OrgCode,
-        Rule::Gender,
-        Rule::Ethnicity,
-        Rule::Date,
-        Rule::DateTime,
-        Rule::Division,
-        Rule::Mobile,
-        Rule::Phone,
-        Rule::Postcode,
-        Rule::Text,
-        Rule::Amount(0),
-        Rule::Amount(2),
-        Rule::Amount(4),
-    ];
     // Canonical values of every rule, and values each rule changes.
     // Split at |: some seeds hold spaces.
     let mut seeds: Vec<String> = concat!(
@@ -607,16 +594,16 @@ fn is_canonical_is_exactly_what_normalize_keeps() {
         candidates.extend(near_misses(s, &alphabet, &mut g));
         candidates.push(s.clone());
     }
-    let mut kept = [0usize; 15];
+    let mut kept = [0usize; EVERY_RULE.len()];
     for v in &candidates {
-        for (i, rule) in rules.iter().enumerate() {
+        for (i, rule) in EVERY_RULE.iter().enumerate() {
             let keeps = matches!(rule.normalize("x", v), Ok(n) if n.value == *v && n.warnings.is_empty());
             assert_eq!(rule.is_canonical(v), keeps, "{rule:?} {v:?}");
             kept[i] += usize::from(keeps);
         }
     }
     // Every rule's fast path was taken, not only refused.
-    for (rule, n) in rules.iter().zip(kept) {
+    for (rule, n) in EVERY_RULE.iter().zip(kept) {
         assert!(
             n >= 4,
             "{rule:?}: only {n} of {} candidates canonical",
