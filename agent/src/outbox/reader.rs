@@ -28,9 +28,6 @@ impl<'a> Reader<'a> {
     /// Their bytes are read into one buffer that every record's `Bytes`
     /// shares: one allocation per batch instead of one per record, freed
     /// whole once the last of them is dropped (when the batch is sent).
-    /// Thousands of small blocks freed on another thread left the agent's
-    /// heap fragmented, and its peak RSS over 61 MiB when the hub was the
-    /// slower side (BENCHMARKS.md).
     pub fn records_from(&self, from: u64, max_records: usize, max_bytes: usize) -> rusqlite::Result<Vec<(u64, Bytes)>> {
         let mut stmt = self
             .0
