@@ -369,9 +369,6 @@ pub fn needs_csv_guard(v: &str) -> bool {
     v.starts_with(['=', '+', '-', '@', '\t', '\r'])
 }
 
-/// Removes the `'` that `qianzhi quarantine export` puts before a value a
-/// spreadsheet would run as a formula, so that an exported entry dropped
-/// into the folder again normalizes to the value it had.
 /// A value's canonical form and the warnings found making it, or why it
 /// has none.
 type Canonical<'v> = Result<(Cow<'v, str>, Vec<Issue>), Issue>;
@@ -388,6 +385,9 @@ fn canonical<'v>(item: &Item, v: &'v str) -> Option<Canonical<'v>> {
     }
 }
 
+/// Removes the `'` that `qianzhi quarantine export` puts before a value a
+/// spreadsheet would run as a formula, so that an exported entry dropped
+/// into the folder again normalizes to the value it had.
 pub fn csv_guard(v: &str) -> &str {
     match v.strip_prefix('\'') {
         Some(rest) if needs_csv_guard(rest) => rest,
