@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // An entry's record is a slice of the received message, not a copy:
         // the hub checks it in place and stores it as it came.
         .bytes(".qianzhi.exchange.v1.Entry.record")
+        // Its entries' records are slices of the decompressed buffer in turn.
+        .bytes(".qianzhi.exchange.v1.Batch.zstd_entries")
         .build_client(true)
         .build_server(true)
         // No `connect` helper: callers bring their own channel, so the

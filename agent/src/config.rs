@@ -83,7 +83,9 @@ pub enum Error {
     Catalog { path: PathBuf, source: catalog::Error },
 }
 
-/// Compression of the gRPC stream.
+/// How the link compresses batches: zstd is the link's own (one context for
+/// a session, `Batch.zstd_entries`), sent only to a hub whose Welcome
+/// offers it and otherwise plain; gzip is gRPC's, a new stream per message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {

@@ -9,10 +9,13 @@
 //! The first input byte picks the framing: 0 = the rest is one
 //! uncompressed message (framed here), 1 = the rest is the HTTP body as
 //! is, 2 = likewise with `grpc-encoding: gzip`, 3 = with zstd. Bit 2
-//! picks the agency (the people or the legal-person provider).
+//! picks the agency (the people or the legal-person provider). Bit 3, with
+//! framing 0, sends the rest as a batch's `zstd_entries` compressed into a
+//! well-formed frame, so that the inflated batch's own decoding is explored.
 //!
 //! Invariants: no panic; a decoded batch has at most `max_batch_entries`
-//! entries, and no more than the codec counted on the wire.
+//! entries, no more than the codec counted (on the wire, or in the inflated
+//! batch), and never still compressed.
 
 #![no_main]
 
@@ -24,7 +27,9 @@ use bytes::Bytes;
 use hub_stub::Limits;
 use hub_stub::codec::{Codec, count_entries};
 use libfuzzer_sys::fuzz_target;
+use prost::Message;
 use proto::v1::agent_message::Body;
+use proto::v1::{AgentMessage, Batch};
 use qianzhi_fuzz::catalog;
 use tonic::codec::{Codec as _, CompressionEncoding, Streaming};
 
@@ -45,6 +50,33 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let limits = Limits::default();
+    let packed;
+    let rest = if mode & 11 == 8 {
+        let inner = Batch {
+            zstd_entries: zstd::bulk::compress(rest, 1).expect("zstd compresses").into(),
+            ..Batch::default()
+        };
+        packed = AgentMessage {
+            body: Some(Body::Batch(inner)),
+        }
+        .encode_to_vec();
+        &packed[..]
+    } else {
+        rest
+    };
+    // What the codec counts: the wire's entries, or the inflated batch's
+    // (counted as the batch field of a message that holds only it).
+    let counted = |whole: &[u8]| match AgentMessage::decode(whole).ok().and_then(|m| m.body) {
+        Some(Body::Batch(b)) if !b.zstd_entries.is_empty() => {
+            let plain = zstd::bulk::decompress(&b.zstd_entries, limits.max_message_bytes)
+                .expect("a batch the codec let through inflates");
+            let mut wrapped = vec![0x12];
+            prost::encoding::encode_varint(plain.len() as u64, &mut wrapped);
+            wrapped.extend_from_slice(&plain);
+            count_entries(&wrapped)
+        }
+        _ => count_entries(whole),
+    };
     let (body, encoding, whole) = match mode & 3 {
         0 => {
             let mut framed = Vec::with_capacity(rest.len() + 5);
@@ -60,6 +92,7 @@ fuzz_target!(|data: &[u8]| {
     let agency = if mode & 4 == 0 { "320282-gaj" } else { "320282-scjgj" };
     let mut codec = Codec {
         max_entries: limits.max_batch_entries,
+        max_bytes: limits.max_message_bytes,
     };
     let body = http_body_util::Full::new(Bytes::from(body));
     let mut inbound = Streaming::new_request(codec.decoder(), body, encoding, Some(limits.max_message_bytes));
@@ -78,8 +111,9 @@ fuzz_target!(|data: &[u8]| {
             "a batch of {} entries got past the codec",
             batch.entries.len()
         );
+        assert!(batch.zstd_entries.is_empty(), "a batch reached the service compressed");
         if let Some(whole) = whole {
-            let counted = count_entries(whole).expect("a message the codec let through can be walked");
+            let counted = counted(whole).expect("a message the codec let through can be walked");
             assert!(
                 batch.entries.len() as u64 <= counted,
                 "prost decoded {} entries, the codec counted {counted}",

@@ -9,16 +9,19 @@
 //! walk. The generated `ExchangeServer` hard-wires prost's codec, hence
 //! [`ExchangeService`], which is the generated route with this codec.
 //!
-//! The wire format is unchanged: the same messages, the same method path.
+//! A batch may come compressed (`Batch.zstd_entries`, offered in the
+//! Welcome): the decoder inflates it with one zstd context per stream, into
+//! a buffer no larger than the message size limit, counts the entries it
+//! holds against the same limit, and hands the service a plain batch.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use prost::Message;
-use prost::bytes::Buf;
+use prost::bytes::{Buf, Bytes};
 use proto::v1::exchange_server::Exchange;
-use proto::v1::{AgentMessage, Delivery, HubMessage, SubscriberMessage};
+use proto::v1::{AgentMessage, Batch, Delivery, HubMessage, SubscriberMessage, agent_message};
 use tonic::codec::{CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder};
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::{Status, Streaming};
@@ -32,19 +35,25 @@ mod tests;
 const BATCH_FIELD: u64 = 2;
 const ENTRIES_FIELD: u64 = 1;
 
+/// How a standard zstd frame begins (not a legacy or skippable one).
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
 /// Encodes `HubMessage`s; decodes `AgentMessage`s of at most `max_entries`
-/// entries.
+/// entries, whose compressed batches inflate to at most `max_bytes`.
 #[derive(Debug, Clone, Copy)]
 pub struct Codec {
     pub max_entries: usize,
+    pub max_bytes: usize,
 }
 
 #[derive(Debug)]
 pub struct Enc;
 
-#[derive(Debug)]
 pub struct Dec {
     max_entries: usize,
+    max_bytes: usize,
+    /// Made at the first compressed batch, kept for the stream's life.
+    inflater: Option<zstd::bulk::Decompressor<'static>>,
 }
 
 impl tonic::codec::Codec for Codec {
@@ -60,6 +69,8 @@ impl tonic::codec::Codec for Codec {
     fn decoder(&mut self) -> Dec {
         Dec {
             max_entries: self.max_entries,
+            max_bytes: self.max_bytes,
+            inflater: None,
         }
     }
 }
@@ -78,6 +89,13 @@ impl Decoder for Dec {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<AgentMessage>, Status> {
+        self.read(buf).map(Some)
+    }
+}
+
+impl Dec {
+    /// One message from the whole of `buf`.
+    fn read(&mut self, buf: &mut impl Buf) -> Result<AgentMessage, Status> {
         let n = if buf.chunk().len() == buf.remaining() {
             count_entries(buf.chunk())
         } else {
@@ -85,16 +103,81 @@ impl Decoder for Dec {
             count_entries(&buf.copy_to_bytes(buf.remaining()))
         };
         let n = n.ok_or_else(|| Status::invalid_argument("not an AgentMessage: unreadable fields"))?;
-        if n > self.max_entries as u64 {
+        self.within_limit(n)?;
+        let mut message = AgentMessage::decode(buf)
+            .map_err(|e| Status::invalid_argument(format!("not an AgentMessage: {}", text::shown(&e.to_string()))))?;
+        if let Some(agent_message::Body::Batch(batch)) = &mut message.body
+            && !batch.zstd_entries.is_empty()
+        {
+            *batch = self.inflate(batch)?;
+        }
+        Ok(message)
+    }
+
+    fn within_limit(&self, entries: u64) -> Result<(), Status> {
+        if entries > self.max_entries as u64 {
             return Err(Status::invalid_argument(format!(
-                "a batch of {n} entries is over the hub's limit of {} (limits.max_batch_entries); \
+                "a batch of {entries} entries is over the hub's limit of {} (limits.max_batch_entries); \
                  lower the agent's hub.batch_records",
                 self.max_entries
             )));
         }
-        AgentMessage::decode(buf)
-            .map(Some)
-            .map_err(|e| Status::invalid_argument(format!("not an AgentMessage: {}", text::shown(&e.to_string()))))
+        Ok(())
+    }
+
+    /// The plain batch inside `batch.zstd_entries`: exactly one standard
+    /// zstd frame that states its size, at most `max_bytes`, holding an
+    /// encoded `Batch` of entries alone. The buffer is allocated at the
+    /// stated size and decompression stops at its end, so a frame that lies
+    /// about its size fails instead of growing anything.
+    fn inflate(&mut self, batch: &Batch) -> Result<Batch, Status> {
+        let frame = &batch.zstd_entries[..];
+        let refuse = |why: &str| Status::invalid_argument(format!("a compressed batch {why}"));
+        if !batch.entries.is_empty() {
+            return Err(refuse("also has plain entries"));
+        }
+        if !frame.starts_with(&ZSTD_MAGIC) {
+            return Err(refuse("is not a zstd frame"));
+        }
+        if zstd::zstd_safe::find_frame_compressed_size(frame) != Ok(frame.len()) {
+            return Err(refuse("is not exactly one zstd frame"));
+        }
+        let size = match zstd::zstd_safe::get_frame_content_size(frame) {
+            Ok(Some(size)) => size,
+            _ => return Err(refuse("does not state its size")),
+        };
+        if size > self.max_bytes as u64 {
+            return Err(Status::invalid_argument(format!(
+                "a compressed batch of {size} bytes is over the hub's limit of {} (limits.max_message_bytes); \
+                 lower the agent's hub.batch_bytes",
+                self.max_bytes
+            )));
+        }
+        let inflater = match &mut self.inflater {
+            Some(d) => d,
+            None => self
+                .inflater
+                .insert(zstd::bulk::Decompressor::new().map_err(|e| Status::internal(e.to_string()))?),
+        };
+        let plain = inflater
+            .decompress(frame, size as usize)
+            .map_err(|e| refuse(&format!("cannot be decompressed: {e}")))?;
+        if plain.len() as u64 != size {
+            return Err(refuse("is shorter than it states"));
+        }
+        let mut n = 0u64;
+        walk(&plain, |field, _| {
+            n += u64::from(field == ENTRIES_FIELD);
+            Some(())
+        })
+        .ok_or_else(|| refuse("holds unreadable fields"))?;
+        self.within_limit(n)?;
+        let inner = Batch::decode(Bytes::from(plain))
+            .map_err(|e| refuse(&format!("holds no Batch: {}", text::shown(&e.to_string()))))?;
+        if !inner.zstd_entries.is_empty() {
+            return Err(refuse("holds another compressed batch"));
+        }
+        Ok(inner)
     }
 }
 
@@ -163,7 +246,10 @@ impl<T> ExchangeService<T> {
     pub fn new(inner: T, max_entries: usize, max_message_bytes: usize) -> Self {
         ExchangeService {
             inner: Arc::new(inner),
-            codec: Codec { max_entries },
+            codec: Codec {
+                max_entries,
+                max_bytes: max_message_bytes,
+            },
             max_message_bytes,
         }
     }

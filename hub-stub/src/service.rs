@@ -142,6 +142,7 @@ impl Exchange for Hub {
                     hub_version: env!("CARGO_PKG_VERSION").to_owned(),
                     catalog_digest: catalog.digest().to_owned(),
                     rejections,
+                    zstd_batches: true,
                 })),
             })
             .await;

@@ -184,6 +184,11 @@ pub struct Resource {
     pub sharing: Sharing,
     pub cycle: UpdateCycle,
     pub items: Vec<Item>,
+    /// Positions in `items`, ordered by item id: a record's items come
+    /// ordered by id too, so [`Resource::check`] pairs them in one pass.
+    by_id: Vec<usize>,
+    /// Positions of the key items, in catalog order.
+    keys: Vec<usize>,
 }
 
 /// A parsed and checked catalog.
@@ -267,6 +272,9 @@ impl Catalog {
                 return Err(invalid("at least one item must be a key".into()));
             }
             let code = r.code.clone();
+            let mut by_id: Vec<usize> = (0..r.items.len()).collect();
+            by_id.sort_by(|&a, &b| r.items[a].id.cmp(&r.items[b].id));
+            let keys = (0..r.items.len()).filter(|&i| r.items[i].key).collect();
             let resource = Resource {
                 code: r.code,
                 name: r.name,
@@ -274,6 +282,8 @@ impl Catalog {
                 sharing: r.sharing,
                 cycle: r.cycle,
                 items: r.items,
+                by_id,
+                keys,
             };
             if resources.insert(code.clone(), resource).is_some() {
                 return Err(Error::Invalid {
@@ -465,11 +475,16 @@ fn plain(kind: ItemType, name: &str, raw: &str) -> Result<Normalized, Issue> {
 
 impl Resource {
     pub fn item(&self, id: &str) -> Option<&Item> {
-        self.items.iter().find(|i| i.id == id)
+        let at = self
+            .by_id
+            .binary_search_by(|&i| self.items[i].id.as_str().cmp(id))
+            .ok()?;
+        Some(&self.items[self.by_id[at]])
     }
 
-    pub fn key_items(&self) -> impl Iterator<Item = &Item> {
-        self.items.iter().filter(|i| i.key)
+    /// The key items, in catalog order.
+    pub fn key_items(&self) -> impl ExactSizeIterator<Item = &Item> {
+        self.keys.iter().map(|&i| &self.items[i])
     }
 
     /// Checks a record against this resource, for a record published by
@@ -493,16 +508,15 @@ impl Resource {
         if op == Operation::Unspecified {
             return Err(invalid(format!("unknown operation {}", record.op)));
         }
-        let keys: Vec<&Item> = self.key_items().collect();
-        if record.key.len() != keys.len() {
+        if record.key.len() != self.keys.len() {
             return Err(invalid(format!(
                 "key has {} values, resource {} has {} key items",
                 record.key.len(),
                 self.code,
-                keys.len()
+                self.keys.len()
             )));
         }
-        for (item, value) in keys.iter().zip(&record.key) {
+        for (item, value) in self.key_items().zip(&record.key) {
             if value.is_empty() {
                 return Err(invalid(format!("key item {} ({}) is empty", item.id, item.name)));
             }
@@ -515,8 +529,12 @@ impl Resource {
                 )));
             }
         }
+        // Both ordered by id: one pass pairs each of the record's items with
+        // the resource's.
+        let mut ours = self.by_id.iter().map(|&i| &self.items[i]).peekable();
         for &(id, value) in record.items() {
-            let Some(item) = self.item(id) else {
+            while ours.next_if(|item| item.id.as_str() < id).is_some() {}
+            let Some(item) = ours.next_if(|item| item.id == id) else {
                 return Err(invalid(format!("item {id} is not in resource {}", self.code)));
             };
             if let Err(issue) = item.check(value) {

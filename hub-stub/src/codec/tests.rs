@@ -1,5 +1,6 @@
 use prost::Message;
 use proto::v1::{AgentMessage, Batch, Entry, Hello, agent_message};
+use tonic::codec::Codec as _;
 
 use super::*;
 
@@ -12,6 +13,7 @@ fn batch(n: u64) -> Vec<u8> {
                     record: vec![7; (seq % 5) as usize].into(),
                 })
                 .collect(),
+            ..Batch::default()
         })),
     }
     .encode_to_vec()
@@ -57,4 +59,120 @@ fn unknown_fields_are_skipped_and_unwalkable_messages_refused() {
     let mut g = vec![0x12, 0x02, 0x0b, 0x0c];
     g.extend(batch(1));
     assert_eq!(count_entries(&g), None);
+}
+
+fn entries(n: u64) -> Vec<Entry> {
+    (1..=n)
+        .map(|seq| Entry {
+            seq,
+            record: format!("record {seq}").into_bytes().into(),
+        })
+        .collect()
+}
+
+fn compressed(frame: Vec<u8>) -> Batch {
+    Batch {
+        zstd_entries: frame.into(),
+        ..Batch::default()
+    }
+}
+
+fn frame_of(entries: Vec<Entry>) -> Vec<u8> {
+    let plain = Batch {
+        entries,
+        ..Batch::default()
+    }
+    .encode_to_vec();
+    zstd::bulk::compress(&plain, 1).unwrap()
+}
+
+fn dec(max_entries: usize, max_bytes: usize) -> Dec {
+    Codec { max_entries, max_bytes }.decoder()
+}
+
+fn refusal(d: &mut Dec, b: &Batch) -> String {
+    let e = d.inflate(b).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    e.message().to_owned()
+}
+
+#[test]
+fn a_compressed_batch_inflates_to_its_entries_with_one_context() {
+    let mut d = dec(10_000, 16 << 20);
+    for n in [1, 500, 10_000] {
+        let b = compressed(frame_of(entries(n)));
+        assert_eq!(d.inflate(&b).unwrap().entries, entries(n));
+    }
+    // Read as a whole message: the service sees plain entries.
+    let message = AgentMessage {
+        body: Some(agent_message::Body::Batch(compressed(frame_of(entries(3))))),
+    }
+    .encode_to_vec();
+    let decoded = d.read(&mut &message[..]).unwrap();
+    let Some(agent_message::Body::Batch(b)) = decoded.body else {
+        panic!("not a batch")
+    };
+    assert!(b.zstd_entries.is_empty());
+    assert_eq!(b.entries, entries(3));
+}
+
+#[test]
+fn a_compressed_batch_is_held_to_the_limits_once_inflated() {
+    let frame = frame_of(entries(101));
+    let plain_len = zstd::zstd_safe::get_frame_content_size(&frame).unwrap().unwrap() as usize;
+    assert!(refusal(&mut dec(100, 16 << 20), &compressed(frame.clone())).contains("101 entries"));
+    let small = refusal(&mut dec(10_000, plain_len - 1), &compressed(frame.clone()));
+    assert!(small.contains("max_message_bytes"), "{small}");
+    assert_eq!(
+        dec(101, plain_len).inflate(&compressed(frame)).unwrap().entries.len(),
+        101
+    );
+}
+
+#[test]
+fn only_one_standard_frame_that_tells_the_truth_about_its_size_is_inflated() {
+    let mut d = dec(10_000, 16 << 20);
+    let good = frame_of(entries(50));
+    let mut both = compressed(good.clone());
+    both.entries = entries(1);
+    assert!(refusal(&mut d, &both).contains("plain entries"));
+    assert!(refusal(&mut d, &compressed(b"not zstd at all".to_vec())).contains("not a zstd frame"));
+    // A skippable frame (magic 0x184D2A50) carries no data.
+    let skippable = [0x50, 0x2a, 0x4d, 0x18, 0, 0, 0, 0].to_vec();
+    assert!(refusal(&mut d, &compressed(skippable)).contains("not a zstd frame"));
+    let mut twice = good.clone();
+    twice.extend_from_slice(&good);
+    assert!(refusal(&mut d, &compressed(twice)).contains("exactly one"));
+    assert!(refusal(&mut d, &compressed(good[..good.len() - 1].to_vec())).contains("exactly one"));
+    // A streaming encoder that is not told the size leaves it out.
+    let plain = Batch {
+        entries: entries(50),
+        ..Batch::default()
+    }
+    .encode_to_vec();
+    let unsized_frame = zstd::stream::encode_all(&plain[..], 1).unwrap();
+    assert!(matches!(
+        zstd::zstd_safe::get_frame_content_size(&unsized_frame),
+        Ok(None)
+    ));
+    assert!(refusal(&mut d, &compressed(unsized_frame)).contains("state its size"));
+    // A frame that states less than it holds: the buffer is made at the
+    // stated size and decompression stops at its end. A single-segment
+    // frame of 256..=65791 bytes states its size in two bytes after the
+    // header byte, as size - 256.
+    assert!((256..=65791).contains(&plain.len()));
+    let mut liar = zstd::bulk::compress(&plain, 1).unwrap();
+    assert_eq!(liar[4] & 0xe0, 0x60, "a single-segment frame with a two-byte size");
+    liar[5..7].copy_from_slice(&((plain.len() - 100 - 256) as u16).to_le_bytes());
+    assert!(refusal(&mut d, &compressed(liar)).contains("cannot be decompressed"));
+    // A frame of something that is not a Batch of entries.
+    let nested = compressed(zstd::bulk::compress(&compressed(good).encode_to_vec(), 1).unwrap());
+    assert!(refusal(&mut d, &nested).contains("another compressed batch"));
+    let junk = compressed(zstd::bulk::compress(&[0xff; 40], 1).unwrap());
+    assert!(refusal(&mut d, &junk).contains("unreadable"));
+    // The context survives refusals.
+    assert_eq!(
+        d.inflate(&compressed(frame_of(entries(7)))).unwrap().entries,
+        entries(7)
+    );
 }

@@ -81,6 +81,42 @@ fn parses_and_checks_records() {
 }
 
 #[test]
+fn items_listed_in_any_order_are_found_and_strangers_anywhere_refused() {
+    // The catalog lists its items out of id order; a record's come by id.
+    let shuffled = CATALOG.replace("DE00001", "DE00009").replace("DE00003", "DE00001");
+    let catalog = Catalog::from_toml_str(&shuffled).unwrap();
+    let r = catalog.resource("320282001/00001").unwrap();
+    assert_eq!(r.item("DE00001").unwrap().name, "出生日期");
+    assert_eq!(r.item("DE00009").unwrap().name, "公民身份号码");
+    assert!(r.item("DE00005").is_none());
+    assert_eq!(r.key_items().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["DE00009"]);
+    let good = [("DE00001", "19900101"), ("DE00002", "张三"), ("DE00009", "1")];
+    assert_eq!(r.check("AG1", &RecordView::of(&record(&good, "1"))), Ok(()));
+    for stranger in ["A", "DE00001a", "DE00005", "Z"] {
+        let mut items = good.to_vec();
+        items.push((stranger, "1"));
+        let e = r.check("AG1", &RecordView::of(&record(&items, "1"))).unwrap_err();
+        assert!(
+            e.reason.contains(&format!("item {stranger} is not in")),
+            "{stranger}: {e:?}"
+        );
+    }
+    // Each item meets its own rule: the date is the one checked as a date.
+    let bad = [("DE00001", "1990-01-01"), ("DE00002", "x"), ("DE00009", "1")];
+    let e = r.check("AG1", &RecordView::of(&record(&bad, "1"))).unwrap_err();
+    assert!(e.reason.contains("item DE00001"), "{e:?}");
+    let date_elsewhere = [
+        ("DE00001", "19900101"),
+        ("DE00002", "1990-01-01"),
+        ("DE00009", "1990-01-01"),
+    ];
+    assert_eq!(
+        r.check("AG1", &RecordView::of(&record(&date_elsewhere, "1990-01-01"))),
+        Ok(())
+    );
+}
+
+#[test]
 fn refuses_bad_catalogs() {
     let no_key = CATALOG.replace("key = true\n", "");
     assert!(Catalog::from_toml_str(&no_key).unwrap_err().to_string().contains("key"));

@@ -258,6 +258,7 @@ fn batch(entries: impl IntoIterator<Item = (u64, Vec<u8>)>) -> Vec<u8> {
                 record: record.into(),
             })
             .collect(),
+        ..Batch::default()
     }))
 }
 

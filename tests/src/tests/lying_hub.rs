@@ -48,6 +48,7 @@ impl Exchange for Liar {
                     hub_version: "liar".into(),
                     catalog_digest: String::new(),
                     rejections: Vec::new(),
+                    zstd_batches: false,
                 })))
                 .await;
             while let Ok(Some(m)) = inbound.message().await {

@@ -2,7 +2,8 @@
 //! agencies at once. Each agency is a light client in this process that
 //! speaks the protocol as the agent's link does (its own certificate, Hello
 //! → Welcome, batches of contiguous sequences in the agent's default size
-//! and window, zstd), and provides a resource of its own in a catalog made
+//! and window, compressed as the agent does: one zstd context per stream,
+//! level 1, into `Batch.zstd_entries`), and provides a resource of its own in a catalog made
 //! for the run, since the hub takes a record only from its resource's
 //! provider. All streams start together; the figures are the aggregate
 //! durable throughput, each stream's batch → ack latency, the hub's CPU and
@@ -191,9 +192,7 @@ impl Stream {
             .connect()
             .await
             .expect("connect to the hub");
-        let mut client = ExchangeClient::new(channel)
-            .send_compressed(CompressionEncoding::Zstd)
-            .accept_compressed(CompressionEncoding::Zstd);
+        let mut client = ExchangeClient::new(channel).accept_compressed(CompressionEncoding::Zstd);
         let (tx, rx) = mpsc::channel(shape.window + 2);
         let hello = Hello {
             agency_id: agency.clone(),
@@ -215,7 +214,10 @@ impl Stream {
         match inbound.message().await {
             Ok(Some(HubMessage {
                 body: Some(hub_message::Body::Welcome(welcome)),
-            })) => assert_eq!(welcome.last_seq, 0, "{agency}: a new outbox"),
+            })) => {
+                assert_eq!(welcome.last_seq, 0, "{agency}: a new outbox");
+                assert!(welcome.zstd_batches, "{agency}: the hub takes compressed batches");
+            }
             other => panic!("{agency}: expected Welcome, got {other:?}"),
         }
         Stream {
@@ -280,6 +282,7 @@ async fn send(
     window: Arc<Semaphore>,
     in_flight: InFlight,
 ) {
+    let mut zstd = zstd::bulk::Compressor::new(1).expect("a zstd context");
     for batch in batches {
         let permit = window
             .clone()
@@ -298,8 +301,17 @@ async fn send(
             .lock()
             .expect("in-flight queue")
             .push_back((last, Instant::now(), permit));
+        let plain = Batch {
+            entries,
+            ..Batch::default()
+        }
+        .encode_to_vec();
+        let frame = zstd.compress(&plain).expect("zstd compresses");
         tx.send(AgentMessage {
-            body: Some(agent_message::Body::Batch(Batch { entries })),
+            body: Some(agent_message::Body::Batch(Batch {
+                entries: Vec::new(),
+                zstd_entries: frame.into(),
+            })),
         })
         .await
         .expect("the stream is open");
