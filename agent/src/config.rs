@@ -85,7 +85,8 @@ pub enum Error {
 
 /// How the link compresses batches: zstd is the link's own (one context for
 /// a session, `Batch.zstd_entries`), sent only to a hub whose Welcome
-/// offers it and otherwise plain; gzip is gRPC's, a new stream per message.
+/// offers it and otherwise plain (so a hub is upgraded before its agents);
+/// gzip is gRPC's, a new stream per message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {

@@ -598,12 +598,15 @@ impl Link {
 const ZSTD_LEVEL: i32 = 1;
 
 /// Compresses a session's batches into `Batch.zstd_entries` with one zstd
-/// context and one buffer, both kept for the session. gRPC's own zstd
+/// context and two buffers, all kept for the session. gRPC's own zstd
 /// (tonic's) builds a new context of several MiB for every message, which
 /// was a sixth of the agent's CPU in a flood and much of its peak memory.
 struct Packer {
     zstd: zstd::bulk::Compressor<'static>,
     plain: Vec<u8>,
+    /// Room for the largest frame (zstd's bound for the batch): the frame
+    /// sent is a copy of its size, not this.
+    frame: Vec<u8>,
 }
 
 impl Packer {
@@ -611,6 +614,7 @@ impl Packer {
         Ok(Packer {
             zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(Error::Compress)?,
             plain: Vec::new(),
+            frame: Vec::new(),
         })
     }
 
@@ -624,10 +628,14 @@ impl Packer {
         }
         .encode(&mut self.plain)
         .map_err(|e| Error::Compress(std::io::Error::other(e)))?;
-        let frame = self.zstd.compress(&self.plain).map_err(Error::Compress)?;
+        self.frame.clear();
+        self.frame.reserve(zstd::zstd_safe::compress_bound(self.plain.len()));
+        self.zstd
+            .compress_to_buffer(&self.plain, &mut self.frame)
+            .map_err(Error::Compress)?;
         Ok(Batch {
             entries: Vec::new(),
-            zstd_entries: frame.into(),
+            zstd_entries: Bytes::copy_from_slice(&self.frame),
         })
     }
 }

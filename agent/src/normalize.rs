@@ -118,7 +118,7 @@ impl Mapping {
             .columns
             .iter()
             .filter_map(|(col, element)| {
-                let idx = resource.items.iter().position(|i| i.id == *element)?;
+                let idx = resource.items().iter().position(|i| i.id == *element)?;
                 Some((
                     col.clone(),
                     idx,
@@ -149,7 +149,7 @@ impl Mapping {
     pub fn column_items(&self) -> impl Iterator<Item = Option<&rules::catalog::Item>> {
         self.columns
             .iter()
-            .map(|(_, idx, _)| self.resource.items.get(*idx))
+            .map(|(_, idx, _)| self.resource.items().get(*idx))
             .chain(self.op_column.as_ref().map(|_| None))
     }
 
@@ -182,7 +182,7 @@ impl Mapping {
     pub fn key_columns(&self) -> impl Iterator<Item = &str> {
         self.columns
             .iter()
-            .filter(|(_, idx, _)| self.resource.items[*idx].key)
+            .filter(|(_, idx, _)| self.resource.items()[*idx].key)
             .map(|(c, _, _)| c.as_str())
     }
 
@@ -204,7 +204,7 @@ impl Mapping {
         // Items whose value was present but bad: not reported again as missing.
         let mut bad: Vec<&str> = Vec::new();
         for ((column, idx, transforms), field) in self.columns.iter().zip(fields) {
-            let item = &self.resource.items[*idx];
+            let item = &self.resource.items()[*idx];
             if given == Some(Operation::Delete) && !item.key {
                 continue;
             }
@@ -265,7 +265,7 @@ impl Mapping {
             }
         }
         if op == Operation::Upsert {
-            for item in self.resource.items.iter().filter(|i| i.required && !i.key) {
+            for item in self.resource.items().iter().filter(|i| i.required && !i.key) {
                 if find_item(&items, &item.id).is_none() && !bad.contains(&item.id.as_str()) {
                     problems.push(format!("MISSING_REQUIRED: 必填项 {} ({}) 为空", item.name, item.id));
                 }

@@ -317,7 +317,7 @@ pub fn export_csv(config: &Config, entries: &[Held], encoding: Option<Encoding>)
 /// resource is described in, and the closest to the business system's
 /// export.
 fn export_columns(config: &Config, source: &crate::config::SourceConfig) -> Vec<(String, Option<String>)> {
-    let items = config.catalog.resource(&source.resource).map(|r| r.items.as_slice());
+    let items = config.catalog.resource(&source.resource).map(|r| r.items());
     let place = |element: &str| {
         items
             .and_then(|items| items.iter().position(|i| i.id == element))

@@ -145,7 +145,7 @@ pub fn spec(catalog: &Catalog, data_dir: &std::path::Path, sub: &SubscriptionCon
     let resource = catalog.resource(&sub.resource);
     let items: Vec<String> = if sub.items.is_empty() {
         resource
-            .map(|r| r.items.iter().map(|i| i.id.clone()).collect())
+            .map(|r| r.items().iter().map(|i| i.id.clone()).collect())
             .unwrap_or_default()
     } else {
         sub.items.clone()

@@ -92,7 +92,7 @@ fuzz_target!(|data: &[u8]| {
         }
         for catalog in [catalog(), rules_catalog()] {
             for resource in catalog.resources() {
-                for item in &resource.items {
+                for item in resource.items() {
                     let keeps = matches!(item.normalize(value), Ok(n) if n.value == value && n.warnings.is_empty());
                     assert_eq!(item.is_canonical(value), keeps, "{}: is_canonical({value:?})", item.id);
                     if let Ok(n) = item.normalize(value) {

@@ -68,8 +68,10 @@ fuzz_target!(|data: &[u8]| {
     // (counted as the batch field of a message that holds only it).
     let counted = |whole: &[u8]| match AgentMessage::decode(whole).ok().and_then(|m| m.body) {
         Some(Body::Batch(b)) if !b.zstd_entries.is_empty() => {
-            let plain = zstd::bulk::decompress(&b.zstd_entries, limits.max_message_bytes)
-                .expect("a batch the codec let through inflates");
+            let stated = zstd::zstd_safe::get_frame_content_size(&b.zstd_entries);
+            let size = stated.ok().flatten().expect("a batch the codec let through states its size");
+            let plain =
+                zstd::bulk::decompress(&b.zstd_entries, size as usize).expect("a batch the codec let through inflates");
             let mut wrapped = vec![0x12];
             prost::encoding::encode_varint(plain.len() as u64, &mut wrapped);
             wrapped.extend_from_slice(&plain);

@@ -96,6 +96,7 @@ impl Decoder for Dec {
 impl Dec {
     /// One message from the whole of `buf`.
     fn read(&mut self, buf: &mut impl Buf) -> Result<AgentMessage, Status> {
+        let received = buf.remaining();
         let n = if buf.chunk().len() == buf.remaining() {
             count_entries(buf.chunk())
         } else {
@@ -106,10 +107,15 @@ impl Dec {
         self.within_limit(n)?;
         let mut message = AgentMessage::decode(buf)
             .map_err(|e| Status::invalid_argument(format!("not an AgentMessage: {}", text::shown(&e.to_string()))))?;
-        if let Some(agent_message::Body::Batch(batch)) = &mut message.body
-            && !batch.zstd_entries.is_empty()
-        {
-            *batch = self.inflate(batch)?;
+        if let Some(agent_message::Body::Batch(batch)) = &mut message.body {
+            let held = if batch.zstd_entries.is_empty() {
+                received
+            } else {
+                let plain;
+                (*batch, plain) = self.inflate(batch)?;
+                plain
+            };
+            compact(batch, held);
         }
         Ok(message)
     }
@@ -129,8 +135,9 @@ impl Dec {
     /// zstd frame that states its size, at most `max_bytes`, holding an
     /// encoded `Batch` of entries alone. The buffer is allocated at the
     /// stated size and decompression stops at its end, so a frame that lies
-    /// about its size fails instead of growing anything.
-    fn inflate(&mut self, batch: &Batch) -> Result<Batch, Status> {
+    /// about its size fails instead of growing anything. Returns the batch
+    /// and the size of the buffer its records are slices of.
+    fn inflate(&mut self, batch: &Batch) -> Result<(Batch, usize), Status> {
         let frame = &batch.zstd_entries[..];
         let refuse = |why: &str| Status::invalid_argument(format!("a compressed batch {why}"));
         if !batch.entries.is_empty() {
@@ -165,19 +172,47 @@ impl Dec {
         if plain.len() as u64 != size {
             return Err(refuse("is shorter than it states"));
         }
+        // Counted up to one past the limit: 16 MiB of two-byte entries are
+        // not walked to the end.
         let mut n = 0u64;
-        walk(&plain, |field, _| {
+        let walked = walk(&plain, |field, _| {
             n += u64::from(field == ENTRIES_FIELD);
-            Some(())
-        })
-        .ok_or_else(|| refuse("holds unreadable fields"))?;
+            (n <= self.max_entries as u64).then_some(())
+        });
         self.within_limit(n)?;
+        walked.ok_or_else(|| refuse("holds unreadable fields"))?;
+        let held = plain.len();
         let inner = Batch::decode(Bytes::from(plain))
             .map_err(|e| refuse(&format!("holds no Batch: {}", text::shown(&e.to_string()))))?;
         if !inner.zstd_entries.is_empty() {
             return Err(refuse("holds another compressed batch"));
         }
-        Ok(inner)
+        Ok((inner, held))
+    }
+}
+
+/// Slack allowed between a buffer and the records that are slices of it.
+const COMPACT_SLACK: usize = 64 << 10;
+
+/// Copies a batch's records out of `held` bytes they are slices of when
+/// those are mostly something else (fields the hub skips, say), into one
+/// buffer of their own. A record keeps its whole buffer alive until it is
+/// stored, and the stream's queue budget counts records, not buffers: one
+/// small record in 16 MiB of padding, which compresses to a few hundred
+/// bytes, would otherwise hold 16 MiB on a budget charged a few KiB. An
+/// agent's batch is nearly all records and is left as it is.
+fn compact(batch: &mut Batch, held: usize) {
+    let records: usize = batch.entries.iter().map(|e| e.record.len()).sum();
+    if held <= 2 * records + COMPACT_SLACK {
+        return;
+    }
+    let mut own = prost::bytes::BytesMut::with_capacity(records);
+    for e in &batch.entries {
+        own.extend_from_slice(&e.record);
+    }
+    let mut own = own.freeze();
+    for e in &mut batch.entries {
+        e.record = own.split_to(e.record.len());
     }
 }
 

@@ -11,7 +11,11 @@
 //! idleness (`hello_timeout`, `idle_timeout`). Together they bound an
 //! agency to about `max_streams` × (stream window + 2 ×
 //! `max_message_bytes` + `max_queued_bytes`), and the decoded batches of
-//! all agencies waiting for the store to `max_total_queued_bytes`.
+//! all agencies waiting for the store to `max_total_queued_bytes`. The two
+//! messages are one as received and one decoded: gRPC's decompression, or
+//! the codec's inflation of `Batch.zstd_entries`, each at most
+//! `max_message_bytes`; a queued batch holds its records, not the buffer
+//! they came in (`codec::compact`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

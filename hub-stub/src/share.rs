@@ -75,7 +75,7 @@ pub fn grant(
         }
     };
     let items = r
-        .items
+        .items()
         .iter()
         .filter(|i| i.key || allowed.as_ref().is_none_or(|a| a.contains(i.id.as_str())))
         .filter(|i| i.key || wanted.is_empty() || wanted.contains(&i.id))

@@ -183,7 +183,8 @@ pub struct Resource {
     pub provider: String,
     pub sharing: Sharing,
     pub cycle: UpdateCycle,
-    pub items: Vec<Item>,
+    /// In catalog order; private, as `by_id` and `keys` index it.
+    items: Vec<Item>,
     /// Positions in `items`, ordered by item id: a record's items come
     /// ordered by id too, so [`Resource::check`] pairs them in one pass.
     by_id: Vec<usize>,
@@ -474,6 +475,11 @@ fn plain(kind: ItemType, name: &str, raw: &str) -> Result<Normalized, Issue> {
 }
 
 impl Resource {
+    /// The items, in catalog order.
+    pub fn items(&self) -> &[Item] {
+        &self.items
+    }
+
     pub fn item(&self, id: &str) -> Option<&Item> {
         let at = self
             .by_id

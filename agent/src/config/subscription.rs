@@ -139,7 +139,7 @@ pub(super) fn validate(
             ));
         }
         items = resource
-            .items
+            .items()
             .iter()
             .filter(|i| i.key || wanted.get_ref().contains(&i.id))
             .map(|i| i.id.clone())

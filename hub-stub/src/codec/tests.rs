@@ -1,4 +1,5 @@
 use prost::Message;
+use prost::bytes::Bytes;
 use proto::v1::{AgentMessage, Batch, Entry, Hello, agent_message};
 use tonic::codec::Codec as _;
 
@@ -101,7 +102,7 @@ fn a_compressed_batch_inflates_to_its_entries_with_one_context() {
     let mut d = dec(10_000, 16 << 20);
     for n in [1, 500, 10_000] {
         let b = compressed(frame_of(entries(n)));
-        assert_eq!(d.inflate(&b).unwrap().entries, entries(n));
+        assert_eq!(d.inflate(&b).unwrap().0.entries, entries(n));
     }
     // Read as a whole message: the service sees plain entries.
     let message = AgentMessage {
@@ -124,7 +125,7 @@ fn a_compressed_batch_is_held_to_the_limits_once_inflated() {
     let small = refusal(&mut dec(10_000, plain_len - 1), &compressed(frame.clone()));
     assert!(small.contains("max_message_bytes"), "{small}");
     assert_eq!(
-        dec(101, plain_len).inflate(&compressed(frame)).unwrap().entries.len(),
+        dec(101, plain_len).inflate(&compressed(frame)).unwrap().0.entries.len(),
         101
     );
 }
@@ -172,7 +173,71 @@ fn only_one_standard_frame_that_tells_the_truth_about_its_size_is_inflated() {
     assert!(refusal(&mut d, &junk).contains("unreadable"));
     // The context survives refusals.
     assert_eq!(
-        d.inflate(&compressed(frame_of(entries(7)))).unwrap().entries,
+        d.inflate(&compressed(frame_of(entries(7)))).unwrap().0.entries,
         entries(7)
     );
+}
+
+/// Whether `record` is a slice of `buffer`.
+fn within(record: &[u8], buffer: &[u8]) -> bool {
+    let (start, end) = (buffer.as_ptr() as usize, buffer.as_ptr() as usize + buffer.len());
+    (start..end).contains(&(record.as_ptr() as usize))
+}
+
+#[test]
+fn records_in_a_buffer_that_is_mostly_padding_are_copied_out() {
+    // One record, then a megabyte of a field the hub skips: it compresses
+    // to almost nothing.
+    let mut plain = Batch {
+        entries: entries(1),
+        ..Batch::default()
+    }
+    .encode_to_vec();
+    plain.push(9 << 3 | 2);
+    prost::encoding::encode_varint(1 << 20, &mut plain);
+    plain.resize(plain.len() + (1 << 20), 0);
+    let frame = zstd::bulk::compress(&plain, 1).unwrap();
+    assert!(frame.len() < 1024);
+    let message = AgentMessage {
+        body: Some(agent_message::Body::Batch(compressed(frame))),
+    }
+    .encode_to_vec();
+    let decoded = dec(10_000, 16 << 20).read(&mut &message[..]).unwrap();
+    let Some(agent_message::Body::Batch(b)) = decoded.body else {
+        panic!("not a batch")
+    };
+    assert_eq!(b.entries, entries(1));
+
+    // `compact` itself: padded, the record moves to a buffer of its own;
+    // an agent's batch stays where it is.
+    let buffer = Bytes::from(plain.clone());
+    let slices = |b: &Bytes| {
+        let mut at = 0;
+        entries(1)
+            .into_iter()
+            .map(|e| {
+                at = b.windows(e.record.len()).position(|w| w == &e.record[..]).unwrap();
+                Entry {
+                    seq: e.seq,
+                    record: b.slice(at..at + e.record.len()),
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut padded = Batch {
+        entries: slices(&buffer),
+        ..Batch::default()
+    };
+    assert!(within(&padded.entries[0].record, &buffer));
+    compact(&mut padded, buffer.len());
+    assert_eq!(padded.entries, entries(1));
+    assert!(!within(&padded.entries[0].record, &buffer), "copied out");
+
+    let lean = Bytes::from(plain[..plain.len() - (1 << 20) - 4].to_vec());
+    let mut kept = Batch {
+        entries: slices(&lean),
+        ..Batch::default()
+    };
+    compact(&mut kept, lean.len());
+    assert!(within(&kept.entries[0].record, &lean), "left in place");
 }

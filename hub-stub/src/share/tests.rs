@@ -34,7 +34,7 @@ fn agreement(id: &str, items: &[&str], from: i64, until: i64) -> Agreement {
 fn unconditional_is_granted_to_anyone_with_every_item() {
     let g = grant(&catalog(), MZJ, COMPANIES, &[], &[], 0).unwrap();
     assert_eq!(g.agreement, "");
-    assert_eq!(g.items.len(), catalog().resource(COMPANIES).unwrap().items.len());
+    assert_eq!(g.items.len(), catalog().resource(COMPANIES).unwrap().items().len());
 }
 
 #[test]
