@@ -626,8 +626,7 @@ impl Packer {
             entries,
             ..Batch::default()
         }
-        .encode(&mut self.plain)
-        .map_err(|e| Error::Compress(std::io::Error::other(e)))?;
+        .encode_raw(&mut self.plain);
         self.frame.clear();
         self.frame.reserve(zstd::zstd_safe::compress_bound(self.plain.len()));
         self.zstd
