@@ -14,11 +14,16 @@
 //!
 //! # Schema (SQLite, WAL, synchronous=FULL, 16 KiB pages in a new file)
 //! - `meta(key, value)`: `outbox_id`, a random id made when the file is
-//!   created (sequences are scoped to it), and `created_us`, when it was
-//!   created (a resource's freshness counts from it until its first change).
-//! - `records(seq INTEGER PRIMARY KEY AUTOINCREMENT, enqueued_us, data)`:
-//!   AUTOINCREMENT so a sequence is never reused, even after the queue
-//!   drains to empty.
+//!   created (sequences are scoped to it), `created_us`, when it was
+//!   created (a resource's freshness counts from it until its first
+//!   change), `last_seq`, the highest sequence ever assigned (never reused,
+//!   even after the queue drains to empty), and `acked_seq`, the highest the
+//!   hub has acknowledged.
+//! - `chunks(first INTEGER PRIMARY KEY, last, enqueued_us, records, bytes, packing, data)`:
+//!   the queue, consecutive records a row, each record a varint length and
+//!   its bytes, up to 16,000 bytes a chunk (`chunk.rs`). An outbox from
+//!   before chunks (`records`, a row per record) is moved into chunks at
+//!   open, in one transaction.
 //! - `positions(source, key, value)`: opaque capture positions per source
 //!   (and, under the source `__freshness`, each resource's last change).
 //! - `quarantine(id AUTOINCREMENT, at_us, source, object, line, resource, reasons, raw)`:
@@ -29,11 +34,12 @@
 //!   reason and who dropped it.
 //!
 //! # Row states
-//! A `records` row is queued until an ack covers its seq, then deleted in
-//! the writer's next transaction (a link's acks wait up to a second for
-//! one, so that a trickle's deletes share the writes' fsyncs). A row the hub rejected moves to
-//! `quarantine` in one transaction. A `quarantine` entry stays until
-//! `qianzhi quarantine retry` queues it as a new record (once it
+//! A record is queued until an ack covers its seq; a chunk is deleted in
+//! the writer's next transaction once an ack covers its last seq (a link's
+//! acks wait up to a second for one, so that a trickle's deletes share the
+//! writes' fsyncs). A record the hub rejected moves to `quarantine` in one
+//! transaction, leaving an empty entry in its chunk. A `quarantine` entry
+//! stays until `qianzhi quarantine retry` queues it as a new record (once it
 //! normalizes) or `discard` moves it to `discarded`; both run with the agent
 //! stopped, holding the data directory's lock.
 //!
@@ -48,14 +54,15 @@
 //! file gets every row that can still be read. Each table is read by rowid
 //! ranges of 4096 rows; a range whose read fails is halved until what fails
 //! is single rowids, so a damaged page costs only the rows on it. For
-//! `records`, whose sequences have no gaps, a range that reads short is
-//! halved too: a damaged interior page can end a scan early without an
-//! error. Records keep their sequences, the identity is kept, the sequence
-//! goes on from the highest ever assigned, and each missing sequence is
-//! queued as an empty record, which tells the hub (it takes only contiguous
-//! sequences) that this outbox lost it. What was lost is written to
-//! `outbox-recovered.txt`, which keeps `/readyz` failing and `/status`
-//! listing it until `qianzhi outbox acknowledge`.
+//! `chunks`, whose sequences have no gaps, a range whose chunks leave
+//! sequences uncovered is read again in parts too: a damaged interior page
+//! can end a scan early without an error; a chunk whose entries do not
+//! decode is lost like an unreadable one. Records keep their sequences, the
+//! identity is kept, the sequence goes on from the highest ever assigned,
+//! and each missing sequence is queued as an empty entry, which tells the
+//! hub (it takes only contiguous sequences) that this outbox lost it. What
+//! was lost is written to `outbox-recovered.txt`, which keeps `/readyz`
+//! failing and `/status` listing it until `qianzhi outbox acknowledge`.
 //!
 //! # Where the code is
 //! - here: the handle ([`Outbox`]), what callers send ([`Write`],
@@ -63,6 +70,7 @@
 //!   the connection settings and the schema;
 //! - `writer.rs`: the writer thread and group commit; `space.rs`: the disk
 //!   reserve and the ballast it keeps;
+//! - `chunk.rs`: the queue's rows, chunks of consecutive records;
 //! - `reader.rs`: read-only queries ([`Reader`]);
 //! - `recover.rs`: the check at open and the salvage of a damaged file
 //!   ([`Recovery`]);
@@ -80,6 +88,7 @@ use crate::clock::now_us;
 use crate::normalize::Quarantined;
 use crate::sync::MutexExt;
 
+mod chunk;
 mod lock;
 mod quarantine;
 mod reader;
@@ -491,9 +500,13 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
 fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-         CREATE TABLE IF NOT EXISTS records (
-             seq INTEGER PRIMARY KEY AUTOINCREMENT,
+         CREATE TABLE IF NOT EXISTS chunks (
+             first INTEGER PRIMARY KEY,
+             last INTEGER NOT NULL,
              enqueued_us INTEGER NOT NULL,
+             records INTEGER NOT NULL,
+             bytes INTEGER NOT NULL,
+             packing INTEGER NOT NULL,
              data BLOB NOT NULL);
          CREATE TABLE IF NOT EXISTS positions (
              source TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,

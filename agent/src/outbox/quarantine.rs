@@ -202,23 +202,19 @@ pub(super) fn retry_in(
     still: &[(i64, Vec<String>)],
     now: i64,
 ) -> rusqlite::Result<(u64, u64)> {
-    let mut queued = (0, 0);
+    let mut queued = Vec::with_capacity(fixed.len());
     for (id, record) in fixed {
         if tx.execute("DELETE FROM quarantine WHERE id = ?1", [id])? == 0 {
             continue;
         }
-        tx.execute(
-            "INSERT INTO records (enqueued_us, data) VALUES (?1, ?2)",
-            params![now, record],
-        )?;
-        queued.0 += 1;
-        queued.1 += record.len() as u64;
+        queued.push(record.clone());
     }
+    super::chunk::append(tx, &queued, now)?;
     for (id, reasons) in still {
         let reasons = serde_json::to_string(reasons).unwrap_or_default();
         tx.execute("UPDATE quarantine SET reasons = ?2 WHERE id = ?1", params![id, reasons])?;
     }
-    Ok(queued)
+    Ok((queued.len() as u64, queued.iter().map(|r| r.len() as u64).sum()))
 }
 
 /// Moves entries to `discarded` with the reason and who; an entry no

@@ -10,6 +10,7 @@
 use prost::bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::chunk;
 use super::quarantine::{Held, QuarantineFilter, held_entries};
 use crate::normalize::Quarantined;
 
@@ -22,25 +23,42 @@ impl<'a> Reader<'a> {
         Reader(conn)
     }
 
-    /// Records with `seq >= from`, in order, at most `max_records` and about
-    /// `max_bytes` (always at least one record if there is one).
+    /// Entries with `seq >= from`, in order, at most `max_records` and
+    /// about `max_bytes` (always at least one if there is one). An empty
+    /// entry is a sequence with no record (lost with a damaged outbox, or
+    /// rejected by the hub).
     ///
-    /// Their bytes are read into one buffer that every record's `Bytes`
+    /// Their bytes are copied into one buffer that every entry's `Bytes`
     /// shares: one allocation per batch instead of one per record, freed
     /// whole once the last of them is dropped (when the batch is sent).
     pub fn records_from(&self, from: u64, max_records: usize, max_bytes: usize) -> rusqlite::Result<Vec<(u64, Bytes)>> {
-        let mut stmt = self
+        // What the hub acknowledged may still be in the first chunk.
+        let from = from.max(chunk::acked_seq(self.0)? + 1).min(i64::MAX as u64);
+        // The chunk that holds `from` starts at or before it.
+        let start: Option<i64> = self
             .0
-            .prepare_cached("SELECT seq, data FROM records WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
-        let mut rows = stmt.query(params![from as i64, max_records as i64])?;
+            .prepare_cached("SELECT first FROM chunks WHERE first <= ?1 ORDER BY first DESC LIMIT 1")?
+            .query_row([from as i64], |r| r.get(0))
+            .optional()?;
+        let mut stmt = self.0.prepare_cached(
+            "SELECT first, last, enqueued_us, packing, data FROM chunks WHERE first >= ?1 ORDER BY first LIMIT ?2",
+        )?;
+        let mut rows = stmt.query(params![start.unwrap_or(from as i64), max_records as i64])?;
         let mut buf = Vec::new();
         // (seq, where its bytes end in `buf`)
         let mut ends = Vec::new();
-        while let Some(row) = rows.next()? {
-            buf.extend_from_slice(row.get_ref(1)?.as_blob()?);
-            ends.push((row.get::<_, i64>(0)? as u64, buf.len()));
-            if buf.len() >= max_bytes {
-                break;
+        'chunks: while let Some(row) = rows.next()? {
+            let chunk = chunk::read(row)?;
+            for (i, entry) in chunk.entries()?.into_iter().enumerate() {
+                let seq = chunk.first + i as u64;
+                if seq < from {
+                    continue;
+                }
+                buf.extend_from_slice(entry);
+                ends.push((seq, buf.len()));
+                if buf.len() >= max_bytes || ends.len() >= max_records {
+                    break 'chunks;
+                }
             }
         }
         let buf = Bytes::from(buf);
@@ -57,16 +75,21 @@ impl<'a> Reader<'a> {
 
     /// When the record `seq` was committed (µs since the epoch).
     pub fn enqueued_us(&self, seq: u64) -> rusqlite::Result<Option<i64>> {
-        self.0
-            .prepare_cached("SELECT enqueued_us FROM records WHERE seq = ?1")?
-            .query_row([seq as i64], |r| r.get(0))
-            .optional()
+        Ok(chunk::containing(self.0, seq)?.map(|c| c.enqueued_us))
     }
 
+    /// The record `seq`, if it is still queued (not acknowledged, rejected
+    /// or lost).
     pub fn record(&self, seq: u64) -> rusqlite::Result<Option<Vec<u8>>> {
-        self.0
-            .query_row("SELECT data FROM records WHERE seq = ?1", [seq as i64], |r| r.get(0))
-            .optional()
+        if seq <= chunk::acked_seq(self.0)? {
+            return Ok(None);
+        }
+        let Some(c) = chunk::containing(self.0, seq)? else {
+            return Ok(None);
+        };
+        let entries = c.entries()?;
+        let entry = entries[(seq - c.first) as usize];
+        Ok((!entry.is_empty()).then(|| entry.to_vec()))
     }
 
     /// Bytes of free pages inside the database file: space the outbox
@@ -90,11 +113,13 @@ impl<'a> Reader<'a> {
             .map(|v| v.and_then(|v| v.parse().ok()).unwrap_or(0))
     }
 
-    /// The lowest queued sequence, if any.
+    /// The lowest queued sequence not yet acknowledged, if any.
     pub fn first_seq(&self) -> rusqlite::Result<Option<u64>> {
-        self.0
-            .query_row("SELECT min(seq) FROM records", [], |r| r.get::<_, Option<i64>>(0))
-            .map(|v| v.map(|s| s as u64))
+        let first: Option<i64> = self
+            .0
+            .query_row("SELECT min(first) FROM chunks", [], |r| r.get(0))?;
+        let acked = chunk::acked_seq(self.0)?;
+        Ok(first.map(|f| (f as u64).max(acked + 1)))
     }
 
     pub fn positions(&self, source: &str) -> rusqlite::Result<Vec<(String, String)>> {

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use rusqlite::{Connection, params};
 
 use super::writer::initial_stats;
-use super::{Error, Stats, create_schema, open_connection};
+use super::{Error, Stats, chunk, create_schema, open_connection};
 use crate::clock::now_us;
 
 /// Opens the outbox file for the writer thread, checked. A damaged file is
@@ -54,7 +54,18 @@ fn open_checked(path: &Path) -> rusqlite::Result<(Connection, String, Stats)> {
             Some(format!("quick_check: {check}")),
         ));
     }
+    // SQLite checks its pages, not what a chunk holds: every queued chunk
+    // must decode too, or the link would stop at it.
+    if let Err(e) = chunk::check_all(&conn) {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            Some(e.to_string()),
+        ));
+    }
     create_schema(&conn)?;
+    let tx = conn.unchecked_transaction()?;
+    chunk::migrate_records(&tx)?;
+    tx.commit()?;
     super::quarantine::never_reuse_ids(&mut conn)?;
     let id: String = conn.query_row("SELECT value FROM meta WHERE key = 'outbox_id'", [], |r| r.get(0))?;
     let stats = initial_stats(&conn)?;
@@ -264,6 +275,132 @@ fn salvage<T>(
     Ok(lost)
 }
 
+fn has_table(conn: &Connection, name: &str) -> bool {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map_or(true, |n| n > 0)
+}
+
+/// Salvages the `chunks` of a damaged outbox into `tx`, by ranges of their
+/// first sequences. A range whose read fails, or whose chunks leave
+/// sequences uncovered (a damaged interior page can end a read early without
+/// an error), is read again in smaller parts, down to single first
+/// sequences, so that a damaged page costs only the chunks on it. A chunk
+/// whose entries do not decode is lost with its page. Returns the
+/// sequences no chunk covers from `first` (the first unacknowledged one,
+/// when the identity's counters were read; else from the lowest chunk)
+/// up to `at_least_to` (the highest ever assigned), the records salvaged
+/// and the highest sequence seen.
+fn salvage_chunks(
+    old: &Connection,
+    tx: &Connection,
+    first: Option<u64>,
+    at_least_to: u64,
+) -> rusqlite::Result<(Vec<(i64, i64)>, u64, u64)> {
+    let bound = |sql: &str| old.query_row(sql, [], |r| r.get::<_, Option<i64>>(0));
+    // The first chunk may start up to a chunk's entries before the first
+    // unacknowledged sequence.
+    let (lo, lo_known) = match (first, bound("SELECT min(first) FROM chunks")) {
+        (Some(f), Ok(Some(min))) => (min.min(f as i64), true),
+        (Some(f), _) => ((f as i64 - 4096).max(1), true),
+        (None, Ok(None)) => (at_least_to as i64 + 1, true),
+        (None, Ok(Some(min))) => (min, true),
+        (None, Err(_)) => (1, false),
+    };
+    let hi = bound("SELECT max(first) FROM chunks")
+        .ok()
+        .flatten()
+        .unwrap_or(lo + (1 << 20))
+        .max(at_least_to as i64);
+    let read_range = |a: i64, b: i64| -> rusqlite::Result<Vec<chunk::Chunk>> {
+        let mut stmt = old.prepare_cached(
+            "SELECT first, last, enqueued_us, packing, data FROM chunks WHERE first BETWEEN ?1 AND ?2 ORDER BY first",
+        )?;
+        let rows = stmt.query_map([a, b], |r| {
+            let c = chunk::read(r)?;
+            c.entries()?;
+            Ok(c)
+        })?;
+        rows.collect()
+    };
+    // first → last of every chunk salvaged.
+    let mut covered: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+    let uncovered = |covered: &std::collections::BTreeMap<u64, u64>, a: u64, b: u64| {
+        let mut gaps = Vec::new();
+        let mut at = a;
+        let start = covered.range(..=a).next_back().map_or(a, |(&f, _)| f);
+        for (&f, &l) in covered.range(start..=b) {
+            if f > at {
+                gaps.push((at, f - 1));
+            }
+            at = at.max(l.saturating_add(1));
+        }
+        if at <= b {
+            gaps.push((at, b));
+        }
+        gaps
+    };
+    let (mut records, mut top) = (0u64, 0u64);
+    let mut todo: Vec<(i64, i64)> = Vec::new();
+    let mut start = hi;
+    // Pushed from the top so that ranges pop in ascending order.
+    while start >= lo {
+        let a = start.saturating_sub(SALVAGE_RANGE - 1).max(lo);
+        todo.push((a, start));
+        start = a - 1;
+    }
+    while let Some((a, b)) = todo.pop() {
+        match read_range(a, b) {
+            Ok(chunks) => {
+                for c in chunks {
+                    if c.last < c.first || uncovered(&covered, c.first, c.last) != [(c.first, c.last)] {
+                        continue; // Damaged bookkeeping: its sequences count as lost.
+                    }
+                    let entries = c.entries()?;
+                    records += chunk::insert_at(tx, c.first, &entries, c.enqueued_us)?.0;
+                    covered.insert(c.first, c.last);
+                    top = top.max(c.last);
+                }
+                let gaps = uncovered(&covered, a as u64, b as u64);
+                if gaps.as_slice() == [(a as u64, b as u64)] {
+                    if a < b {
+                        let mid = a + (b - a) / 2;
+                        todo.push((mid + 1, b));
+                        todo.push((a, mid));
+                    }
+                } else {
+                    for &(ga, gb) in gaps.iter().rev() {
+                        todo.push((ga as i64, gb as i64));
+                    }
+                }
+            }
+            Err(_) if a < b => {
+                let mid = a + (b - a) / 2;
+                todo.push((mid + 1, b));
+                todo.push((a, mid));
+            }
+            Err(_) => {}
+        }
+    }
+    // With the lowest sequence unknown, a gap before the first chunk read
+    // may be chunks deleted long ago: not reported.
+    let from = match first {
+        Some(f) => f,
+        None if lo_known => lo as u64,
+        None => covered.keys().next().copied().unwrap_or(u64::MAX),
+    };
+    let to = (at_least_to).max(top);
+    let lost = if from <= to {
+        uncovered(&covered, from, to).into_iter().map(|(a, b)| (a as i64, b as i64)).collect()
+    } else {
+        Vec::new()
+    };
+    Ok((lost, records, top))
+}
+
 /// Moves a damaged outbox aside and salvages everything that can still be
 /// read into a new file at `path`: the identity, queued records with their
 /// sequences, positions and quarantine entries.
@@ -311,41 +448,68 @@ fn recover(path: &Path) -> rusqlite::Result<Recovery> {
     if !meta_lost.is_empty() {
         report.lost_other.push("some of the outbox's identity (meta)".into());
     }
+    // An outbox from before chunks keeps a row per record.
     let old_max: i64 = old
         .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'records'", [], |r| {
             r.get(0)
         })
         .unwrap_or(0);
-    let mut max_seq = 0;
-    report.lost = salvage(
-        &old,
-        "records",
-        "enqueued_us, data",
-        old_max,
-        true,
-        |r| Ok((r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?)),
-        |seq, (at, data)| {
-            tx.prepare_cached("INSERT INTO records (seq, enqueued_us, data) VALUES (?1, ?2, ?3)")?
-                .execute(params![seq, at, data])?;
-            report.records += 1;
-            max_seq = max_seq.max(seq);
-            Ok(())
-        },
-    )?;
+    let mut max_seq = chunk::last_seq(&tx)?.max(old_max.max(0) as u64);
+    if has_table(&old, "records") {
+        let mut run: Vec<Vec<u8>> = Vec::new();
+        let (mut first, mut at) = (0u64, 0i64);
+        let mut salvaged = 0;
+        report.lost = salvage(
+            &old,
+            "records",
+            "enqueued_us, data",
+            old_max,
+            true,
+            |r| Ok((r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?)),
+            |seq, (enqueued, data)| {
+                let seq = seq as u64;
+                if !run.is_empty() && (seq != first + run.len() as u64 || run.len() >= 4096) {
+                    salvaged += chunk::insert_at(&tx, first, &run, at)?.0;
+                    run.clear();
+                }
+                if run.is_empty() {
+                    (first, at) = (seq, enqueued);
+                }
+                run.push(data);
+                max_seq = max_seq.max(seq);
+                Ok(())
+            },
+        )?;
+        if !run.is_empty() {
+            salvaged += chunk::insert_at(&tx, first, &run, at)?.0;
+        }
+        report.records += salvaged;
+    }
+    if has_table(&old, "chunks") {
+        // The identity's counters, if they were read, say which sequences
+        // must be there: everything after the last ack, up to the last one
+        // assigned.
+        let first = (chunk::last_seq(&tx)? > 0).then(|| chunk::acked_seq(&tx)).transpose()?.map(|a| a + 1);
+        let (lost, records, top) = salvage_chunks(&old, &tx, first, max_seq)?;
+        report.lost.extend(lost);
+        report.records += records;
+        max_seq = max_seq.max(top);
+    }
     // The hub takes only contiguous sequences: each missing one is queued
     // as an empty entry, which tells the hub that this outbox lost it (a
     // sequence the hub already holds is skipped there as a replay).
+    let now = now_us();
     for &(a, b) in &report.lost {
-        for seq in a..=b {
-            tx.prepare_cached("INSERT INTO records (seq, enqueued_us, data) VALUES (?1, ?2, x'')")?
-                .execute(params![seq, now_us()])?;
+        let (a, b) = (a as u64, b as u64);
+        let mut from = a;
+        while from <= b {
+            let n = (b - from + 1).min(4096) as usize;
+            chunk::insert_at(&tx, from, &vec![[0u8; 0]; n], now)?;
+            from += n as u64;
         }
+        max_seq = max_seq.max(b);
     }
-    let lost_top = report.lost.last().map_or(0, |r| r.1);
-    tx.execute(
-        "INSERT OR REPLACE INTO sqlite_sequence (name, seq) VALUES ('records', ?1)",
-        [max_seq.max(old_max).max(lost_top)],
-    )?;
+    chunk::set_meta(&tx, "last_seq", max_seq)?;
     let positions_lost = salvage(
         &old,
         "positions",

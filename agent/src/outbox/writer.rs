@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::quarantine::{Held, discard_in, retry_in};
 use super::space::Space;
-use super::{Error, Stats, Write, sqlite_disk_full};
+use super::{Error, Stats, Write, chunk, sqlite_disk_full};
 use crate::clock::now_us;
 use crate::normalize::Quarantined;
 
@@ -75,36 +75,19 @@ const GROUP_MAX_COMMANDS: usize = 256;
 
 /// The queue figures, counted from the file at open.
 pub(super) fn initial_stats(conn: &Connection) -> rusqlite::Result<Stats> {
-    let (records, bytes): (i64, i64) = conn.query_row(
-        "SELECT count(*), coalesce(sum(length(data)), 0) FROM records",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    let oldest_us = oldest(conn)?;
-    let last_seq: i64 = conn
-        .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'records'", [], |r| {
-            r.get(0)
-        })
-        .optional()?
-        .unwrap_or(0);
+    let (records, bytes, oldest_us) = chunk::figures(conn)?;
     let quarantined: i64 = conn.query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))?;
     Ok(Stats {
-        records: records as u64,
-        bytes: bytes as u64,
+        records,
+        bytes,
         oldest_us,
-        last_seq: last_seq as u64,
+        last_seq: chunk::last_seq(conn)?,
         acked_seq: 0,
         quarantined: quarantined as u64,
         error: None,
         recovered: None,
         disk_low: false,
     })
-}
-
-fn oldest(conn: &Connection) -> rusqlite::Result<Option<i64>> {
-    conn.prepare_cached("SELECT enqueued_us FROM records ORDER BY seq LIMIT 1")?
-        .query_row([], |r| r.get(0))
-        .optional()
 }
 
 /// The writer thread: group commit of everything pending.
@@ -383,51 +366,10 @@ fn apply_group(
     Ok(outcomes)
 }
 
-/// Rows per INSERT statement, largest first. `records` is AUTOINCREMENT, so
-/// every INSERT statement reads and writes back the table's row of
-/// `sqlite_sequence`, besides its fixed cost per run: a statement of 64 rows
-/// pays both once for 64 records (a tenth of the outbox writer's CPU per
-/// record in a flood, see BENCHMARKS.md).
-const INSERT_ROWS: [usize; 3] = [64, 8, 1];
-
-/// `INSERT OR FAIL INTO records … VALUES (?1, ?2), (?1, ?3), …` for `rows`
-/// rows: the enqueue time once, then each record's bytes.
-///
-/// OR FAIL: a statement of many rows that may abort needs SQLite's statement
-/// journal (a copy of every page it changes, to undo only itself), about a
-/// sixth of the writer's CPU. An error here always rolls back the whole
-/// transaction or the command's savepoint, so undoing the statement alone
-/// is never needed.
-fn insert_sql(rows: usize) -> String {
-    let values: Vec<String> = (0..rows).map(|i| format!("(?1, ?{})", i + 2)).collect();
-    format!(
-        "INSERT OR FAIL INTO records (enqueued_us, data) VALUES {}",
-        values.join(", ")
-    )
-}
-
 /// Queues `records` in order, each under the next sequence.
 fn insert_records(tx: &Connection, records: &[Vec<u8>], now: i64, stats: &mut Stats) -> rusqlite::Result<()> {
-    static SQL: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
-    let statements = SQL.get_or_init(|| INSERT_ROWS.iter().map(|&n| (n, insert_sql(n))).collect());
-    let mut rest = records;
-    for (rows, sql) in statements {
-        if rest.len() < *rows {
-            continue;
-        }
-        let mut insert = tx.prepare_cached(sql)?;
-        while rest.len() >= *rows {
-            let (these, after) = rest.split_at(*rows);
-            insert.raw_bind_parameter(1, now)?;
-            for (i, data) in these.iter().enumerate() {
-                insert.raw_bind_parameter(i + 2, data)?;
-            }
-            insert.raw_execute()?;
-            rest = after;
-        }
-    }
     if !records.is_empty() {
-        stats.last_seq = tx.last_insert_rowid() as u64;
+        stats.last_seq = chunk::append(tx, records, now)?;
         stats.records += records.len() as u64;
         stats.bytes += records.iter().map(|d| d.len() as u64).sum::<u64>();
     }
@@ -473,41 +415,23 @@ fn apply_one(tx: &Connection, command: &Command, stats: &mut Stats, now: i64) ->
             }
         }
         Command::Ack(seq, _) | Command::AckLater(seq, _) => {
-            let (n, bytes): (i64, i64) = tx
-                .prepare_cached("SELECT count(*), coalesce(sum(length(data)), 0) FROM records WHERE seq <= ?1")?
-                .query_row([*seq as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            if n > 0 {
-                tx.prepare_cached("DELETE FROM records WHERE seq <= ?1")?
-                    .execute([*seq as i64])?;
-                stats.records -= n as u64;
-                stats.bytes -= bytes as u64;
-                stats.oldest_us = oldest(tx)?;
-            }
+            let (n, bytes) = chunk::ack(tx, *seq)?;
+            stats.records = stats.records.saturating_sub(n);
+            stats.bytes = stats.bytes.saturating_sub(bytes);
+            stats.oldest_us = chunk::oldest(tx)?;
             stats.acked_seq = stats.acked_seq.max(*seq);
         }
         Command::Ping(_) | Command::CheckDisk(_) => {}
         Command::Advance(seq, _) => {
             if *seq > stats.last_seq {
-                let n = tx.execute(
-                    "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'records'",
-                    [*seq as i64],
-                )?;
-                if n == 0 {
-                    tx.execute(
-                        "INSERT INTO sqlite_sequence (name, seq) VALUES ('records', ?1)",
-                        [*seq as i64],
-                    )?;
-                }
+                chunk::set_meta(tx, "last_seq", *seq)?;
                 stats.last_seq = *seq;
             }
         }
         Command::Retry(r, _) => {
             let (n, bytes) = retry_in(tx, &r.fixed, &r.still, now)?;
             if n > 0 {
-                let last: i64 = tx
-                    .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'records'")?
-                    .query_row([], |r| r.get(0))?;
-                stats.last_seq = last as u64;
+                stats.last_seq = chunk::last_seq(tx)?;
                 stats.records += n;
                 stats.bytes += bytes;
                 stats.quarantined = stats.quarantined.saturating_sub(n);
@@ -519,18 +443,11 @@ fn apply_one(tx: &Connection, command: &Command, stats: &mut Stats, now: i64) ->
             stats.quarantined = stats.quarantined.saturating_sub(n);
         }
         Command::Reject(seq, q, _) => {
-            let bytes: Option<i64> = tx
-                .query_row("SELECT length(data) FROM records WHERE seq = ?1", [*seq as i64], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            if let Some(bytes) = bytes {
-                tx.execute("DELETE FROM records WHERE seq = ?1", [*seq as i64])?;
+            if let Some(bytes) = chunk::empty_entry(tx, *seq)? {
                 insert_quarantine(tx, now, q)?;
                 stats.records -= 1;
-                stats.bytes -= bytes as u64;
+                stats.bytes -= bytes;
                 stats.quarantined += 1;
-                stats.oldest_us = oldest(tx)?;
             }
         }
     }

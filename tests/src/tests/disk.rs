@@ -28,14 +28,15 @@ impl Drop for Tmpfs {
     }
 }
 
-/// A 64 MiB data filesystem, an 8 MiB reserve, the hub down and 200,000
-/// rows dropped at once (they fill it within a second). `junk` fills what is
+/// A 16 MiB data filesystem, an 8 MiB reserve (half of it the ballast), the
+/// hub down and 200,000 rows dropped at once: they would take about 9 MiB
+/// of outbox, compressed, and fill what the reserve leaves within a second. `junk` fills what is
 /// left to the last byte from outside the agent (a business system sharing
 /// the disk) before the hub comes back; it is removed once everything
 /// queued was delivered, and the rest of the file follows.
 async fn fill_the_disk(junk: bool) {
     let w = World::new();
-    let Some(_fs) = Tmpfs::mount(&w.path("small"), "64m") else {
+    let Some(_fs) = Tmpfs::mount(&w.path("small"), "16m") else {
         assert!(
             std::env::var_os("QIANZHI_REQUIRE_SERVICES").is_none(),
             "CI must be able to mount a tmpfs (root)"
