@@ -14,9 +14,9 @@
 //! or a record the hub rejected (moved to the quarantine). The link sends
 //! it as an empty entry, which the hub skips.
 //!
-//! Sequences: `meta.last_seq` is the highest ever assigned (never reused,
-//! even once the queue drains), `meta.acked_seq` the highest the hub has
-//! acknowledged. A chunk leaves when the hub has acknowledged its last
+//! Sequences: the highest ever assigned (never reused, even once the queue
+//! drains) is the last chunk's last, or `meta.last_seq` once the queue is
+//! empty; `meta.acked_seq` is the highest the hub has acknowledged. A chunk leaves when the hub has acknowledged its last
 //! sequence; until then the figures ([`super::Stats`]) leave out its
 //! acknowledged part.
 
@@ -145,7 +145,11 @@ impl Chunk {
         rusqlite::Error::FromSqlConversionFailure(
             0,
             rusqlite::types::Type::Blob,
-            format!("outbox chunk of sequences {}-{} is damaged: {why}", self.first, self.last).into(),
+            format!(
+                "outbox chunk of sequences {}-{} is damaged: {why}",
+                self.first, self.last
+            )
+            .into(),
         )
     }
 }
@@ -205,22 +209,24 @@ pub(super) fn insert_at<E: AsRef<[u8]>>(
     Ok((records, bytes))
 }
 
-/// Queues `records` under the next sequences; returns the last sequence
-/// assigned.
-pub(super) fn append(tx: &Connection, records: &[Vec<u8>], now: i64) -> rusqlite::Result<u64> {
-    let last = last_seq(tx)?;
-    if records.is_empty() {
-        return Ok(last);
+/// Queues `records` under the sequences after `last` (the highest assigned
+/// so far, [`last_seq`]); returns the new highest.
+pub(super) fn append(tx: &Connection, last: u64, records: &[Vec<u8>], now: i64) -> rusqlite::Result<u64> {
+    if !records.is_empty() {
+        insert_at(tx, last + 1, records, now)?;
     }
-    insert_at(tx, last + 1, records, now)?;
-    let last = last + records.len() as u64;
-    set_meta(tx, "last_seq", last)?;
-    Ok(last)
+    Ok(last + records.len() as u64)
 }
 
-/// The highest sequence ever assigned.
+/// The highest sequence ever assigned: the last chunk's last, or once the
+/// queue has drained, `meta.last_seq`, which the ack that empties the queue
+/// writes (so that writes need not touch `meta`).
 pub(super) fn last_seq(conn: &Connection) -> rusqlite::Result<u64> {
-    meta(conn, "last_seq")
+    let queued: Option<i64> = conn
+        .prepare_cached("SELECT last FROM chunks ORDER BY first DESC LIMIT 1")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    Ok(meta(conn, "last_seq")?.max(queued.map_or(0, |l| l as u64)))
 }
 
 /// The highest sequence the hub has acknowledged (0 before the first ack).

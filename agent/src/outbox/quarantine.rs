@@ -155,7 +155,9 @@ impl QuarantineStore for Offline {
     fn retry(&mut self, fixed: Vec<(i64, Vec<u8>)>, still: Vec<(i64, Vec<String>)>) -> Result<(), Error> {
         let run = |conn: &mut Connection| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
-            retry_in(&tx, &fixed, &still, now_us())?;
+            let last = super::chunk::last_seq(&tx)?;
+            let (.., after) = retry_in(&tx, last, &fixed, &still, now_us())?;
+            super::chunk::set_meta(&tx, "last_seq", after)?;
             tx.commit()
         };
         run(&mut self.conn).map_err(|e| self.err(e))
@@ -194,14 +196,16 @@ impl QuarantineStore for Outbox {
 }
 
 /// Queues each fixed record in place of its entry and rewrites the reasons
-/// of the others. An entry no longer held (taken by an earlier command)
-/// queues nothing. Returns what was queued: (records, bytes).
+/// of the others, under the sequences after `last`. An entry no longer held
+/// (taken by an earlier command) queues nothing. Returns what was queued,
+/// (records, bytes), and the new highest sequence.
 pub(super) fn retry_in(
     tx: &Connection,
+    last: u64,
     fixed: &[(i64, Vec<u8>)],
     still: &[(i64, Vec<String>)],
     now: i64,
-) -> rusqlite::Result<(u64, u64)> {
+) -> rusqlite::Result<(u64, u64, u64)> {
     let mut queued = Vec::with_capacity(fixed.len());
     for (id, record) in fixed {
         if tx.execute("DELETE FROM quarantine WHERE id = ?1", [id])? == 0 {
@@ -209,12 +213,12 @@ pub(super) fn retry_in(
         }
         queued.push(record.clone());
     }
-    super::chunk::append(tx, &queued, now)?;
+    let last = super::chunk::append(tx, last, &queued, now)?;
     for (id, reasons) in still {
         let reasons = serde_json::to_string(reasons).unwrap_or_default();
         tx.execute("UPDATE quarantine SET reasons = ?2 WHERE id = ?1", params![id, reasons])?;
     }
-    Ok((queued.len() as u64, queued.iter().map(|r| r.len() as u64).sum()))
+    Ok((queued.len() as u64, queued.iter().map(|r| r.len() as u64).sum(), last))
 }
 
 /// Moves entries to `discarded` with the reason and who; an entry no

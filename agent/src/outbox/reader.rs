@@ -115,9 +115,7 @@ impl<'a> Reader<'a> {
 
     /// The lowest queued sequence not yet acknowledged, if any.
     pub fn first_seq(&self) -> rusqlite::Result<Option<u64>> {
-        let first: Option<i64> = self
-            .0
-            .query_row("SELECT min(first) FROM chunks", [], |r| r.get(0))?;
+        let first: Option<i64> = self.0.query_row("SELECT min(first) FROM chunks", [], |r| r.get(0))?;
         let acked = chunk::acked_seq(self.0)?;
         Ok(first.map(|f| (f as u64).max(acked + 1)))
     }

@@ -394,7 +394,10 @@ fn salvage_chunks(
     };
     let to = (at_least_to).max(top);
     let lost = if from <= to {
-        uncovered(&covered, from, to).into_iter().map(|(a, b)| (a as i64, b as i64)).collect()
+        uncovered(&covered, from, to)
+            .into_iter()
+            .map(|(a, b)| (a as i64, b as i64))
+            .collect()
     } else {
         Vec::new()
     };
@@ -489,7 +492,10 @@ fn recover(path: &Path) -> rusqlite::Result<Recovery> {
         // The identity's counters, if they were read, say which sequences
         // must be there: everything after the last ack, up to the last one
         // assigned.
-        let first = (chunk::last_seq(&tx)? > 0).then(|| chunk::acked_seq(&tx)).transpose()?.map(|a| a + 1);
+        let first = (chunk::last_seq(&tx)? > 0)
+            .then(|| chunk::acked_seq(&tx))
+            .transpose()?
+            .map(|a| a + 1);
         let (lost, records, top) = salvage_chunks(&old, &tx, first, max_seq)?;
         report.lost.extend(lost);
         report.records += records;

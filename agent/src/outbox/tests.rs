@@ -467,7 +467,11 @@ async fn an_outbox_with_a_row_per_record_moves_into_chunks() {
         // 1..=300 queued, 301..=310 acknowledged and deleted, 311..=320
         // queued again after an empty lost entry at 311.
         for seq in (1..=320).filter(|s| !(301..=310).contains(s)) {
-            let data = if seq == 311 { Vec::new() } else { format!("old-{seq}").into_bytes() };
+            let data = if seq == 311 {
+                Vec::new()
+            } else {
+                format!("old-{seq}").into_bytes()
+            };
             conn.execute(
                 "INSERT INTO records (seq, enqueued_us, data) VALUES (?1, ?2, ?3)",
                 rusqlite::params![seq, 1000 + seq, data],
@@ -519,9 +523,11 @@ async fn a_chunk_that_does_not_decode_is_found_at_open() {
     {
         let conn = Connection::open(d.join("outbox.db")).unwrap();
         let (first, packing): (i64, i64) = conn
-            .query_row("SELECT first, packing FROM chunks WHERE first > 400 ORDER BY first LIMIT 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT first, packing FROM chunks WHERE first > 400 ORDER BY first LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .unwrap();
         assert_eq!(packing, 1, "the test's chunks are compressed");
         // One byte flipped in the middle of the frame.

@@ -369,7 +369,7 @@ fn apply_group(
 /// Queues `records` in order, each under the next sequence.
 fn insert_records(tx: &Connection, records: &[Vec<u8>], now: i64, stats: &mut Stats) -> rusqlite::Result<()> {
     if !records.is_empty() {
-        stats.last_seq = chunk::append(tx, records, now)?;
+        stats.last_seq = chunk::append(tx, stats.last_seq, records, now)?;
         stats.records += records.len() as u64;
         stats.bytes += records.iter().map(|d| d.len() as u64).sum::<u64>();
     }
@@ -419,6 +419,10 @@ fn apply_one(tx: &Connection, command: &Command, stats: &mut Stats, now: i64) ->
             stats.records = stats.records.saturating_sub(n);
             stats.bytes = stats.bytes.saturating_sub(bytes);
             stats.oldest_us = chunk::oldest(tx)?;
+            if stats.oldest_us.is_none() {
+                // The queue is empty: the highest sequence is kept here.
+                chunk::set_meta(tx, "last_seq", stats.last_seq)?;
+            }
             stats.acked_seq = stats.acked_seq.max(*seq);
         }
         Command::Ping(_) | Command::CheckDisk(_) => {}
@@ -429,9 +433,9 @@ fn apply_one(tx: &Connection, command: &Command, stats: &mut Stats, now: i64) ->
             }
         }
         Command::Retry(r, _) => {
-            let (n, bytes) = retry_in(tx, &r.fixed, &r.still, now)?;
+            let (n, bytes, last) = retry_in(tx, stats.last_seq, &r.fixed, &r.still, now)?;
             if n > 0 {
-                stats.last_seq = chunk::last_seq(tx)?;
+                stats.last_seq = last;
                 stats.records += n;
                 stats.bytes += bytes;
                 stats.quarantined = stats.quarantined.saturating_sub(n);
