@@ -294,12 +294,16 @@ fn has_table(conn: &Connection, name: &str) -> bool {
 /// when the identity's counters were read; else from the lowest chunk)
 /// up to `at_least_to` (the highest ever assigned), the records salvaged
 /// and the highest sequence seen.
+/// What [`salvage_chunks`] found: the sequence ranges lost, the records
+/// salvaged, the highest sequence seen.
+type Salvaged = (Vec<(i64, i64)>, u64, u64);
+
 fn salvage_chunks(
     old: &Connection,
     tx: &Connection,
     first: Option<u64>,
     at_least_to: u64,
-) -> rusqlite::Result<(Vec<(i64, i64)>, u64, u64)> {
+) -> rusqlite::Result<Salvaged> {
     let bound = |sql: &str| old.query_row(sql, [], |r| r.get::<_, Option<i64>>(0));
     // The first chunk may start up to a chunk's entries before the first
     // unacknowledged sequence.
