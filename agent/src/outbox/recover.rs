@@ -284,6 +284,10 @@ fn has_table(conn: &Connection, name: &str) -> bool {
     .map_or(true, |n| n > 0)
 }
 
+/// What [`salvage_chunks`] found: the sequence ranges lost, the records
+/// salvaged, the highest sequence seen.
+type Salvaged = (Vec<(i64, i64)>, u64, u64);
+
 /// Salvages the `chunks` of a damaged outbox into `tx`, by ranges of their
 /// first sequences. A range whose read fails, or whose chunks leave
 /// sequences uncovered (a damaged interior page can end a read early without
@@ -294,10 +298,6 @@ fn has_table(conn: &Connection, name: &str) -> bool {
 /// when the identity's counters were read; else from the lowest chunk)
 /// up to `at_least_to` (the highest ever assigned), the records salvaged
 /// and the highest sequence seen.
-/// What [`salvage_chunks`] found: the sequence ranges lost, the records
-/// salvaged, the highest sequence seen.
-type Salvaged = (Vec<(i64, i64)>, u64, u64);
-
 fn salvage_chunks(
     old: &Connection,
     tx: &Connection,
