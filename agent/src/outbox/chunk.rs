@@ -280,13 +280,16 @@ pub(super) fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Chunk> {
     })
 }
 
+/// Whether the file has the table `name`.
+pub(super) fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+        .exists([name])
+}
+
 /// Reads every queued chunk and decodes its entries; the first that does
 /// not decode is the error. (A file made before chunks has none.)
 pub(super) fn check_all(conn: &Connection) -> rusqlite::Result<()> {
-    let exists = conn
-        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'chunks'")?
-        .exists([])?;
-    if !exists {
+    if !has_table(conn, "chunks")? {
         return Ok(());
     }
     let mut stmt = conn.prepare("SELECT first, last, enqueued_us, packing, data FROM chunks ORDER BY first")?;
@@ -395,10 +398,7 @@ pub(super) fn oldest(conn: &Connection) -> rusqlite::Result<Option<i64>> {
 /// before chunks) into chunks, keeping every sequence, in the caller's
 /// transaction; the sequence counter moves to `meta.last_seq`.
 pub(super) fn migrate_records(tx: &Connection) -> rusqlite::Result<()> {
-    let old = tx
-        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'records'")?
-        .exists([])?;
-    if !old {
+    if !has_table(tx, "records")? {
         return Ok(());
     }
     let counter: i64 = tx

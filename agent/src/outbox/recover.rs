@@ -192,6 +192,19 @@ fn ranges_text(ranges: &[(i64, i64)], max: usize) -> String {
 /// Rows read per range while salvaging.
 const SALVAGE_RANGE: i64 = 4096;
 
+/// `lo..=hi` in ranges of [`SALVAGE_RANGE`], as a stack that pops them in
+/// ascending order.
+fn ranges(lo: i64, hi: i64) -> Vec<(i64, i64)> {
+    let mut todo = Vec::new();
+    let mut start = hi;
+    while start >= lo {
+        let a = start.saturating_sub(SALVAGE_RANGE - 1).max(lo);
+        todo.push((a, start));
+        start = a - 1;
+    }
+    todo
+}
+
 /// Reads every row of `table` that can still be read, by ranges of rowid: a
 /// range whose read fails is halved until what fails is single rowids, so a
 /// damaged page costs only the rows on it. A damaged interior page can also
@@ -238,14 +251,7 @@ fn salvage<T>(
             _ => lost.push((a, b)),
         }
     };
-    let mut todo: Vec<(i64, i64)> = Vec::new();
-    let mut start = hi;
-    // Pushed from the top so that ranges pop in ascending order.
-    while start >= lo {
-        let a = start.saturating_sub(SALVAGE_RANGE - 1).max(lo);
-        todo.push((a, start));
-        start = a - 1;
-    }
+    let mut todo = ranges(lo, hi);
     while let Some((a, b)) = todo.pop() {
         let read = read_range(a, b);
         let short = read.as_ref().is_ok_and(|rows| dense && (rows.len() as i64) < b - a + 1);
@@ -273,15 +279,6 @@ fn salvage<T>(
         }
     }
     Ok(lost)
-}
-
-fn has_table(conn: &Connection, name: &str) -> bool {
-    conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-        [name],
-        |r| r.get::<_, i64>(0),
-    )
-    .map_or(true, |n| n > 0)
 }
 
 /// What [`salvage_chunks`] found: the sequence ranges lost, the records
@@ -348,14 +345,7 @@ fn salvage_chunks(
         gaps
     };
     let (mut records, mut top) = (0u64, 0u64);
-    let mut todo: Vec<(i64, i64)> = Vec::new();
-    let mut start = hi;
-    // Pushed from the top so that ranges pop in ascending order.
-    while start >= lo {
-        let a = start.saturating_sub(SALVAGE_RANGE - 1).max(lo);
-        todo.push((a, start));
-        start = a - 1;
-    }
+    let mut todo = ranges(lo, hi);
     while let Some((a, b)) = todo.pop() {
         match read_range(a, b) {
             Ok(chunks) => {
@@ -462,7 +452,7 @@ fn recover(path: &Path) -> rusqlite::Result<Recovery> {
         })
         .unwrap_or(0);
     let mut max_seq = chunk::last_seq(&tx)?.max(old_max.max(0) as u64);
-    if has_table(&old, "records") {
+    if chunk::has_table(&old, "records").unwrap_or(true) {
         let mut run: Vec<Vec<u8>> = Vec::new();
         let (mut first, mut at) = (0u64, 0i64);
         let mut salvaged = 0;
@@ -492,7 +482,7 @@ fn recover(path: &Path) -> rusqlite::Result<Recovery> {
         }
         report.records += salvaged;
     }
-    if has_table(&old, "chunks") {
+    if chunk::has_table(&old, "chunks").unwrap_or(true) {
         // The identity's counters, if they were read, say which sequences
         // must be there: everything after the last ack, up to the last one
         // assigned.
