@@ -581,12 +581,8 @@ impl Link {
         Ok(self
             .outbox
             .read(move |r| {
-                let batch = r.records_from(cursor, max, bytes)?;
-                let first = match batch.first() {
-                    Some(&(seq, _)) => r.enqueued_us(seq)?.unwrap_or_else(clock::now_us),
-                    None => clock::now_us(),
-                };
-                Ok((batch, first))
+                let (batch, first) = r.batch_from(cursor, max, bytes)?;
+                Ok((batch, first.unwrap_or_else(clock::now_us)))
             })
             .await?)
     }

@@ -14,6 +14,10 @@ use super::chunk;
 use super::quarantine::{Held, QuarantineFilter, held_entries};
 use crate::normalize::Quarantined;
 
+/// Queued entries read for the link: (sequence, record bytes; empty for a
+/// sequence with no record).
+pub type Entries = Vec<(u64, Bytes)>;
+
 /// Read-only queries on the outbox's read connection.
 pub struct Reader<'a>(&'a Connection);
 
@@ -31,22 +35,31 @@ impl<'a> Reader<'a> {
     /// Their bytes are copied into one buffer that every entry's `Bytes`
     /// shares: one allocation per batch instead of one per record, freed
     /// whole once the last of them is dropped (when the batch is sent).
-    pub fn records_from(&self, from: u64, max_records: usize, max_bytes: usize) -> rusqlite::Result<Vec<(u64, Bytes)>> {
+    pub fn records_from(&self, from: u64, max_records: usize, max_bytes: usize) -> rusqlite::Result<Entries> {
+        Ok(self.batch_from(from, max_records, max_bytes)?.0)
+    }
+
+    /// [`Reader::records_from`], and when the first entry's chunk was
+    /// committed (µs since the epoch): the link's read, two statements.
+    pub fn batch_from(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> rusqlite::Result<(Entries, Option<i64>)> {
         // What the hub acknowledged may still be in the first chunk.
         let from = from.max(chunk::acked_seq(self.0)? + 1).min(i64::MAX as u64);
-        // The chunk that holds `from` starts at or before it.
-        let start: Option<i64> = self
-            .0
-            .prepare_cached("SELECT first FROM chunks WHERE first <= ?1 ORDER BY first DESC LIMIT 1")?
-            .query_row([from as i64], |r| r.get(0))
-            .optional()?;
+        // From the chunk that holds `from`, which starts at or before it.
         let mut stmt = self.0.prepare_cached(
-            "SELECT first, last, enqueued_us, packing, data FROM chunks WHERE first >= ?1 ORDER BY first LIMIT ?2",
+            "SELECT first, last, enqueued_us, packing, data FROM chunks
+             WHERE first >= coalesce((SELECT max(first) FROM chunks WHERE first <= ?1), ?1)
+             ORDER BY first LIMIT ?2",
         )?;
-        let mut rows = stmt.query(params![start.unwrap_or(from as i64), max_records as i64])?;
+        let mut rows = stmt.query(params![from as i64, max_records as i64])?;
         let mut buf = Vec::new();
         // (seq, where its bytes end in `buf`)
         let mut ends = Vec::new();
+        let mut first_enqueued = None;
         'chunks: while let Some(row) = rows.next()? {
             let chunk = chunk::read(row)?;
             for (i, entry) in chunk.entries()?.into_iter().enumerate() {
@@ -54,6 +67,7 @@ impl<'a> Reader<'a> {
                 if seq < from {
                     continue;
                 }
+                first_enqueued.get_or_insert(chunk.enqueued_us);
                 buf.extend_from_slice(entry);
                 ends.push((seq, buf.len()));
                 if buf.len() >= max_bytes || ends.len() >= max_records {
@@ -63,19 +77,15 @@ impl<'a> Reader<'a> {
         }
         let buf = Bytes::from(buf);
         let mut start = 0;
-        Ok(ends
+        let entries = ends
             .into_iter()
             .map(|(seq, end)| {
                 let record = buf.slice(start..end);
                 start = end;
                 (seq, record)
             })
-            .collect())
-    }
-
-    /// When the record `seq` was committed (µs since the epoch).
-    pub fn enqueued_us(&self, seq: u64) -> rusqlite::Result<Option<i64>> {
-        Ok(chunk::containing(self.0, seq)?.map(|c| c.enqueued_us))
+            .collect();
+        Ok((entries, first_enqueued))
     }
 
     /// The record `seq`, if it is still queued (not acknowledged, rejected
