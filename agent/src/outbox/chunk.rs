@@ -14,9 +14,9 @@
 //! or a record the hub rejected (moved to the quarantine). The link sends
 //! it as an empty entry, which the hub skips.
 //!
-//! Sequences: the highest ever assigned (never reused, even once the queue
-//! drains) is the last chunk's last, or `meta.last_seq` once the queue is
-//! empty; `meta.acked_seq` is the highest the hub has acknowledged. A chunk leaves when the hub has acknowledged its last
+//! Sequences: `meta.last_seq` is the highest ever assigned (never reused,
+//! even once the queue drains; written once a transaction), `meta.acked_seq`
+//! the highest the hub has acknowledged. A chunk leaves when the hub has acknowledged its last
 //! sequence; until then the figures ([`super::Stats`]) leave out its
 //! acknowledged part.
 
@@ -218,9 +218,9 @@ pub(super) fn append(tx: &Connection, last: u64, records: &[Vec<u8>], now: i64) 
     Ok(last + records.len() as u64)
 }
 
-/// The highest sequence ever assigned: the last chunk's last, or once the
-/// queue has drained, `meta.last_seq`, which the ack that empties the queue
-/// writes (so that writes need not touch `meta`).
+/// The highest sequence ever assigned: `meta.last_seq`, which the writer
+/// sets once a transaction, or the last chunk's last if that is higher (an
+/// outbox written by the offline tools).
 pub(super) fn last_seq(conn: &Connection) -> rusqlite::Result<u64> {
     let queued: Option<i64> = conn
         .prepare_cached("SELECT last FROM chunks ORDER BY first DESC LIMIT 1")?

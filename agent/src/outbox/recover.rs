@@ -484,9 +484,10 @@ fn recover(path: &Path) -> rusqlite::Result<Recovery> {
     }
     if chunk::has_table(&old, "chunks").unwrap_or(true) {
         // The identity's counters, if they were read, say which sequences
-        // must be there: everything after the last ack, up to the last one
-        // assigned.
-        let first = (chunk::last_seq(&tx)? > 0)
+        // must be there: everything after the last ack (from 1 if none
+        // came), up to the last one assigned.
+        let first = meta_lost
+            .is_empty()
             .then(|| chunk::acked_seq(&tx))
             .transpose()?
             .map(|a| a + 1);

@@ -313,6 +313,7 @@ fn apply_group(
 ) -> rusqlite::Result<Vec<Option<Error>>> {
     let mut tx = conn.transaction()?;
     let now = now_us();
+    let assigned = stats.last_seq;
     let mut outcomes = Vec::with_capacity(group.len());
     for command in group {
         if let (true, Some(refusal)) = (command.adds_records(), refuse_writes) {
@@ -361,6 +362,11 @@ fn apply_group(
                 }));
             }
         }
+    }
+    if stats.last_seq != assigned {
+        // Once a transaction, however many writes it holds: recovery reads
+        // it when the last chunks are on damaged pages.
+        chunk::set_meta(&tx, "last_seq", stats.last_seq)?;
     }
     tx.commit()?;
     Ok(outcomes)
@@ -419,18 +425,11 @@ fn apply_one(tx: &Connection, command: &Command, stats: &mut Stats, now: i64) ->
             stats.records = stats.records.saturating_sub(n);
             stats.bytes = stats.bytes.saturating_sub(bytes);
             stats.oldest_us = chunk::oldest(tx)?;
-            if stats.oldest_us.is_none() {
-                // The queue is empty: the highest sequence is kept here.
-                chunk::set_meta(tx, "last_seq", stats.last_seq)?;
-            }
             stats.acked_seq = stats.acked_seq.max(*seq);
         }
         Command::Ping(_) | Command::CheckDisk(_) => {}
         Command::Advance(seq, _) => {
-            if *seq > stats.last_seq {
-                chunk::set_meta(tx, "last_seq", *seq)?;
-                stats.last_seq = *seq;
-            }
+            stats.last_seq = stats.last_seq.max(*seq);
         }
         Command::Retry(r, _) => {
             let (n, bytes, last) = retry_in(tx, stats.last_seq, &r.fixed, &r.still, now)?;
