@@ -21,7 +21,8 @@
 //!   hub has acknowledged.
 //! - `chunks(first INTEGER PRIMARY KEY, last, enqueued_us, records, bytes, packing, data)`:
 //!   the queue, consecutive records a row, each record a varint length and
-//!   its bytes, up to 16,000 bytes a chunk (`chunk.rs`). An outbox from
+//!   its bytes, up to 64 KiB a chunk, stored as one zstd frame when that is
+//!   smaller (`chunk.rs`). An outbox from
 //!   before chunks (`records`, a row per record) is moved into chunks at
 //!   open, in one transaction.
 //! - `positions(source, key, value)`: opaque capture positions per source
