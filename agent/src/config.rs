@@ -161,6 +161,10 @@ pub struct HubConfig {
     pub batch_records: usize,
     pub batch_bytes: usize,
     pub linger: Duration,
+    /// Batches sent and not yet acknowledged, at most. 24 (up to about
+    /// 100,000 records) keeps a hub's store writer busy while it commits
+    /// what came before: with 8, the hub's writer and its reader waited on
+    /// each other by turns (BENCHMARKS.md, session 14).
     pub max_in_flight: usize,
     pub keepalive: Duration,
     pub backoff_max: Duration,
@@ -262,7 +266,7 @@ impl Config {
             batch_records: positive(raw.hub.batch_records, "hub.batch_records", 4096)?,
             batch_bytes: raw.hub.batch_bytes.map_or(1 << 20, |b| b.0 as usize).max(1),
             linger: raw.hub.linger.map_or(Duration::from_millis(2), |d| d.0),
-            max_in_flight: positive(raw.hub.max_in_flight, "hub.max_in_flight", 8)?,
+            max_in_flight: positive(raw.hub.max_in_flight, "hub.max_in_flight", 24)?,
             keepalive: raw.hub.keepalive.map_or(Duration::from_secs(5), |d| d.0),
             backoff_max: raw.hub.backoff_max.map_or(Duration::from_secs(30), |d| d.0),
         };

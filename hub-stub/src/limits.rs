@@ -43,7 +43,11 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// Bytes of decoded batches a stream may have waiting for the store;
     /// past it the hub stops reading that stream (HTTP/2 flow control then
-    /// stops the agent).
+    /// stops the agent). It holds the batch being applied too, so the
+    /// store's group commit takes about half of it: 48 MiB (about 75,000
+    /// records of the people resource) lets a flood's groups reach 30,000
+    /// records and more, where 16 MiB held them to 12,000 and the hub's
+    /// reader and writer to each other's pace (BENCHMARKS.md, session 14).
     #[serde(deserialize_with = "bytes")]
     pub max_queued_bytes: usize,
     /// Bytes of decoded batches all streams together may have waiting for
@@ -75,7 +79,7 @@ impl Default for Limits {
             max_message_bytes: 16 << 20,
             max_batch_entries: 10_000,
             max_value_bytes: 64 << 10,
-            max_queued_bytes: 16 << 20,
+            max_queued_bytes: 48 << 20,
             max_total_queued_bytes: 64 << 20,
             max_streams: 4,
             max_connections: 8,

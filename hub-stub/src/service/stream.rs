@@ -34,8 +34,9 @@ use crate::session::{Session, State};
 use crate::store::{self, Applied, Prepared, SeqError, Store};
 use crate::text;
 
-/// Entries one store transaction takes at most.
-const GROUP_MAX_ENTRIES: usize = 32 * 1024;
+/// Entries one store transaction takes at most: with the default
+/// `max_queued_bytes`, about what one group finds waiting in a flood.
+const GROUP_MAX_ENTRIES: usize = 64 * 1024;
 
 /// Batches waiting for the writer, at most (the byte budget is the real
 /// bound).

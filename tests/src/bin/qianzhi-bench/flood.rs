@@ -206,6 +206,13 @@ async fn start(w: &World, compression: &str) -> (String, std::process::Child, St
     let mut spec = w.agent_spec(hub_port);
     spec.health_port = free_port();
     spec.hub_extra = format!("backoff_max = \"200ms\"\ncompression = \"{compression}\"\n");
+    // Extra `[hub]` keys for the agent, `;` between them (say
+    // `max_in_flight = 24;batch_bytes = "4MiB"`), to measure the link's
+    // settings without a build.
+    if let Ok(extra) = std::env::var("QIANZHI_BENCH_HUB_EXTRA") {
+        spec.hub_extra.push_str(&extra.replace(';', "\n"));
+        spec.hub_extra.push('\n');
+    }
     let (addr, agent) = start_agent(w, &spec).await;
     (addr, agent, hub_toml, hub)
 }
