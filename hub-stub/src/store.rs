@@ -3,7 +3,22 @@
 //! Each (agency, outbox) has a high-water mark: the highest sequence stored
 //! or rejected. A batch is applied in one transaction that writes its
 //! records, its rejections and the new high-water mark together, so a
-//! resent batch stores nothing twice and an ack is only sent after commit.
+//! resent batch stores nothing twice and an ack is only sent once that
+//! transaction is durable.
+//!
+//! Durable is not the same as committed here. A stream's group is committed
+//! without an fsync ([`Store::apply_unsynced`], `synchronous = NORMAL` for
+//! that transaction) and made durable by [`Store::sync`], an `fdatasync` of
+//! the WAL through the store's own descriptor, which the stream runs while
+//! the next group is applied: the writer no longer waits for the disk
+//! between groups. Whatever is told to anyone waits for that sync: the acks
+//! and rejections (the stream), the high-water mark and rejections of a
+//! Welcome (read, then synced), and the hub sequence receivers follow
+//! ([`Store::watch`] moves only in [`Store::sync`], and receivers read
+//! nothing above it). Every other write commits with `synchronous = FULL`,
+//! whose fsync of the WAL also covers any group committed before it. After a
+//! crash of the process, what it committed is still in the page cache, and
+//! the next process syncs it at open before it tells anyone.
 //! Its accepted changes go into `feed`, `history` and `current` by
 //! statements of up to 64 rows, in sequence order (SQLite's cost per
 //! statement, and AUTOINCREMENT's bookkeeping, paid once per 64 records).
@@ -92,8 +107,22 @@ pub enum SeqError {
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
-    /// The highest hub sequence committed: receivers' streams wait on it.
+    /// The highest hub sequence durable: receivers' streams wait on it, and
+    /// read nothing above it.
     latest: watch::Sender<u64>,
+    /// What [`Store::apply_unsynced`] committed: (commits, the highest hub
+    /// sequence among them). Moved under the connection's lock, so in
+    /// commit order.
+    committed: Mutex<(u64, u64)>,
+    /// The WAL's descriptor and the commits it has synced.
+    synced: Mutex<Synced>,
+}
+
+/// The WAL file as [`Store::sync`] last found it, and how many commits its
+/// last fsync covered.
+struct Synced {
+    wal: Option<std::fs::File>,
+    commits: u64,
 }
 
 /// A record decoded, checked and encoded for storage, or the reason it is
@@ -219,11 +248,17 @@ impl Store {
         for p in [sidecar(path, "-wal"), sidecar(path, "-shm")] {
             make_private(&p)?;
         }
-        Ok(Store {
+        let store = Store {
             path: path.to_owned(),
             conn: Mutex::new(conn),
-            latest: watch::Sender::new(latest as u64),
-        })
+            latest: watch::Sender::new(0),
+            // One commit not known durable: what a process that crashed
+            // before its sync committed, still in the page cache.
+            committed: Mutex::new((1, latest as u64)),
+            synced: Mutex::new(Synced { wal: None, commits: 0 }),
+        };
+        store.sync()?;
+        Ok(store)
     }
 
     /// The store's file.
@@ -231,15 +266,20 @@ impl Store {
         &self.path
     }
 
-    /// Watches the highest committed hub sequence.
+    /// Watches the highest durable hub sequence (moved by [`Store::sync`]).
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.latest.subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave a transaction open:
-        // rusqlite rolls back on drop.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        // rusqlite rolls back on drop. It may have left the connection
+        // without its fsync ([`Store::apply_unsynced`]): that is put back.
+        self.conn.lock().unwrap_or_else(|p| {
+            let conn = p.into_inner();
+            let _ = conn.pragma_update(None, "synchronous", "FULL");
+            conn
+        })
     }
 
     fn err(&self, source: rusqlite::Error) -> Error {
@@ -250,8 +290,16 @@ impl Store {
     }
 
     /// The high-water mark of an outbox, and the rejections at or above
-    /// `first_unacked` (older ones are forgotten: the agent has them).
+    /// `first_unacked` (older ones are forgotten: the agent has them);
+    /// durable when returned, though a group they include may have been
+    /// committed without a sync.
     pub fn welcome(&self, agency: &str, outbox: &str, first_unacked: u64) -> Result<(u64, Vec<Rejected>), Error> {
+        let found = self.welcome_unsynced(agency, outbox, first_unacked)?;
+        self.sync()?;
+        Ok(found)
+    }
+
+    fn welcome_unsynced(&self, agency: &str, outbox: &str, first_unacked: u64) -> Result<(u64, Vec<Rejected>), Error> {
         let mut conn = self.lock();
         let run = |conn: &mut Connection| -> rusqlite::Result<(u64, Vec<Rejected>)> {
             let tx = conn.transaction()?;
@@ -282,9 +330,21 @@ impl Store {
         run(&mut conn).map_err(|e| self.err(e))
     }
 
-    /// Applies prepared entries from `agency`'s outbox in one transaction.
+    /// Applies prepared entries from `agency`'s outbox in one transaction,
+    /// durable when this returns.
     pub fn apply(&self, agency: &str, outbox: &str, entries: &[Prepared]) -> Result<Applied, Error> {
+        let applied = self.apply_unsynced(agency, outbox, entries)?;
+        self.sync()?;
+        Ok(applied)
+    }
+
+    /// Applies prepared entries from `agency`'s outbox in one transaction
+    /// committed without an fsync: nothing of it may be told to anyone
+    /// before a [`Store::sync`] that began after this returned.
+    pub fn apply_unsynced(&self, agency: &str, outbox: &str, entries: &[Prepared]) -> Result<Applied, Error> {
         let mut conn = self.lock();
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| self.err(e))?;
         let run = |conn: &mut Connection| -> rusqlite::Result<(Applied, Option<i64>)> {
             let tx = conn.transaction()?;
             let now = now_us();
@@ -340,11 +400,50 @@ impl Store {
             tx.commit()?;
             Ok((applied, last_hseq))
         };
-        let (applied, last_hseq) = run(&mut conn).map_err(|e| self.err(e))?;
-        if let Some(h) = last_hseq {
-            self.latest.send_replace(h as u64);
+        let result = run(&mut conn);
+        // Every other write keeps its own fsync.
+        let full = conn.pragma_update(None, "synchronous", "FULL");
+        let (applied, last_hseq) = result.map_err(|e| self.err(e))?;
+        {
+            let mut c = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+            c.0 += 1;
+            if let Some(h) = last_hseq {
+                c.1 = c.1.max(h as u64);
+            }
         }
+        full.map_err(|e| self.err(e))?;
         Ok(applied)
+    }
+
+    /// Makes every group committed before this call durable (one
+    /// `fdatasync` of the WAL, shared by every stream waiting for it), then
+    /// lets receivers see their changes.
+    pub fn sync(&self) -> Result<(), Error> {
+        let (commits, hseq) = *self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if synced.commits < commits {
+            let io = |source| Error::Io {
+                path: sidecar(&self.path, "-wal"),
+                source,
+            };
+            match current_wal(&self.path, &mut synced.wal) {
+                Ok(wal) => wal.sync_data().map_err(io)?,
+                // No WAL: SQLite checkpointed it into the database file,
+                // with an fsync, and removed it; nothing waits in it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => synced.wal = None,
+                Err(e) => return Err(io(e)),
+            }
+            synced.commits = commits;
+        }
+        drop(synced);
+        self.latest.send_if_modified(|l| {
+            let newer = hseq > *l;
+            if newer {
+                *l = hseq;
+            }
+            newer
+        });
+        Ok(())
     }
 
     /// Writes the store as JSON Lines: the current state, or with `history`
@@ -441,6 +540,25 @@ fn next_in_line(hwm: u64, seq: u64) -> Result<(), SeqError> {
     } else {
         Ok(())
     }
+}
+
+/// The store's WAL file, opened anew when the one held is no longer the
+/// file at its path (SQLite removes the WAL when its last connection
+/// closes, and a later one makes a new file): an fsync must reach the file
+/// SQLite writes.
+fn current_wal<'a>(path: &Path, held: &'a mut Option<std::fs::File>) -> std::io::Result<&'a std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let wal = sidecar(path, "-wal");
+    let now = std::fs::metadata(&wal)?;
+    let same = match held.as_ref() {
+        Some(f) => f.metadata().is_ok_and(|m| m.dev() == now.dev() && m.ino() == now.ino()),
+        None => false,
+    };
+    if !same {
+        *held = Some(std::fs::File::open(&wal)?);
+    }
+    // Set just above.
+    held.as_ref().ok_or_else(|| std::io::Error::other("no WAL file"))
 }
 
 /// `store.db-wal` and the like.

@@ -2,6 +2,11 @@
 //! wire and prepares them, and a writer that applies every batch waiting at
 //! once in one transaction (group commit), so receiving overlaps the fsync.
 //!
+//! The writer commits a group without an fsync and answers it after the
+//! store's next sync ([`Store::sync`]), which it runs beside the next
+//! group's apply: the disk's flush and the next group's inserts overlap,
+//! and no ack or rejection goes out before its group is durable.
+//!
 //! Memory: the reader takes a batch's size in permits from the stream's
 //! budget (`limits.max_queued_bytes`) and then from the hub's, shared by
 //! every stream (`limits.max_total_queued_bytes`), before preparing it, and
@@ -245,11 +250,28 @@ impl Writer {
     /// Applies and answers groups of batches until the stream ends; the
     /// status to end it with (`None`: the agent closed it).
     async fn serve(&self, work: &mut mpsc::Receiver<Work>) -> Option<Status> {
+        // The group applied last, answered once durable: beside the next
+        // group's apply if one is waiting, at once if none is.
+        let mut unanswered: Option<Result<Applied, Status>> = None;
         loop {
-            let first = tokio::select! {
-                biased;
-                () = self.session.state.cancel.cancelled() => return Some(self.cancelled()),
-                w = work.recv() => w?,
+            let first = match unanswered.take() {
+                Some(applied) => match work.try_recv() {
+                    Ok(w) => {
+                        unanswered = Some(applied);
+                        w
+                    }
+                    Err(_) => {
+                        if let Err(s) = self.settle(applied).await {
+                            return Some(s);
+                        }
+                        continue;
+                    }
+                },
+                None => tokio::select! {
+                    biased;
+                    () = self.session.state.cancel.cancelled() => return Some(self.cancelled()),
+                    w = work.recv() => w?,
+                },
             };
             let (mut entries, mut permits, mut end) = (Vec::new(), Vec::new(), None);
             let mut next = Some(first);
@@ -272,23 +294,61 @@ impl Writer {
                     next = work.try_recv().ok();
                 }
             }
+            // A group that broke the sequence ends the stream once
+            // answered: nothing after it is applied.
+            if let Some(Ok(a)) = &unanswered
+                && a.stop.is_some()
+                && let Some(applied) = unanswered.take()
+                && let Err(s) = self.settle(applied).await
+            {
+                return Some(s);
+            }
             if !permits.is_empty() {
-                let applied = self.apply(entries).await;
+                let previous = unanswered.take();
+                let (applied, settled) = tokio::join!(self.apply(entries), async {
+                    match previous {
+                        Some(p) => self.settle(p).await,
+                        None => Ok(()),
+                    }
+                });
                 drop(permits);
-                if let Err(s) = self.answer(applied).await {
+                if let Err(s) = settled {
                     return Some(s);
                 }
+                unanswered = Some(applied);
             }
             if end.is_some() {
+                if let Some(applied) = unanswered.take()
+                    && let Err(s) = self.settle(applied).await
+                {
+                    return Some(s);
+                }
                 return end;
             }
         }
     }
 
-    /// Applies one group in one transaction (the entries are freed there).
+    /// Makes an applied group durable, then answers it.
+    async fn settle(&self, applied: Result<Applied, Status>) -> Result<(), Status> {
+        if applied.is_ok() {
+            let store = self.store.clone();
+            match tokio::task::spawn_blocking(move || store.sync()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, "store sync failed; the agent will resend");
+                    return Err(Status::unavailable(e.to_string()));
+                }
+                Err(e) => return Err(Status::internal(format!("syncing the store failed: {e}"))),
+            }
+        }
+        self.answer(applied).await
+    }
+
+    /// Applies one group in one transaction (the entries are freed there),
+    /// committed but not yet durable.
     async fn apply(&self, entries: Vec<Prepared>) -> Result<Applied, Status> {
         let (store, agency, outbox) = (self.store.clone(), self.agency.clone(), self.outbox.clone());
-        match tokio::task::spawn_blocking(move || store.apply(&agency, &outbox, &entries)).await {
+        match tokio::task::spawn_blocking(move || store.apply_unsynced(&agency, &outbox, &entries)).await {
             Ok(Ok(a)) => Ok(a),
             Ok(Err(e)) => {
                 warn!(error = %e, "store failed; the agent will resend");

@@ -18,7 +18,10 @@
 //!   gets a fresh snapshot.
 //!
 //! Receivers read through their own connection ([`Reader`]): SQLite's WAL
-//! lets them read while the writer commits.
+//! lets them read while the writer commits. A reader sees only changes at
+//! or below the durable hub sequence ([`Store::watch`]): a group committed
+//! and not yet synced is not delivered, since a power cut could still take
+//! it, and its hub sequences with it.
 
 use std::time::Duration;
 
@@ -115,6 +118,8 @@ pub(super) const CURRENT_BY_HSEQ: &str = "CREATE INDEX IF NOT EXISTS current_by_
 /// A receiver stream's own read connection.
 pub struct Reader {
     conn: Connection,
+    /// The durable hub sequence: the highest any read returns.
+    durable: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Store {
@@ -127,7 +132,10 @@ impl Store {
         let conn = Connection::open(&self.path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
         super::plan_once(&conn).map_err(err)?;
-        Ok(Reader { conn })
+        Ok(Reader {
+            conn,
+            durable: self.watch(),
+        })
     }
 
     /// Adds an agreement; refuses an id already used (a revoked agreement's
@@ -379,11 +387,16 @@ pub struct Received {
 }
 
 impl Reader {
-    /// The highest hub sequence of `resource` (0: none).
+    /// The durable hub sequence, as an SQLite integer.
+    fn durable(&self) -> i64 {
+        (*self.durable.borrow()).min(i64::MAX as u64) as i64
+    }
+
+    /// The highest durable hub sequence of `resource` (0: none).
     pub fn latest(&self, resource: &str) -> rusqlite::Result<u64> {
         self.conn
-            .prepare_cached("SELECT coalesce(max(hseq), 0) FROM feed WHERE resource = ?1")?
-            .query_row([resource], |r| r.get::<_, i64>(0))
+            .prepare_cached("SELECT coalesce(max(hseq), 0) FROM feed WHERE resource = ?1 AND hseq <= ?2")?
+            .query_row(params![resource, self.durable()], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
     }
 
@@ -398,7 +411,15 @@ impl Reader {
                  JOIN history h ON h.box = c.box AND h.seq = c.seq JOIN outboxes o ON o.id = c.box
                  WHERE c.resource = ?1 AND c.hseq > ?2 AND c.hseq <= ?3 ORDER BY c.hseq LIMIT ?4",
             )?
-            .query_map(params![resource, after as i64, upto as i64, limit as i64], stored)?
+            .query_map(
+                params![
+                    resource,
+                    after as i64,
+                    (upto.min(i64::MAX as u64) as i64).min(self.durable()),
+                    limit as i64
+                ],
+                stored,
+            )?
             .collect()
     }
 
@@ -406,6 +427,7 @@ impl Reader {
     /// history after it is no longer complete. One read transaction, so a
     /// compaction cannot come between the check and the read.
     pub fn feed(&mut self, resource: &str, after: u64, limit: usize) -> rusqlite::Result<Feed> {
+        let durable = self.durable();
         let tx = self.conn.transaction()?;
         let horizon = horizon(&tx, resource)?;
         if after < horizon {
@@ -415,18 +437,22 @@ impl Reader {
             .prepare_cached(
                 "SELECT f.hseq, o.agency, h.record FROM feed f
                  JOIN history h ON h.box = f.box AND h.seq = f.seq JOIN outboxes o ON o.id = f.box
-                 WHERE f.resource = ?1 AND f.hseq > ?2 ORDER BY f.hseq LIMIT ?3",
+                 WHERE f.resource = ?1 AND f.hseq > ?2 AND f.hseq <= ?4 ORDER BY f.hseq LIMIT ?3",
             )?
-            .query_map(params![resource, after as i64, limit as i64], stored)?
+            .query_map(params![resource, after as i64, limit as i64, durable], stored)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(Feed::Changes(rows))
     }
 
-    /// Changes of `resource` after `after`, counted up to `cap`.
+    /// Durable changes of `resource` after `after`, counted up to `cap`.
     pub fn behind(&self, resource: &str, after: u64, cap: u64) -> rusqlite::Result<u64> {
         self.conn
-            .prepare_cached("SELECT count(*) FROM (SELECT 1 FROM feed WHERE resource = ?1 AND hseq > ?2 LIMIT ?3)")?
-            .query_row(params![resource, after as i64, cap as i64], |r| r.get::<_, i64>(0))
+            .prepare_cached(
+                "SELECT count(*) FROM (SELECT 1 FROM feed WHERE resource = ?1 AND hseq > ?2 AND hseq <= ?4 LIMIT ?3)",
+            )?
+            .query_row(params![resource, after as i64, cap as i64, self.durable()], |r| {
+                r.get::<_, i64>(0)
+            })
             .map(|n| n as u64)
     }
 

@@ -524,3 +524,80 @@ fn the_upsert_into_current_checks_no_constraint_that_could_abort_it() {
     .unwrap();
     assert_eq!(aborting(&old), 2);
 }
+
+/// A group committed without an fsync is shown to no one: receivers' reads
+/// and the hub sequence they wait on stay below it until a sync, and a
+/// Welcome that reports it syncs it first. A process that committed and
+/// died before its sync leaves the group to the next one, which syncs it
+/// at open.
+#[test]
+fn a_group_committed_without_its_sync_is_shown_to_no_one() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("hub/store.db");
+    let store = Store::open(&path).unwrap();
+    let mut reader = store.reader().unwrap();
+    let shown = |reader: &mut feed::Reader| {
+        let feed = match reader.feed(PEOPLE, 0, 100).unwrap() {
+            feed::Feed::Changes(rows) => rows.len(),
+            feed::Feed::Compacted { .. } => panic!("nothing was compacted"),
+        };
+        let snapshot = reader.snapshot(PEOPLE, 0, u64::MAX, 100).unwrap().len();
+        (
+            reader.latest(PEOPLE).unwrap(),
+            feed,
+            snapshot,
+            reader.behind(PEOPLE, 0, 100).unwrap(),
+        )
+    };
+
+    let applied = store
+        .apply_unsynced(GAJ, "ob", &prepare(GAJ, people(&[1, 2]), &catalog(), MAX_VALUE))
+        .unwrap();
+    assert_eq!((applied.stored, applied.hwm), (2, 2));
+    assert_eq!(*store.watch().borrow(), 0);
+    assert_eq!(shown(&mut reader), (0, 0, 0, 0));
+
+    store.sync().unwrap();
+    assert_eq!(*store.watch().borrow(), 2);
+    assert_eq!(shown(&mut reader), (2, 2, 2, 2));
+
+    store
+        .apply_unsynced(GAJ, "ob", &prepare(GAJ, people(&[3]), &catalog(), MAX_VALUE))
+        .unwrap();
+    assert_eq!(shown(&mut reader), (2, 2, 2, 2));
+    let (hwm, _) = store.welcome(GAJ, "ob", 1).unwrap();
+    assert_eq!(hwm, 3);
+    assert_eq!(*store.watch().borrow(), 3, "the Welcome synced what it reported");
+    assert_eq!(shown(&mut reader), (3, 3, 3, 3));
+
+    store
+        .apply_unsynced(GAJ, "ob", &prepare(GAJ, people(&[4]), &catalog(), MAX_VALUE))
+        .unwrap();
+    drop(reader);
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(*store.watch().borrow(), 4, "synced at open");
+    assert_eq!(shown(&mut store.reader().unwrap()), (4, 4, 4, 4));
+}
+
+/// The sync reaches the WAL file at the store's path, even after that file
+/// was replaced, and a missing WAL has nothing to sync.
+#[test]
+fn the_wal_synced_is_the_file_at_its_path() {
+    use std::os::unix::fs::MetadataExt;
+    let d = tempfile::tempdir().unwrap();
+    let db = d.path().join("store.db");
+    let wal = sidecar(&db, "-wal");
+    let mut held = None;
+    let e = current_wal(&db, &mut held).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+    std::fs::write(&wal, b"first").unwrap();
+    let first = current_wal(&db, &mut held).unwrap().metadata().unwrap().ino();
+    assert_eq!(current_wal(&db, &mut held).unwrap().metadata().unwrap().ino(), first);
+    // Another file under the name, while the first is still open.
+    std::fs::write(d.path().join("next"), b"second").unwrap();
+    std::fs::rename(d.path().join("next"), &wal).unwrap();
+    let second = current_wal(&db, &mut held).unwrap().metadata().unwrap();
+    assert_ne!(second.ino(), first);
+    assert_eq!(second.ino(), std::fs::metadata(&wal).unwrap().ino());
+}

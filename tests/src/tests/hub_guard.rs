@@ -355,6 +355,18 @@ async fn sequence_errors_end_the_stream_after_what_is_stored() {
     assert_eq!(acked, 3);
     assert_eq!(seqs_of(&w, "ob-gap"), [1, 2, 3]);
 
+    // The same gap with the batch that would fill it right behind: the hub
+    // answers each group only once it is durable, beside the next group's
+    // apply, but nothing after a group that broke the sequence is applied.
+    let (mut s, _) = Sync::open(channel(&w, hub.port, GAJ).await, GAJ, "ob-gap-2").await;
+    s.send(people([1, 2, 3, 5, 6], 0)).await;
+    s.send(people([4, 5, 6, 7], 0)).await;
+    let (acked, _, end) = s.drain().await;
+    let e = end.expect_err("a gap ends the stream with a status");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert_eq!(acked, 3);
+    assert_eq!(seqs_of(&w, "ob-gap-2"), [1, 2, 3]);
+
     // u64::MAX: nothing at or after it is acknowledged, and the outbox goes
     // on from where it was.
     let (mut s, _) = Sync::open(channel(&w, hub.port, GAJ).await, GAJ, "ob-max").await;
