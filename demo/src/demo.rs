@@ -224,7 +224,7 @@ fn hub_table(store: &Store, resource: &str) -> anyhow::Result<String> {
         ("DE00004", "出生日期"),
         ("DE00006", "住址"),
     ];
-    let reader = store.reader()?;
+    let mut reader = store.reader()?;
     let latest = reader.latest(resource)?;
     let mut rows = vec![
         ["hub seq", "provider", "key"]
@@ -233,7 +233,7 @@ fn hub_table(store: &Store, resource: &str) -> anyhow::Result<String> {
             .map(str::to_owned)
             .collect::<Vec<_>>(),
     ];
-    for stored in reader.snapshot(resource, 0, latest, 1000)? {
+    for stored in reader.snapshot(resource, 0, latest, 1000, || store.sync())? {
         let record = proto::v1::Record::decode(stored.record.as_slice())?;
         let mut row = vec![stored.hseq.to_string(), stored.provider, record.key.join("/")];
         row.extend(

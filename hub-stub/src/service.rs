@@ -1,5 +1,5 @@
 //! The `Exchange` gRPC service: Hello/Welcome, then batches applied to the
-//! store and acknowledged after commit ([`stream`]).
+//! store and acknowledged once durable ([`stream`]).
 //!
 //! A stream is admitted in steps: a connection whose certificate names an
 //! agency, a place in that agency's stream quota, a Hello within

@@ -1,4 +1,4 @@
-//! The hub's store: SQLite (WAL, synchronous=FULL, 16 KiB pages in a new file), idempotent by sequence.
+//! The hub's store: SQLite (WAL, 16 KiB pages in a new file), idempotent by sequence.
 //!
 //! Each (agency, outbox) has a high-water mark: the highest sequence stored
 //! or rejected. A batch is applied in one transaction that writes its
@@ -18,7 +18,14 @@
 //! nothing above it). Every other write commits with `synchronous = FULL`,
 //! whose fsync of the WAL also covers any group committed before it. After a
 //! crash of the process, what it committed is still in the page cache, and
-//! the next process syncs it at open before it tells anyone.
+//! the next process syncs it at open before it tells anyone. Reads that may
+//! see another process's commits (`qianzhi-hub export`, the report) pin
+//! their snapshot and then sync the WAL whatever this process committed.
+//!
+//! A failed fsync is final: Linux reports a writeback error once, and a
+//! later fsync may succeed over pages that never reached the disk. After one
+//! the store syncs nothing more (every later sync fails, so nothing more is
+//! acknowledged) until the hub is restarted and the next open syncs again.
 //! Its accepted changes go into `feed`, `history` and `current` by
 //! statements of up to 64 rows, in sequence order (SQLite's cost per
 //! statement, and AUTOINCREMENT's bookkeeping, paid once per 64 records).
@@ -118,11 +125,12 @@ pub struct Store {
     synced: Mutex<Synced>,
 }
 
-/// The WAL file as [`Store::sync`] last found it, and how many commits its
-/// last fsync covered.
+/// The WAL file as [`Store::sync`] last found it, how many commits its
+/// last fsync covered, and the failure that stopped syncing, if one did.
 struct Synced {
     wal: Option<std::fs::File>,
     commits: u64,
+    failed: Option<String>,
 }
 
 /// A record decoded, checked and encoded for storage, or the reason it is
@@ -255,7 +263,11 @@ impl Store {
             // One commit not known durable: what a process that crashed
             // before its sync committed, still in the page cache.
             committed: Mutex::new((1, latest as u64)),
-            synced: Mutex::new(Synced { wal: None, commits: 0 }),
+            synced: Mutex::new(Synced {
+                wal: None,
+                commits: 0,
+                failed: None,
+            }),
         };
         store.sync()?;
         Ok(store)
@@ -401,8 +413,12 @@ impl Store {
             Ok((applied, last_hseq))
         };
         let result = run(&mut conn);
-        // Every other write keeps its own fsync.
+        // Every other write keeps its own fsync; if that cannot be put back,
+        // no write of this store may count as durable any more.
         let full = conn.pragma_update(None, "synchronous", "FULL");
+        if let Err(e) = &full {
+            self.fail(format!("setting synchronous = FULL again failed: {e}"));
+        }
         let (applied, last_hseq) = result.map_err(|e| self.err(e))?;
         {
             let mut c = self.committed.lock().unwrap_or_else(|p| p.into_inner());
@@ -419,21 +435,46 @@ impl Store {
     /// `fdatasync` of the WAL, shared by every stream waiting for it), then
     /// lets receivers see their changes.
     pub fn sync(&self) -> Result<(), Error> {
+        self.sync_wal(false)
+    }
+
+    /// Syncs the WAL whatever this process committed: for a read that may
+    /// see another process's commits (made after its snapshot was pinned).
+    fn sync_everything(&self) -> Result<(), Error> {
+        self.sync_wal(true)
+    }
+
+    fn sync_wal(&self, everything: bool) -> Result<(), Error> {
         let (commits, hseq) = *self.committed.lock().unwrap_or_else(|p| p.into_inner());
         let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
-        if synced.commits < commits {
-            let io = |source| Error::Io {
-                path: sidecar(&self.path, "-wal"),
-                source,
-            };
+        let io = |source| Error::Io {
+            path: sidecar(&self.path, "-wal"),
+            source,
+        };
+        if let Some(why) = &synced.failed {
+            return Err(io(std::io::Error::other(format!(
+                "{why}; the store syncs nothing more until the hub is restarted"
+            ))));
+        }
+        if everything || synced.commits < commits {
+            let had_wal = synced.wal.is_some();
             match current_wal(&self.path, &mut synced.wal) {
-                Ok(wal) => wal.sync_data().map_err(io)?,
-                // No WAL: SQLite checkpointed it into the database file,
-                // with an fsync, and removed it; nothing waits in it.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => synced.wal = None,
+                Ok(wal) => {
+                    if let Err(e) = wal.sync_data() {
+                        synced.failed = Some(format!("an fsync of the WAL failed: {e}"));
+                        tracing::error!(store = %self.path.display(), error = %e,
+                            "an fsync of the store's WAL failed: the hub acknowledges nothing more until it is restarted");
+                        return Err(io(e));
+                    }
+                }
+                // No WAL before this process ever held one: everything is
+                // in the database file (SQLite removes the WAL only after
+                // checkpointing it with an fsync). Once held, the WAL of a
+                // connection still open cannot go missing but by accident.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !had_wal => {}
                 Err(e) => return Err(io(e)),
             }
-            synced.commits = commits;
+            synced.commits = synced.commits.max(commits);
         }
         drop(synced);
         self.latest.send_if_modified(|l| {
@@ -446,10 +487,31 @@ impl Store {
         Ok(())
     }
 
+    /// Records a failure after which no sync may succeed.
+    fn fail(&self, why: String) {
+        tracing::error!(store = %self.path.display(), %why, "the hub acknowledges nothing more until it is restarted");
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        synced.failed.get_or_insert(why);
+    }
+
+    /// Starts a read transaction on `conn`, pins its snapshot, and makes
+    /// everything in it durable (the hub process may have committed a
+    /// group without its sync yet): what the caller then reads and shows
+    /// survives a power cut.
+    pub(crate) fn durable_read<'c>(&self, conn: &'c Connection) -> Result<rusqlite::Transaction<'c>, Error> {
+        let tx = conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        tx.query_row("SELECT count(*) FROM outboxes", [], |_| Ok(()))
+            .map_err(|e| self.err(e))?;
+        self.sync_everything()?;
+        Ok(tx)
+    }
+
     /// Writes the store as JSON Lines: the current state, or with `history`
     /// every change in arrival order. Returns the number of lines.
     pub fn export(&self, resource: Option<&str>, history: bool, out: &mut dyn Write) -> anyhow::Result<u64> {
         let conn = self.lock();
+        let tx = self.durable_read(&conn)?;
+        let conn = &*tx;
         let sql = if history {
             "SELECT h.record, o.agency, o.outbox_id, h.seq FROM history h JOIN outboxes o ON o.id = h.box
              WHERE ?1 IS NULL OR h.resource = ?1 ORDER BY h.received_us, h.box, h.seq"
@@ -555,7 +617,13 @@ fn current_wal<'a>(path: &Path, held: &'a mut Option<std::fs::File>) -> std::io:
         None => false,
     };
     if !same {
-        *held = Some(std::fs::File::open(&wal)?);
+        let file = std::fs::File::open(&wal)?;
+        // SQLite syncs the folder after it makes a WAL; a file synced
+        // through this descriptor is only durable with its name.
+        if let Some(dir) = wal.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        *held = Some(file);
     }
     // Set just above.
     held.as_ref().ok_or_else(|| std::io::Error::other("no WAL file"))

@@ -235,6 +235,13 @@ struct Writer {
 impl Writer {
     async fn run(self, mut work: mpsc::Receiver<Work>, end: oneshot::Sender<Status>) {
         let status = self.serve(&mut work).await;
+        // A group applied and never answered (the stream ended first) is
+        // synced all the same, so that receivers need not wait for another
+        // stream's sync to see it.
+        let store = self.store.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.sync()).await {
+            warn!(error = %e, "store sync failed");
+        }
         // Stops the reader, if it still reads.
         self.session.state.cancel.cancel();
         match status {
@@ -255,6 +262,11 @@ impl Writer {
         let mut unanswered: Option<Result<Applied, Status>> = None;
         loop {
             let first = match unanswered.take() {
+                Some(applied) if self.session.state.cancel.is_cancelled() => {
+                    // Answered if it can be; no new group is started.
+                    let _ = self.settle(applied).await;
+                    return Some(self.cancelled());
+                }
                 Some(applied) => match work.try_recv() {
                     Ok(w) => {
                         unanswered = Some(applied);
@@ -294,10 +306,11 @@ impl Writer {
                     next = work.try_recv().ok();
                 }
             }
-            // A group that broke the sequence ends the stream once
-            // answered: nothing after it is applied.
-            if let Some(Ok(a)) = &unanswered
-                && a.stop.is_some()
+            // A group that broke the sequence, or that the store failed,
+            // ends the stream once answered: nothing after it is applied.
+            if unanswered
+                .as_ref()
+                .is_some_and(|u| u.as_ref().map_or(true, |a| a.stop.is_some()))
                 && let Some(applied) = unanswered.take()
                 && let Err(s) = self.settle(applied).await
             {

@@ -324,7 +324,7 @@ impl Stream {
             return Ok(false);
         }
         let read = self
-            .blocking(move |store, reader| read(store, reader, &resource, sent, snapshot).map_err(|e| e.to_string()))
+            .blocking(move |store, reader| read(store, reader, &resource, sent, snapshot).map_err(|e| format!("{e:#}")))
             .await
             .map_err(|e| Status::unavailable(format!("the hub cannot read its store: {e}")))?;
         match read {
@@ -419,15 +419,9 @@ enum Read {
     Rows { rows: Vec<Stored>, upto: Option<u64> },
 }
 
-fn read(
-    store: &Store,
-    reader: &mut Reader,
-    resource: &str,
-    sent: u64,
-    snapshot: Option<u64>,
-) -> rusqlite::Result<Read> {
+fn read(store: &Store, reader: &mut Reader, resource: &str, sent: u64, snapshot: Option<u64>) -> anyhow::Result<Read> {
     if let Some(upto) = snapshot {
-        let rows = reader.snapshot(resource, sent, upto, CHUNK)?;
+        let rows = reader.snapshot(resource, sent, upto, CHUNK, || store.sync())?;
         let done = rows.len() < CHUNK;
         return Ok(Read::Rows {
             rows,

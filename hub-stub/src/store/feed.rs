@@ -120,6 +120,7 @@ pub struct Reader {
     conn: Connection,
     /// The durable hub sequence: the highest any read returns.
     durable: tokio::sync::watch::Receiver<u64>,
+    path: std::path::PathBuf,
 }
 
 impl Store {
@@ -135,6 +136,7 @@ impl Store {
         Ok(Reader {
             conn,
             durable: self.watch(),
+            path: self.path.clone(),
         })
     }
 
@@ -296,6 +298,8 @@ impl Store {
     /// The figures of `qianzhi-hub report`.
     pub fn report(&self) -> Result<ReportData, Error> {
         let conn = self.lock();
+        let tx = self.durable_read(&conn)?;
+        let conn = &*tx;
         let run = || -> rusqlite::Result<ReportData> {
             let provided = conn
                 .prepare(
@@ -403,24 +407,49 @@ impl Reader {
     /// Up to `limit` current rows of `resource` whose change is in
     /// `after < hseq <= upto`, in hub sequence order: a snapshot read in
     /// pieces. A key changed after `upto` is left out here and comes with
-    /// the feed after `upto`.
-    pub fn snapshot(&self, resource: &str, after: u64, upto: u64, limit: usize) -> rusqlite::Result<Vec<Stored>> {
-        self.conn
+    /// the feed after `upto`, so that change must not be one a power cut
+    /// could still take: the piece is read from a snapshot pinned first and
+    /// made durable by `sync` (the store's [`Store::sync`]) before the rows
+    /// are read.
+    pub fn snapshot(
+        &mut self,
+        resource: &str,
+        after: u64,
+        upto: u64,
+        limit: usize,
+        sync: impl FnOnce() -> Result<(), Error>,
+    ) -> Result<Vec<Stored>, Error> {
+        let path = self.path.clone();
+        let err = |source| Error::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.query_row("SELECT count(*) FROM outboxes", [], |_| Ok(()))
+            .map_err(err)?;
+        sync()?;
+        // Read after the sync, which covered every commit the snapshot sees.
+        let durable = (*self.durable.borrow()).min(i64::MAX as u64) as i64;
+        let rows = tx
             .prepare_cached(
                 "SELECT c.hseq, o.agency, h.record FROM current c
                  JOIN history h ON h.box = c.box AND h.seq = c.seq JOIN outboxes o ON o.id = c.box
                  WHERE c.resource = ?1 AND c.hseq > ?2 AND c.hseq <= ?3 ORDER BY c.hseq LIMIT ?4",
-            )?
-            .query_map(
-                params![
-                    resource,
-                    after as i64,
-                    (upto.min(i64::MAX as u64) as i64).min(self.durable()),
-                    limit as i64
-                ],
-                stored,
-            )?
-            .collect()
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map(
+                    params![
+                        resource,
+                        after as i64,
+                        (upto.min(i64::MAX as u64) as i64).min(durable),
+                        limit as i64
+                    ],
+                    stored,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(err)?;
+        Ok(rows)
     }
 
     /// Up to `limit` changes of `resource` after `after`, or `Compacted` if

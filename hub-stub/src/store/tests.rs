@@ -541,7 +541,7 @@ fn a_group_committed_without_its_sync_is_shown_to_no_one() {
             feed::Feed::Changes(rows) => rows.len(),
             feed::Feed::Compacted { .. } => panic!("nothing was compacted"),
         };
-        let snapshot = reader.snapshot(PEOPLE, 0, u64::MAX, 100).unwrap().len();
+        let snapshot = reader.snapshot(PEOPLE, 0, u64::MAX, 100, || Ok(())).unwrap().len();
         (
             reader.latest(PEOPLE).unwrap(),
             feed,
@@ -600,4 +600,23 @@ fn the_wal_synced_is_the_file_at_its_path() {
     let second = current_wal(&db, &mut held).unwrap().metadata().unwrap();
     assert_ne!(second.ino(), first);
     assert_eq!(second.ino(), std::fs::metadata(&wal).unwrap().ino());
+}
+
+/// After a failed fsync nothing more counts as durable: every later sync,
+/// and so every Welcome and ack, fails, though the writes still commit.
+#[test]
+fn a_failed_sync_is_final() {
+    let (_d, store) = scratch();
+    store
+        .apply_unsynced(GAJ, "ob", &prepare(GAJ, people(&[1]), &catalog(), MAX_VALUE))
+        .unwrap();
+    store.fail("an fsync of the WAL failed: Input/output error (os error 5)".into());
+    let e = store.sync().unwrap_err().to_string();
+    assert!(e.contains("syncs nothing more until the hub is restarted"), "{e}");
+    assert!(store.welcome(GAJ, "ob", 1).is_err());
+    store
+        .apply_unsynced(GAJ, "ob", &prepare(GAJ, people(&[2]), &catalog(), MAX_VALUE))
+        .unwrap();
+    assert!(store.sync().is_err());
+    assert_eq!(*store.watch().borrow(), 0, "nothing shown to receivers");
 }

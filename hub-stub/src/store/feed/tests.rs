@@ -109,17 +109,16 @@ fn a_snapshot_holds_current_rows_up_to_its_end_and_leaves_later_changes_to_the_f
             entry(4, IDS[0], "a2", Operation::Upsert),
         ],
     );
-    let r = s.reader().unwrap();
+    let mut r = s.reader().unwrap();
     let upto = r.latest(PEOPLE).unwrap();
     // In pieces of one: b1 (2), c1 (3), a2 (4).
-    let first = r.snapshot(PEOPLE, 0, upto, 1).unwrap();
+    let first = r.snapshot(PEOPLE, 0, upto, 1, || s.sync()).unwrap();
     assert_eq!(names(&first), [(2, "b1".into())]);
     // c changes after the snapshot started: it leaves the snapshot and
     // comes with the feed after its end.
     apply(&s, vec![entry(5, IDS[2], "c2", Operation::Upsert)]);
-    let rest = r.snapshot(PEOPLE, 2, upto, 10).unwrap();
+    let rest = r.snapshot(PEOPLE, 2, upto, 10, || s.sync()).unwrap();
     assert_eq!(names(&rest), [(4, "a2".into())]);
-    let mut r = r;
     let Feed::Changes(after) = r.feed(PEOPLE, upto, 10).unwrap() else {
         panic!("not compacted")
     };
@@ -161,7 +160,7 @@ fn compaction_keeps_what_a_receiver_needs_and_sends_one_that_fell_behind_to_a_sn
     })
     .unwrap();
     assert_eq!(s.compact(Duration::from_secs(3600)).unwrap(), 2, "3 and 4");
-    let current = r.snapshot(PEOPLE, 0, 5, 10).unwrap();
+    let current = r.snapshot(PEOPLE, 0, 5, 10, || s.sync()).unwrap();
     assert_eq!(names(&current), [(5, "a3".into())]);
     // A receiver silent for longer than `keep` holds nothing back.
     s.subscribed(&at("320282-rsj", 0, "")).unwrap();
@@ -204,8 +203,8 @@ fn a_store_from_before_the_feed_gets_one_in_arrival_order() {
     drop(c);
     let s = Store::open(&path).unwrap();
     assert_eq!(*s.watch().borrow(), 3);
-    let r = s.reader().unwrap();
-    let snap = r.snapshot(PEOPLE, 0, 3, 10).unwrap();
+    let mut r = s.reader().unwrap();
+    let snap = r.snapshot(PEOPLE, 0, 3, 10, || s.sync()).unwrap();
     assert_eq!(names(&snap), [(2, "b1".into()), (3, "a2".into())]);
 }
 
