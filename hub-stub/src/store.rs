@@ -133,6 +133,15 @@ struct Synced {
     failed: Option<String>,
 }
 
+impl Synced {
+    /// Records a failure after which no sync may succeed (the first one
+    /// is kept).
+    fn fail(&mut self, store: &Path, why: String) {
+        tracing::error!(store = %store.display(), %why, "the hub acknowledges nothing more until it is restarted");
+        self.failed.get_or_insert(why);
+    }
+}
+
 /// A record decoded, checked and encoded for storage, or the reason it is
 /// rejected. Made by [`prepare`] outside the store lock, so that decoding
 /// runs in parallel with the previous group's commit.
@@ -461,9 +470,7 @@ impl Store {
             match current_wal(&self.path, &mut synced.wal) {
                 Ok(wal) => {
                     if let Err(e) = wal.sync_data() {
-                        synced.failed = Some(format!("an fsync of the WAL failed: {e}"));
-                        tracing::error!(store = %self.path.display(), error = %e,
-                            "an fsync of the store's WAL failed: the hub acknowledges nothing more until it is restarted");
+                        synced.fail(&self.path, format!("an fsync of the WAL failed: {e}"));
                         return Err(io(e));
                     }
                 }
@@ -489,9 +496,10 @@ impl Store {
 
     /// Records a failure after which no sync may succeed.
     fn fail(&self, why: String) {
-        tracing::error!(store = %self.path.display(), %why, "the hub acknowledges nothing more until it is restarted");
-        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
-        synced.failed.get_or_insert(why);
+        self.synced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .fail(&self.path, why);
     }
 
     /// Starts a read transaction on `conn`, pins its snapshot, and makes
@@ -500,8 +508,7 @@ impl Store {
     /// survives a power cut.
     pub(crate) fn durable_read<'c>(&self, conn: &'c Connection) -> Result<rusqlite::Transaction<'c>, Error> {
         let tx = conn.unchecked_transaction().map_err(|e| self.err(e))?;
-        tx.query_row("SELECT count(*) FROM outboxes", [], |_| Ok(()))
-            .map_err(|e| self.err(e))?;
+        pin_read(&tx).map_err(|e| self.err(e))?;
         self.sync_everything()?;
         Ok(tx)
     }
@@ -616,17 +623,27 @@ fn current_wal<'a>(path: &Path, held: &'a mut Option<std::fs::File>) -> std::io:
         Some(f) => f.metadata().is_ok_and(|m| m.dev() == now.dev() && m.ino() == now.ino()),
         None => false,
     };
-    if !same {
-        let file = std::fs::File::open(&wal)?;
-        // SQLite syncs the folder after it makes a WAL; a file synced
-        // through this descriptor is only durable with its name.
-        if let Some(dir) = wal.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        *held = Some(file);
+    if same && let Some(file) = held {
+        return Ok(file);
     }
-    // Set just above.
-    held.as_ref().ok_or_else(|| std::io::Error::other("no WAL file"))
+    let file = std::fs::File::open(&wal)?;
+    // SQLite syncs the folder after it makes a WAL; a file synced through
+    // this descriptor is only durable with its name.
+    if let Some(dir) = wal.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(held.insert(file))
+}
+
+/// Starts the snapshot of the read transaction `tx` (SQLite takes it at
+/// the first read), so that a sync after this covers all it will see.
+pub(crate) fn pin_read(tx: &Connection) -> rusqlite::Result<()> {
+    tx.query_row("SELECT count(*) FROM outboxes", [], |_| Ok(()))
+}
+
+/// A sequence as an SQLite integer (signed 64-bit), the largest above it.
+pub(crate) fn sql_seq(seq: u64) -> i64 {
+    seq.min(i64::MAX as u64) as i64
 }
 
 /// `store.db-wal` and the like.

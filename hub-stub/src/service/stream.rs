@@ -238,10 +238,7 @@ impl Writer {
         // A group applied and never answered (the stream ended first) is
         // synced all the same, so that receivers need not wait for another
         // stream's sync to see it.
-        let store = self.store.clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.sync()).await {
-            warn!(error = %e, "store sync failed");
-        }
+        let _ = self.sync().await;
         // Stops the reader, if it still reads.
         self.session.state.cancel.cancel();
         match status {
@@ -344,17 +341,22 @@ impl Writer {
     /// Makes an applied group durable, then answers it.
     async fn settle(&self, applied: Result<Applied, Status>) -> Result<(), Status> {
         if applied.is_ok() {
-            let store = self.store.clone();
-            match tokio::task::spawn_blocking(move || store.sync()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    warn!(error = %e, "store sync failed; the agent will resend");
-                    return Err(Status::unavailable(e.to_string()));
-                }
-                Err(e) => return Err(Status::internal(format!("syncing the store failed: {e}"))),
-            }
+            self.sync().await?;
         }
         self.answer(applied).await
+    }
+
+    /// Makes every group committed so far durable ([`Store::sync`]).
+    async fn sync(&self) -> Result<(), Status> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.sync()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                warn!(error = %e, "store sync failed; the agent will resend");
+                Err(Status::unavailable(e.to_string()))
+            }
+            Err(e) => Err(Status::internal(format!("syncing the store failed: {e}"))),
+        }
     }
 
     /// Applies one group in one transaction (the entries are freed there),

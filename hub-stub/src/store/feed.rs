@@ -393,7 +393,7 @@ pub struct Received {
 impl Reader {
     /// The durable hub sequence, as an SQLite integer.
     fn durable(&self) -> i64 {
-        (*self.durable.borrow()).min(i64::MAX as u64) as i64
+        super::sql_seq(*self.durable.borrow())
     }
 
     /// The highest durable hub sequence of `resource` (0: none).
@@ -425,11 +425,10 @@ impl Reader {
             source,
         };
         let tx = self.conn.transaction().map_err(err)?;
-        tx.query_row("SELECT count(*) FROM outboxes", [], |_| Ok(()))
-            .map_err(err)?;
+        super::pin_read(&tx).map_err(err)?;
         sync()?;
         // Read after the sync, which covered every commit the snapshot sees.
-        let durable = (*self.durable.borrow()).min(i64::MAX as u64) as i64;
+        let bound = super::sql_seq(upto.min(*self.durable.borrow()));
         let rows = tx
             .prepare_cached(
                 "SELECT c.hseq, o.agency, h.record FROM current c
@@ -437,16 +436,8 @@ impl Reader {
                  WHERE c.resource = ?1 AND c.hseq > ?2 AND c.hseq <= ?3 ORDER BY c.hseq LIMIT ?4",
             )
             .and_then(|mut stmt| {
-                stmt.query_map(
-                    params![
-                        resource,
-                        after as i64,
-                        (upto.min(i64::MAX as u64) as i64).min(durable),
-                        limit as i64
-                    ],
-                    stored,
-                )?
-                .collect::<rusqlite::Result<Vec<_>>>()
+                stmt.query_map(params![resource, after as i64, bound, limit as i64], stored)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
             })
             .map_err(err)?;
         Ok(rows)
