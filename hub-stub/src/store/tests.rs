@@ -556,6 +556,12 @@ fn a_group_committed_without_its_sync_is_shown_to_no_one() {
     assert_eq!((applied.stored, applied.hwm), (2, 2));
     assert_eq!(*store.watch().borrow(), 0);
     assert_eq!(shown(&mut reader), (0, 0, 0, 0));
+    // A snapshot piece syncs between pinning its read and reading: the
+    // group it sees is durable, so it is in the piece.
+    let piece = reader.snapshot(PEOPLE, 0, u64::MAX, 100, || store.sync()).unwrap();
+    assert_eq!(piece.len(), 2);
+    assert_eq!(*store.watch().borrow(), 2);
+    assert_eq!(shown(&mut reader), (2, 2, 2, 2));
 
     store.sync().unwrap();
     assert_eq!(*store.watch().borrow(), 2);
